@@ -1,0 +1,53 @@
+from setuptools import setup
+
+# `kernels`, `recipes` and `evals` live at the top level of the repository (the layout users asked
+# for) but install as `compress.kernels`, `compress.recipes` and `compress.evals`: a top-level
+# module named `kernels` would be imported by transformers as the Hugging Face `kernels` package.
+setup(
+    name="moe-compress",
+    version="0.1.0",
+    description="Prune, merge and distill Mixture-of-Experts language models, and prove what quality survives",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "compress",
+        "compress.checkpoint",
+        "compress.cli",
+        "compress.data",
+        "compress.families",
+        "compress.kernels",
+        "compress.recipes",
+        "compress.evals",
+    ],
+    package_dir={
+        "compress": "compress",
+        "compress.kernels": "kernels",
+        "compress.recipes": "recipes",
+        "compress.evals": "evals",
+    },
+    package_data={
+        "compress": ["demo_model/*"],
+        "compress.families": ["definitions/*.json"],
+        "compress.recipes": ["*.yaml"],
+    },
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.30",
+        "accelerate>=1.0",
+        "tokenizers>=0.20",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "kernels": ["triton>=3.0"],
+        "eval": ["lm-eval>=0.4.5"],
+        "data": ["datasets>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2"],
+    },
+    entry_points={"console_scripts": ["compress=compress.cli:main"]},
+)
