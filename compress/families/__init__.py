@@ -1,0 +1,60 @@
+"""Model-family adapters: one JSON definition per architecture, loaded into `MoEFamily` objects.
+
+Adding a family is adding a file to ``definitions/`` (and, if its routing is new, a function to
+`routing.py`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import lru_cache
+from importlib import resources
+
+from ..errors import UnsupportedModelError
+from .family import CheckpointLayout, KeyRole, MoEFamily
+
+# Config fields that hold an expert count in some MoE architecture, ours or not: a config with one
+# of them set is a MoE model even when we have no adapter for it.
+_ANY_EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
+
+
+@lru_cache(maxsize=None)
+def all_families() -> dict[str, MoEFamily]:
+    families = {}
+    for entry in sorted(resources.files(__name__).joinpath("definitions").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".json"):
+            family = MoEFamily.from_definition(json.loads(entry.read_text()))
+            families[family.name] = family
+    return families
+
+
+def get_family(name: str) -> MoEFamily:
+    families = all_families()
+    if name not in families:
+        hint = difflib.get_close_matches(name, families, n=1)
+        did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+        raise UnsupportedModelError(f"unknown family {name!r}{did_you_mean}: supported are {', '.join(families)}")
+    return families[name]
+
+
+def family_for_config(config) -> MoEFamily:
+    """The family of a transformers config object or raw config.json dict; clear errors otherwise."""
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    model_type = get("model_type")
+    for family in all_families().values():
+        if model_type in family.model_types:
+            return family
+    supported = ", ".join(all_families())
+    if any(get(name) for name in _ANY_EXPERT_COUNT_FIELDS):
+        raise UnsupportedModelError(
+            f"architecture {model_type!r} is a Mixture-of-Experts model without a moe-compress adapter yet; "
+            f"supported families: {supported}"
+        )
+    raise UnsupportedModelError(
+        f"model type {model_type!r} is a dense model (its config names no experts): moe-compress works on "
+        f"Mixture-of-Experts checkpoints ({supported})"
+    )
+
+
+__all__ = ["CheckpointLayout", "KeyRole", "MoEFamily", "all_families", "family_for_config", "get_family"]

@@ -1,0 +1,256 @@
+"""`MoEFamily`: what one architecture family looks like, read from its JSON definition.
+
+A definition (``definitions/<name>.json``) says, as data:
+
+* ``config``: which config fields hold the expert count and top-k (all aliases, first found wins
+  when reading; every alias present is rewritten when the count changes);
+* ``routing``: the routing function (see `routing.py`) and its options;
+* ``modules``: where the layers, the MoE block, router, fused experts and shared experts live in
+  the transformers model;
+* ``router_tensors`` / ``expert_tensors``: the router's and fused experts' tensors and which
+  dimension is the expert dimension;
+* ``checkpoint_layouts``: the on-disk key conventions. ``fused`` and ``mxfp4`` keep one tensor per
+  layer with the experts along ``expert_dim``; ``per_expert`` (what ``save_pretrained`` writes for
+  Mixtral, Qwen, OLMoE and DeepSeek) has one key per expert, the id in the name. ``module_tensors``
+  says how the module's fused tensors are assembled from the keys: a name (fused), a list of names
+  concatenated on dim 0 for each expert (per-expert), or ``{"mxfp4": base}`` (``base_blocks`` +
+  ``base_scales``, dequantised and transposed to the module orientation).
+
+Everything else in the toolkit is generic over this description.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..checkpoint import mxfp4
+from ..checkpoint.reader import CheckpointReader
+from ..errors import CheckpointError
+from .routing import ROUTING_FUNCTIONS
+
+
+@dataclass(frozen=True)
+class KeyRole:
+    """What one on-disk key is to the MoE structure.
+
+    kind: ``"experts"`` (fused tensor, experts along `expert_dim`), ``"expert"`` (one expert's
+    tensor, id `expert`), ``"router"`` (router tensor, experts along `expert_dim`) or ``"other"``.
+    """
+
+    kind: str
+    layer: int | None = None
+    expert: int | None = None
+    expert_dim: int | None = None
+    suffix: str | None = None
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
+    return re.compile(pattern + r"(?P<suffix>.+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    name: str
+    module_tensors: dict[str, Any]
+    router_prefix: str
+    experts_prefix: str | None = None  # fused / mxfp4
+    expert_prefix: str | None = None  # per_expert
+    expert_dim: int | None = None
+
+    @property
+    def per_expert(self) -> bool:
+        return self.expert_prefix is not None
+
+    def probe_keys(self, layer: int) -> list[str]:
+        """Keys that exist in a checkpoint of this layout (for expert 0 of `layer`)."""
+        keys = []
+        for spec in self.module_tensors.values():
+            if isinstance(spec, dict):
+                base = self.experts_prefix.format(layer=layer) + spec["mxfp4"]
+                keys += [base + "_blocks", base + "_scales"]
+            elif isinstance(spec, list):
+                keys += [self.expert_prefix.format(layer=layer, expert=0) + name for name in spec]
+            else:
+                keys.append(self.experts_prefix.format(layer=layer) + spec)
+        return keys
+
+
+@dataclass(frozen=True)
+class MoEFamily:
+    name: str
+    description: str
+    model_types: tuple[str, ...]
+    num_experts_fields: tuple[str, ...]
+    top_k_fields: tuple[str, ...]
+    shared_experts_field: str | None
+    routing: dict[str, Any]
+    modules: dict[str, Any]
+    router_tensors: dict[str, dict]
+    expert_tensors: dict[str, dict]
+    layouts: dict[str, CheckpointLayout]
+    _key_patterns: list = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def from_definition(cls, data: dict) -> "MoEFamily":
+        layouts = {name: CheckpointLayout(name=name, **spec) for name, spec in data["checkpoint_layouts"].items()}
+        family = cls(
+            name=data["name"],
+            description=data["description"],
+            model_types=tuple(data["model_types"]),
+            num_experts_fields=tuple(data["config"]["num_experts"]),
+            top_k_fields=tuple(data["config"]["top_k"]),
+            shared_experts_field=data["config"].get("shared_experts"),
+            routing=data["routing"],
+            modules=data["modules"],
+            router_tensors=data["router_tensors"],
+            expert_tensors=data["expert_tensors"],
+            layouts=layouts,
+        )
+        for layout in layouts.values():
+            family._key_patterns.append((layout, "router", _template_regex(layout.router_prefix)))
+            if layout.per_expert:
+                family._key_patterns.append((layout, "expert", _template_regex(layout.expert_prefix)))
+            else:
+                family._key_patterns.append((layout, "experts", _template_regex(layout.experts_prefix)))
+        return family
+
+    # --- config ----------------------------------------------------------------------------------
+    def _first_field(self, config, fields: tuple[str, ...]):
+        for name in fields:
+            value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+            if value is not None:
+                return value
+        raise CheckpointError(f"the {self.name} config has none of the fields {', '.join(fields)}")
+
+    def num_experts(self, config) -> int:
+        return int(self._first_field(config, self.num_experts_fields))
+
+    def top_k(self, config) -> int:
+        return int(self._first_field(config, self.top_k_fields))
+
+    def shared_expert_count(self, config) -> int:
+        if not self.modules["shared_experts"]:
+            return 0
+        if self.shared_experts_field is None:
+            return 1
+        value = config.get(self.shared_experts_field) if isinstance(config, dict) else getattr(config, self.shared_experts_field, None)
+        return int(value or 0)
+
+    def rewrite_config(self, config: dict, num_experts: int | None = None, top_k: int | None = None) -> dict:
+        """A copy of a raw config.json dict with every alias of the expert count and top-k rewritten."""
+        config = dict(config)
+        for fields, value in ((self.num_experts_fields, num_experts), (self.top_k_fields, top_k)):
+            if value is None:
+                continue
+            present = [name for name in fields if name in config]
+            for name in present or fields[:1]:
+                config[name] = value
+        return config
+
+    # --- routing ---------------------------------------------------------------------------------
+    def route(self, logits: torch.Tensor, config, router_buffers: dict | None = None):
+        """(top-k weights, top-k expert ids) from raw router logits [T, E], as the family's router computes them."""
+        options = {k: v for k, v in self.routing.items() if k != "function"}
+        return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, **options)
+
+    # --- in-memory modules -----------------------------------------------------------------------
+    def decoder_layers(self, model) -> torch.nn.ModuleList:
+        return model.get_submodule(self.modules["layers"])
+
+    def moe_layer_indices(self, model) -> list[int]:
+        """Indices of the decoder layers that hold routed experts (dense layers are skipped)."""
+        indices = []
+        for index, layer in enumerate(self.decoder_layers(model)):
+            try:
+                layer.get_submodule(self.modules["experts"])
+            except AttributeError:
+                continue
+            indices.append(index)
+        return indices
+
+    def router(self, model, layer: int) -> torch.nn.Module:
+        return self.decoder_layers(model)[layer].get_submodule(self.modules["router"])
+
+    def experts(self, model, layer: int) -> torch.nn.Module:
+        return self.decoder_layers(model)[layer].get_submodule(self.modules["experts"])
+
+    def expert_tensors_of(self, experts_module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The fused expert tensors of an experts module, by name (expert dimension first)."""
+        return {name: getattr(experts_module, name) for name in self.expert_tensors}
+
+    def shared_expert_modules(self, model, layer: int) -> list[torch.nn.Module]:
+        decoder_layer = self.decoder_layers(model)[layer]
+        return [decoder_layer.get_submodule(name) for name in self.modules["shared_experts"]]
+
+    def router_buffers(self, model, layer: int) -> dict[str, torch.Tensor]:
+        """Non-parameter router state the routing function needs (DeepSeek-V3's correction bias)."""
+        router = self.router(model, layer)
+        return {name: getattr(router, name) for name, spec in self.router_tensors.items() if spec.get("buffer")}
+
+    # --- on-disk keys ----------------------------------------------------------------------------
+    def detect_layout(self, reader: CheckpointReader, layer: int) -> CheckpointLayout:
+        """The key convention of a checkpoint, judged by the keys of MoE layer `layer`."""
+        for layout in self.layouts.values():
+            if all(key in reader for key in layout.probe_keys(layer)):
+                return layout
+        expected = "; ".join(f"{name}: {layout.probe_keys(layer)[0]}" for name, layout in self.layouts.items())
+        raise CheckpointError(
+            f"{reader.directory} has none of the known {self.name} expert key layouts for layer {layer} "
+            f"(expected one of {expected})"
+        )
+
+    def classify_key(self, key: str) -> KeyRole:
+        """The role of an on-disk key: fused experts, one expert's tensor, router, or other."""
+        for layout, kind, pattern in self._key_patterns:
+            match = pattern.match(key)
+            if not match:
+                continue
+            layer = int(match["layer"])
+            if kind == "router":
+                name = match["suffix"]
+                if name in self.router_tensors:
+                    return KeyRole("router", layer, expert_dim=self.router_tensors[name]["expert_dim"], suffix=name)
+                continue
+            if kind == "expert":
+                return KeyRole("expert", layer, expert=int(match["expert"]), suffix=match["suffix"])
+            if not match["suffix"][:1].isdigit():  # "experts.3.w1" belongs to a per-expert layout
+                return KeyRole("experts", layer, expert_dim=layout.expert_dim, suffix=match["suffix"])
+        return KeyRole("other")
+
+    def read_module_tensor(
+        self, reader: CheckpointReader, layer: int, name: str, experts: list[int] | None = None,
+        layout: CheckpointLayout | None = None,
+    ) -> torch.Tensor:
+        """The fused module tensor `name` of MoE layer `layer` for `experts`, in the module's layout.
+
+        Whatever the disk layout, the result equals ``model.<experts module>.<name>[experts]`` of
+        the loaded model: per-expert keys are concatenated and stacked, MXFP4 is dequantised (to
+        bf16, as transformers does by default) and transposed to the module orientation.
+        """
+        layout = layout or self.detect_layout(reader, layer)
+        spec = layout.module_tensors[name]
+        if isinstance(spec, list):
+            if experts is None:
+                experts = list(range(self.count_experts_on_disk(reader, layer, layout)))
+            prefix = layout.expert_prefix
+            return torch.stack(
+                [torch.cat([reader.read(prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0) for e in experts]
+            )
+        base = layout.experts_prefix.format(layer=layer) + (spec["mxfp4"] if isinstance(spec, dict) else spec)
+        read = (lambda key: reader.read(key)) if experts is None else (lambda key: reader.read_experts(key, experts, layout.expert_dim))
+        if isinstance(spec, dict):
+            return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales")).transpose(-1, -2)
+        return read(base)
+
+    def count_experts_on_disk(self, reader: CheckpointReader, layer: int, layout: CheckpointLayout) -> int:
+        """How many experts MoE layer `layer` holds in the checkpoint."""
+        if layout.per_expert:
+            pattern = _template_regex(layout.expert_prefix)
+            ids = {int(m["expert"]) for key in reader.keys() if (m := pattern.match(key)) and int(m["layer"]) == layer}
+            return max(ids) + 1 if ids else 0
+        return reader.entries[layout.probe_keys(layer)[0]].shape[layout.expert_dim]

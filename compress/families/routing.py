@@ -1,0 +1,74 @@
+"""Routing functions: router logits → (top-k weights, top-k expert ids), one per family style.
+
+Each function reproduces, from the raw router logits that transformers returns with
+``output_router_logits=True``, exactly what the family's router module computes. The family
+definitions name one of them (``"routing": {"function": ...}``) with its options, so statistics,
+pruning checks and analyses never need the router module itself.
+
+Signature of every function: ``fn(logits [T, E], config, router_buffers, **options)`` where
+``router_buffers`` holds non-parameter router state such as DeepSeek-V3's
+``e_score_correction_bias``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+RoutingFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def topk_then_softmax(logits: torch.Tensor, config, router_buffers: dict, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """gpt-oss: top-k on the logits (router bias included), softmax over the k values only."""
+    values, index = torch.topk(logits, config.num_experts_per_tok, dim=-1)
+    return torch.softmax(values, dim=-1, dtype=values.dtype), index
+
+
+def softmax_then_topk(
+    logits: torch.Tensor, config, router_buffers: dict, *, renormalize, cast_to_logits_dtype: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixtral, Qwen-MoE, OLMoE: fp32 softmax over all experts, top-k, optional renormalisation.
+
+    ``renormalize`` is a bool (Mixtral always renormalises) or the name of the config field that
+    decides it (``norm_topk_prob`` for Qwen and OLMoE).
+    """
+    if isinstance(renormalize, str):
+        renormalize = bool(getattr(config, renormalize, False))
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    weights, index = torch.topk(probs, config.num_experts_per_tok, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if cast_to_logits_dtype:
+        weights = weights.to(logits.dtype)
+    return weights, index
+
+
+def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3: sigmoid scores, correction bias for the choice only, group-limited top-k.
+
+    The best ``topk_group`` of ``n_group`` groups (scored by the sum of their two best biased
+    scores) stay eligible; weights are the unbiased scores of the chosen experts, renormalised when
+    ``norm_topk_prob``, times ``routed_scaling_factor``.
+    """
+    scores = logits.float().sigmoid()
+    num_experts = scores.shape[-1]
+    choice = scores + router_buffers["e_score_correction_bias"].float()
+    n_group = config.n_group
+    group_scores = choice.view(-1, n_group, num_experts // n_group).topk(2, dim=-1)[0].sum(dim=-1)
+    group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
+    group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
+    expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
+    choice = choice.masked_fill(~expert_mask.bool(), float("-inf"))
+    index = torch.topk(choice, k=config.num_experts_per_tok, dim=-1, sorted=False)[1]
+    weights = scores.gather(1, index)
+    if config.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * config.routed_scaling_factor, index
+
+
+ROUTING_FUNCTIONS: dict[str, RoutingFunction] = {
+    "topk_then_softmax": topk_then_softmax,
+    "softmax_then_topk": softmax_then_topk,
+    "sigmoid_group_topk": sigmoid_group_topk,
+}
