@@ -1,0 +1,122 @@
+"""What a MoE checkpoint is: structure from its config, sizes from a meta-device model, format from
+its safetensors headers. No weights are read, so this is instant even for gpt-oss-120b.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .checkpoint.files import read_config
+from .checkpoint.reader import CheckpointReader
+from .errors import CheckpointError
+from .families import MoEFamily, family_for_config
+from .resolve import ResolvedModel
+
+
+@dataclass
+class ParameterCounts:
+    """Parameter counts of a model. Active = what one token uses: everything except the routed
+    experts, plus top-k of E experts in each MoE layer. ``active_excluding_embeddings`` also leaves
+    out the input embedding table (a lookup, not compute), the convention of OpenAI's "3.6B active"
+    for gpt-oss-20b."""
+
+    total: int
+    routed_experts: int
+    shared_experts: int
+    active: int
+    active_excluding_embeddings: int
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: str
+    family: str
+    model_type: str
+    architectures: list[str]
+    num_layers: int
+    moe_layers: list[int]
+    experts_per_layer: dict[int, int]
+    top_k: int
+    shared_experts_per_layer: int
+    parameters: ParameterCounts
+    key_layout: str  # "fused", "per_expert" or "mxfp4"
+    mxfp4: bool
+    shards: int
+    checkpoint_bytes: int
+    tensor_dtypes: dict[str, int] = field(default_factory=dict)  # safetensors dtype → tensor count
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def meta_model(config):
+    """The transformers model for `config`, on the meta device (shapes only, no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(model, family: MoEFamily, config) -> ParameterCounts:
+    total = sum(p.numel() for p in model.parameters())
+    routed = active_routed = shared = 0
+    top_k = family.top_k(config)
+    for layer in family.moe_layer_indices(model):
+        experts = family.experts(model, layer)
+        layer_params = sum(p.numel() for p in experts.parameters())
+        num_experts = next(iter(family.expert_tensors_of(experts).values())).shape[0]
+        routed += layer_params
+        active_routed += layer_params * min(top_k, num_experts) // num_experts
+        shared += sum(p.numel() for module in family.shared_expert_modules(model, layer) for p in module.parameters())
+    active = total - routed + active_routed
+    embeddings = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embeddings
+    return ParameterCounts(total, routed, shared, active, active - (0 if tied else embeddings.numel()))
+
+
+def describe_model(resolved: ResolvedModel) -> ModelInfo:
+    from transformers import AutoConfig
+
+    raw = read_config(resolved.path)
+    family = family_for_config(raw)
+    reader = CheckpointReader(resolved.path)
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise CheckpointError(f"transformers cannot read {resolved.path}/config.json ({exc})") from exc
+    model = meta_model(config)
+    moe_layers = family.moe_layer_indices(model)
+    if not moe_layers:
+        raise CheckpointError(f"{resolved.name}: the config describes no MoE layers (check first_k_dense_replace / mlp_only_layers)")
+    layout = family.detect_layout(reader, moe_layers[0])
+    experts_per_layer = {layer: family.count_experts_on_disk(reader, layer, layout) for layer in moe_layers}
+    configured = family.num_experts(config)
+    wrong = {layer: count for layer, count in experts_per_layer.items() if count != configured}
+    if wrong:
+        layer, count = next(iter(wrong.items()))
+        raise CheckpointError(
+            f"{resolved.name}: config.json says {configured} experts per layer but the weights of layer {layer} hold {count}"
+        )
+    return ModelInfo(
+        name=resolved.name,
+        path=str(resolved.path),
+        family=family.name,
+        model_type=raw.get("model_type"),
+        architectures=raw.get("architectures") or [],
+        num_layers=len(family.decoder_layers(model)),
+        moe_layers=moe_layers,
+        experts_per_layer=experts_per_layer,
+        top_k=family.top_k(config),
+        shared_experts_per_layer=family.shared_expert_count(config),
+        parameters=count_parameters(model, family, config),
+        key_layout=layout.name,
+        mxfp4=layout.name == "mxfp4",
+        shards=len(reader.files),
+        checkpoint_bytes=reader.total_bytes,
+        tensor_dtypes=dict(sorted(Counter(entry.dtype for entry in reader.entries.values()).items())),
+    )

@@ -1,0 +1,1 @@
+"""Recipes: YAML files and the code that applies them (installed as compress.recipes)."""
