@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random MoE checkpoints of every supported family, built offline from the
+real transformers config classes and saved with `save_pretrained`."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+import transformers
+
+transformers.logging.set_verbosity_error()
+
+COMMON = dict(
+    vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 64, "rope_theta": 150000.0}
+
+
+def tiny_config(family: str, **overrides):
+    """The smallest working config of each family (see shared reference §3), 6 experts, top-2."""
+    c = {**COMMON, **overrides}
+    if family == "gpt_oss":
+        return transformers.GptOssConfig(**{"intermediate_size": 16, "num_local_experts": 6, "num_experts_per_tok": 2,
+                                            "head_dim": 16, "sliding_window": 4, "rope_parameters": GPT_OSS_ROPE, **c})
+    if family == "mixtral":
+        return transformers.MixtralConfig(**{"intermediate_size": 16, "num_local_experts": 6, "num_experts_per_tok": 2, **c})
+    if family == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(**{"intermediate_size": 32, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24,
+                                              "num_experts": 6, "num_experts_per_tok": 2, "norm_topk_prob": False, **c})
+    if family == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(**{"intermediate_size": 32, "moe_intermediate_size": 16, "num_experts": 6,
+                                              "num_experts_per_tok": 2, "head_dim": 16, "norm_topk_prob": True, **c})
+    if family == "olmoe":
+        return transformers.OlmoeConfig(**{"intermediate_size": 16, "num_experts": 6, "num_experts_per_tok": 2, **c})
+    if family == "deepseek_v3":
+        # 3 layers with the first dense; 2 groups of 3 experts, best group only: group routing matters.
+        return transformers.DeepseekV3Config(**{
+            "num_hidden_layers": 3, "intermediate_size": 32, "moe_intermediate_size": 16, "n_routed_experts": 6,
+            "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1, "n_shared_experts": 1,
+            "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+            "num_key_value_heads": 2, **{k: v for k, v in c.items() if k != "num_hidden_layers"}})
+    raise ValueError(family)
+
+
+FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+
+
+def build_tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(family, **overrides)).eval()
+    with torch.no_grad():  # random router biases, so routing does not depend on weights alone
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.uniform_(-0.1, 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """{family: (model, directory)}: saved with save_pretrained in small shards (multi-file + index)."""
+    root = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for family in FAMILIES:
+        model = build_tiny_model(family)
+        directory = root / family
+        model.save_pretrained(directory, max_shard_size="40KB")
+        out[family] = (model, directory)
+    return out

@@ -1,0 +1,76 @@
+"""The built-in corpus and `--model` resolution."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from compress.data.corpus import DOMAINS, SPLITS, load_texts
+from compress.data.presets import HUB_PRESETS, preset_for
+from compress.errors import DataError, ModelNotFoundError
+from compress.resolve import demo_model_path, resolve_model
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_splits_are_disjoint_deterministic_and_non_empty(domain):
+    splits = {split: load_texts(domain, split) for split in SPLITS}
+    for split, texts in splits.items():
+        assert len(texts) > 10 and all(texts), (domain, split)
+        assert load_texts(domain, split) == texts
+    assert not set(splits["train"]) & set(splits["heldout"])
+    assert not set(splits["train"]) & set(splits["calibration"])
+    assert not set(splits["calibration"]) & set(splits["heldout"])
+
+
+def test_math_problems_have_worked_answers_that_are_right():
+    for text in load_texts("math", "calibration")[:200]:
+        question, answer = text.split("\nA: ")
+        assert question.startswith("Q: ") and "The answer is " in answer
+        for step in answer.split(". "):  # every "a op b = c" step is correct arithmetic
+            if " = " in step and "remainder" not in step and "%" not in step:
+                lhs, rhs = step.split(" = ")
+                assert eval(lhs.replace("divided by", "/")) == float(rhs.rstrip(".")), step
+
+
+def test_code_and_prose_come_from_this_python():
+    assert any("def " in text for text in load_texts("code", "heldout"))
+    assert any(" the " in text for text in load_texts("general", "heldout"))
+
+
+def test_unknown_domain_or_split():
+    with pytest.raises(DataError, match="choose one of math, code, general"):
+        load_texts("poetry", "train")
+    with pytest.raises(DataError, match="unknown split"):
+        load_texts("math", "test")
+
+
+def test_hub_presets_cover_the_users_domains():
+    for domain in ("math", "code", "science", "health", "law", "safety", "instruction_following", "general"):
+        preset = preset_for(domain)
+        assert "/" in preset.repo_id and preset.text_fields
+    assert set(HUB_PRESETS) >= {"math", "code", "general"}
+    with pytest.raises(DataError, match="no Hub preset"):
+        preset_for("astrology")
+
+
+def test_resolve_demo_local_and_bad_paths(tmp_path):
+    demo = resolve_model("demo")
+    assert demo.path == demo_model_path() and (demo.path / "config.json").is_file()
+    assert resolve_model(str(tmp_path)).path == tmp_path.resolve()
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve_model(str(tmp_path / "file.txt"))
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotFoundError, match="could not be reached"):
+        resolve_model("openai/gpt-oss-20b")  # HF_HUB_OFFLINE=1 in the tests
+
+
+def test_no_top_level_kernels_or_evals_module_is_installed():
+    """transformers probes find_spec("kernels"): ours must only exist as compress.kernels."""
+    assert importlib.util.find_spec("compress.kernels") is not None
+    assert importlib.util.find_spec("compress.recipes") is not None
+    assert importlib.util.find_spec("compress.evals") is not None
+    assert importlib.util.find_spec("kernels") is None
+    assert importlib.util.find_spec("evals") is None

@@ -1,0 +1,155 @@
+"""Family adapters against transformers' own models: routing, module lookup, on-disk keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from compress.checkpoint.files import read_config
+from compress.checkpoint.reader import CheckpointReader
+from compress.errors import UnsupportedModelError
+from compress.families import all_families, family_for_config, get_family
+
+from conftest import FAMILIES, build_tiny_model, tiny_config
+
+
+def test_every_supported_family_has_a_definition():
+    assert set(all_families()) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_routing_function_equals_the_router_module(family_name, norm_topk_prob):
+    """Our routing from raw logits reproduces the family's router forward exactly."""
+    model = build_tiny_model(family_name, norm_topk_prob=norm_topk_prob)
+    family = family_for_config(model.config)
+    torch.manual_seed(1)
+    hidden = torch.randn(37, model.config.hidden_size)
+    for layer in family.moe_layer_indices(model):
+        router = family.router(model, layer)
+        logits, expected_weights, expected_index = router(hidden)
+        weights, index = family.route(logits, model.config, family.router_buffers(model, layer))
+        # DeepSeek-V3 returns its top-k unsorted: compare per token after sorting by expert id.
+        order, expected_order = index.argsort(dim=-1), expected_index.argsort(dim=-1)
+        assert torch.equal(index.gather(1, order), expected_index.gather(1, expected_order))
+        assert weights.dtype == expected_weights.dtype
+        torch.testing.assert_close(weights.gather(1, order), expected_weights.gather(1, expected_order), rtol=0, atol=0)
+
+
+def test_routing_matches_output_router_logits_in_a_full_forward():
+    """The logits transformers returns with output_router_logits route to what the layer used."""
+    model = build_tiny_model("deepseek_v3")
+    family = family_for_config(model.config)
+    input_ids = torch.randint(3, 64, (2, 9))
+    captured = {}
+    layers = family.moe_layer_indices(model)
+    hooks = [
+        family.router(model, layer).register_forward_hook(lambda m, i, o, layer=layer: captured.__setitem__(layer, o[2]))
+        for layer in layers
+    ]
+    out = model(input_ids=input_ids, output_router_logits=True)
+    for hook in hooks:
+        hook.remove()
+    assert len(out.router_logits) == len(layers)
+    for layer, logits in zip(layers, out.router_logits):
+        _, index = family.route(logits, model.config, family.router_buffers(model, layer))
+        assert torch.equal(index.sort(dim=-1).values, captured[layer].sort(dim=-1).values)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_moe_layers_and_config_fields(family_name):
+    model = build_tiny_model(family_name)
+    family = get_family(family_name)
+    expected_layers = [1, 2] if family_name == "deepseek_v3" else [0, 1]
+    assert family.moe_layer_indices(model) == expected_layers
+    assert family.num_experts(model.config) == 6
+    assert family.num_experts(model.config.to_dict()) == 6
+    assert family.top_k(model.config) == 2
+    assert family.shared_expert_count(model.config) == (1 if family_name in ("qwen2_moe", "deepseek_v3") else 0)
+    for layer in expected_layers:
+        for name, tensor in family.expert_tensors_of(family.experts(model, layer)).items():
+            assert tensor.shape[family.expert_tensors[name]["expert_dim"]] == 6
+
+
+def test_qwen2_moe_sparse_step_makes_dense_layers():
+    model = build_tiny_model("qwen2_moe", num_hidden_layers=4, decoder_sparse_step=2)
+    assert get_family("qwen2_moe").moe_layer_indices(model) == [1, 3]
+
+
+def test_rewrite_config_sets_every_alias_present():
+    family = get_family("gpt_oss")
+    raw = {"model_type": "gpt_oss", "num_local_experts": 32, "num_experts_per_tok": 4, "experts_per_token": 4}
+    new = family.rewrite_config(raw, num_experts=8, top_k=3)
+    assert new == {"model_type": "gpt_oss", "num_local_experts": 8, "num_experts_per_tok": 3, "experts_per_token": 3}
+    assert raw["num_local_experts"] == 32  # the input is not modified
+    qwen3 = get_family("qwen3_moe").rewrite_config({"num_local_experts": 128, "num_experts_per_tok": 8}, num_experts=64)
+    assert qwen3 == {"num_local_experts": 64, "num_experts_per_tok": 8}
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_checkpoints):
+    """save_pretrained's per-expert layout (gpt-oss: fused), read through our reader and adapter,
+    equals the model transformers loads from the same directory."""
+    _, directory = tiny_checkpoints[family_name]
+    loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    family = family_for_config(read_config(directory))
+    reader = CheckpointReader(directory)
+    assert len(reader.files) > 1  # sharded, with an index
+    expected_layout = "fused" if family_name == "gpt_oss" else "per_expert"
+    for layer in family.moe_layer_indices(loaded):
+        layout = family.detect_layout(reader, layer)
+        assert layout.name == expected_layout
+        assert family.count_experts_on_disk(reader, layer, layout) == 6
+        module = family.experts(loaded, layer)
+        for name in family.expert_tensors:
+            for selection in ([4, 1, 2], [0], list(range(6))):
+                got = family.read_module_tensor(reader, layer, name, selection, layout)
+                assert torch.equal(got, getattr(module, name)[selection]), (name, selection)
+
+
+@pytest.mark.parametrize("family_name", ["mixtral", "qwen2_moe", "deepseek_v3"])
+def test_fused_on_disk_layout_is_read_too(family_name, tmp_path):
+    """A checkpoint written with the module (fused) names loads in transformers and reads the same."""
+    model = build_tiny_model(family_name)
+    model.config.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    family = family_for_config(model.config)
+    reader = CheckpointReader(tmp_path)
+    for layer in family.moe_layer_indices(model):
+        layout = family.detect_layout(reader, layer)
+        assert layout.name == "fused"
+        for name in family.expert_tensors:
+            got = family.read_module_tensor(reader, layer, name, [5, 3], layout)
+            assert torch.equal(got, getattr(family.experts(loaded, layer), name)[[5, 3]])
+
+
+def test_classify_key_roles():
+    mixtral, deepseek, gpt_oss = get_family("mixtral"), get_family("deepseek_v3"), get_family("gpt_oss")
+    role = mixtral.classify_key("model.layers.3.block_sparse_moe.experts.7.w2.weight")
+    assert (role.kind, role.layer, role.expert, role.suffix) == ("expert", 3, 7, "w2.weight")
+    role = mixtral.classify_key("model.layers.3.mlp.experts.gate_up_proj")
+    assert (role.kind, role.layer, role.expert_dim) == ("experts", 3, 0)
+    assert mixtral.classify_key("model.layers.3.block_sparse_moe.gate.weight").kind == "router"
+    assert mixtral.classify_key("model.layers.3.self_attn.q_proj.weight").kind == "other"
+    # DeepSeek's FP8 checkpoints carry per-expert scale tensors: still one expert's tensor.
+    role = deepseek.classify_key("model.layers.5.mlp.experts.12.gate_proj.weight_scale_inv")
+    assert (role.kind, role.layer, role.expert) == ("expert", 5, 12)
+    assert deepseek.classify_key("model.layers.5.mlp.gate.e_score_correction_bias").kind == "router"
+    assert deepseek.classify_key("model.layers.5.mlp.shared_experts.down_proj.weight").kind == "other"
+    assert get_family("qwen2_moe").classify_key("model.layers.0.mlp.shared_expert_gate.weight").kind == "other"
+    role = gpt_oss.classify_key("model.layers.0.mlp.experts.gate_up_proj_blocks")
+    assert (role.kind, role.expert_dim, role.suffix) == ("experts", 0, "gate_up_proj_blocks")
+    assert gpt_oss.classify_key("model.layers.0.mlp.router.bias").kind == "router"
+
+
+def test_unsupported_and_dense_configs_are_named():
+    with pytest.raises(UnsupportedModelError, match="dense model"):
+        family_for_config({"model_type": "llama", "hidden_size": 8})
+    with pytest.raises(UnsupportedModelError, match="without a moe-compress adapter"):
+        family_for_config({"model_type": "granitemoe", "num_local_experts": 8})
+    with pytest.raises(UnsupportedModelError, match="did you mean mixtral"):
+        get_family("mixtrall")
+    assert family_for_config(tiny_config("olmoe")).name == "olmoe"
