@@ -1,7 +1,7 @@
 """`--model` resolution: a local directory, ``demo``, or a Hugging Face Hub repository id.
 
-Hub downloads fetch only what moe-compress reads (safetensors weights and their index, config,
-tokenizer, chat template, generation config, the model card), never pickle files, through
+Hub downloads fetch only what moe-compress reads (top-level safetensors weights and their index,
+config, tokenizer, chat template, generation config, the model card), never pickle files, through
 huggingface_hub's cache so a second run is offline.
 """
 
@@ -28,6 +28,8 @@ HUB_ALLOW_PATTERNS = [
     "chat_template*",
     "README.md",
 ]
+# Sub-folders hold other formats of the same weights (gpt-oss: original/, metal/), never what we read.
+HUB_IGNORE_PATTERNS = ["*/*"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -72,7 +74,9 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
+        return Path(snapshot_download(
+            repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS, ignore_patterns=HUB_IGNORE_PATTERNS
+        ))
     except GatedRepoError as exc:
         raise ModelNotFoundError(
             f"{repo_id} is gated on the Hub: accept its licence on the model page, then `hf auth login`"

@@ -26,6 +26,7 @@ from compress.evals.perplexity import heldout_perplexity
 from compress.expert_usage import domain_divergence_table, expert_usage
 
 EOS_TOKEN = "<|endoftext|>"
+USAGE_PLOT = "expert_usage.png"
 
 
 def default_recipe_path() -> Path:
@@ -138,14 +139,15 @@ def write_report(model_dir: Path) -> dict:
     recipe = report["recipe"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    report.update(evaluate(model, tokenizer, recipe))
+    report.update(evaluate(model, tokenizer, recipe, plot_path=model_dir / USAGE_PLOT))
     (model_dir / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     (model_dir / "README.md").write_text(model_card(report))
     return report
 
 
-def evaluate(model, tokenizer, recipe: dict) -> dict:
-    """Held-out perplexity per domain and the domain-divergence table, trained vs untrained."""
+def evaluate(model, tokenizer, recipe: dict, plot_path: Path | None = None) -> dict:
+    """Held-out perplexity per domain and the domain-divergence table, trained vs untrained;
+    with `plot_path`, also a heatmap of the trained model's expert usage per domain."""
     evaluation, train_cfg = recipe["evaluation"], recipe["training"]
     domains, seq_len = train_cfg["domains"], train_cfg["seq_len"]
     perplexity = {
@@ -156,6 +158,8 @@ def evaluate(model, tokenizer, recipe: dict) -> dict:
     trained_usage = {d: expert_usage(model, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
     untrained = build_model(recipe, tokenizer).to(model.dtype).eval()  # same seed: the initialisation trained from
     untrained_usage = {d: expert_usage(untrained, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
+    if plot_path is not None:
+        plot_usage(trained_usage, plot_path)
     return {
         "heldout_perplexity": perplexity,
         "domain_divergence": {
@@ -164,6 +168,25 @@ def evaluate(model, tokenizer, recipe: dict) -> dict:
             "untrained": [round(x, 4) for x in domain_divergence_table(untrained_usage)],
         },
     }
+
+
+def plot_usage(usage: dict[str, torch.Tensor], path: Path) -> None:
+    """One heatmap per domain: MoE layer × expert, share of the layer's top-k selections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(usage), figsize=(4 * len(usage), 3), sharey=True, constrained_layout=True)
+    for ax, (domain, counts) in zip(axes, usage.items()):
+        share = counts.double() / counts.sum(dim=1, keepdim=True)
+        image = ax.imshow(share.numpy(), cmap="viridis", vmin=0, vmax=0.25, aspect="auto")
+        ax.set_title(domain)
+        ax.set_xlabel("expert")
+    axes[0].set_ylabel("MoE layer")
+    fig.colorbar(image, ax=axes, label="share of selections")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def model_card(report: dict) -> str:
@@ -202,4 +225,8 @@ It is the default model of moe-compress's commands and the trained model its qua
 | layer | untrained | trained |
 |---|---|---|
 {rows}
+
+Expert usage of the trained model per domain (share of each layer's top-k selections):
+
+![expert usage]({USAGE_PLOT})
 """

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 
 import pytest
 
@@ -67,10 +68,35 @@ def test_resolve_demo_local_and_bad_paths(tmp_path):
         resolve_model("openai/gpt-oss-20b")  # HF_HUB_OFFLINE=1 in the tests
 
 
-def test_no_top_level_kernels_or_evals_module_is_installed():
-    """transformers probes find_spec("kernels"): ours must only exist as compress.kernels."""
-    assert importlib.util.find_spec("compress.kernels") is not None
-    assert importlib.util.find_spec("compress.recipes") is not None
-    assert importlib.util.find_spec("compress.evals") is not None
-    assert importlib.util.find_spec("kernels") is None
-    assert importlib.util.find_spec("evals") is None
+def test_no_top_level_kernels_or_evals_module_is_installed(tmp_path):
+    """transformers probes find_spec("kernels"): the installed package must only provide
+    compress.kernels (checked from another directory, so the source tree is not on sys.path)."""
+    probe = (
+        "import importlib.util as u; "
+        "print([u.find_spec(n) is not None for n in ('compress.kernels', 'compress.recipes', 'compress.evals', 'kernels', 'evals', 'recipes')])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "[True, True, True, False, False, False]", result.stderr
+
+
+def test_hub_ids_download_only_safetensors_config_and_tokenizer(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, ignore_patterns=None, **kwargs):
+        calls.append((repo_id, revision, allow_patterns, ignore_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    resolved = resolve_model("openai/gpt-oss-20b", revision="main")
+    assert (resolved.path, resolved.hub_id, resolved.name) == (tmp_path, "openai/gpt-oss-20b", "openai/gpt-oss-20b")
+    (repo_id, revision, allow, ignore), = calls
+    assert (repo_id, revision) == ("openai/gpt-oss-20b", "main")
+    # The files of the published gpt-oss-20b repository, filtered the way huggingface_hub filters them.
+    wanted = ["model-00000-of-00002.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "README.md"]
+    unwanted = ["original/model.safetensors", "original/config.json", "metal/model.bin", "pytorch_model.bin",
+                "consolidated.pt", "LICENSE", "USAGE_POLICY"]
+    assert sorted(filter_repo_objects(wanted + unwanted, allow_patterns=allow, ignore_patterns=ignore)) == sorted(wanted)

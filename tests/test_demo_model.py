@@ -29,7 +29,7 @@ def demo():
 def test_checkpoint_is_small_complete_and_documented():
     path = demo_model_path()
     names = {p.name for p in path.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "training.json", "README.md"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training.json", "README.md", "expert_usage.png"} <= names
     assert sum(p.stat().st_size for p in path.iterdir()) < 20 * 2**20
     report = json.loads((path / "training.json").read_text())
     assert report["steps"] == report["recipe"]["training"]["steps"] >= 1000
@@ -88,16 +88,19 @@ def test_expert_usage_counts_what_the_routers_select(demo):
     model, tokenizer = demo
     family = get_family("gpt_oss")
     counts = torch.zeros(6, 16, dtype=torch.long)
-    hooks = [
-        family.router(model, layer).register_forward_hook(
-            lambda m, i, o, layer=layer: counts[layer].add_(torch.bincount(o[2].flatten(), minlength=16))
-        )
-        for layer in range(6)
-    ]
-    texts = load_texts("code", "calibration")
-    usage = expert_usage(model, tokenizer, texts, tokens=512, seq_len=128)
-    for hook in hooks:
-        hook.remove()
+
+    def count_selections(layer):
+        def hook(module, inputs, output):
+            counts[layer] += torch.bincount(output[2].flatten(), minlength=16)
+
+        return hook
+
+    hooks = [family.router(model, layer).register_forward_hook(count_selections(layer)) for layer in range(6)]
+    try:
+        usage = expert_usage(model, tokenizer, load_texts("code", "calibration"), tokens=512, seq_len=128)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert torch.equal(usage, counts)
     assert int(usage.sum()) == 6 * 512 * 4
 
@@ -107,8 +110,8 @@ def test_routing_is_domain_dependent_unlike_the_untrained_model(demo):
     report = json.loads((demo_model_path() / "training.json").read_text())
     untrained = build_model(report["recipe"], tokenizer).eval()  # the recipe's seeded initialisation
     calibration = {domain: load_texts(domain, "calibration") for domain in DOMAINS}
-    trained_table = domain_divergence_table({d: expert_usage(model, tokenizer, t, 2048, 128) for d, t in calibration.items()})
-    untrained_table = domain_divergence_table({d: expert_usage(untrained, tokenizer, t, 2048, 128) for d, t in calibration.items()})
+    trained_table = domain_divergence_table({d: expert_usage(model, tokenizer, t, 8192, 128) for d, t in calibration.items()})
+    untrained_table = domain_divergence_table({d: expert_usage(untrained, tokenizer, t, 8192, 128) for d, t in calibration.items()})
     print("\nlayer  untrained  trained (JS divergence between domains, bits)")
     for layer, (before, after) in enumerate(zip(untrained_table, trained_table)):
         print(f"{layer:5d}  {before:9.4f}  {after:7.4f}")

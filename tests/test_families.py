@@ -107,6 +107,10 @@ def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_chec
             for selection in ([4, 1, 2], [0], list(range(6))):
                 got = family.read_module_tensor(reader, layer, name, selection, layout)
                 assert torch.equal(got, getattr(module, name)[selection]), (name, selection)
+        router = family.router(loaded, layer)
+        for name, spec in family.router_tensors.items():  # router rows are expert slices too
+            key = layout.router_prefix.format(layer=layer) + name
+            assert torch.equal(reader.read_experts(key, [5, 0], spec["expert_dim"]), getattr(router, name)[[5, 0]])
 
 
 @pytest.mark.parametrize("family_name", ["mixtral", "qwen2_moe", "deepseek_v3"])

@@ -48,6 +48,14 @@ def test_info_reports_the_loaded_models_numbers(family_name, tiny_checkpoints, c
         assert params["shared_experts"] == shared > 0
 
 
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "info" in out and "train-demo" in out and "routing statistics -> plan" in out
+
+
 def test_info_human_output(tiny_checkpoints, capsys):
     assert main(["info", str(tiny_checkpoints["deepseek_v3"][1])]) == 0
     out = capsys.readouterr().out

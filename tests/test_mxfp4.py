@@ -136,3 +136,13 @@ def test_refuses_non_gpt_oss_and_already_quantised(mxfp4_checkpoint, tiny_checkp
     with pytest.raises(CheckpointError, match="for gpt-oss checkpoints"):
         write_mxfp4_checkpoint(tiny_checkpoints["mixtral"][1], tmp_path / "mixtral")
     assert not (tmp_path / "again").exists() and not (tmp_path / "mixtral").exists()
+
+
+def test_info_reports_mxfp4(mxfp4_checkpoint, capsys):
+    from compress.cli import main
+
+    _, _, directory = mxfp4_checkpoint
+    assert main(["info", str(directory), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["key_layout"], info["mxfp4"], info["experts_per_layer"]) == ("mxfp4", True, {"0": 4, "1": 4})
+    assert info["tensor_dtypes"]["U8"] == 8  # blocks and scales of two projections in two layers
