@@ -68,7 +68,7 @@ def count_parameters(model, family: MoEFamily, config) -> ParameterCounts:
     for layer in family.moe_layer_indices(model):
         experts = family.experts(model, layer)
         layer_params = sum(p.numel() for p in experts.parameters())
-        num_experts = next(iter(family.expert_tensors_of(experts).values())).shape[0]
+        num_experts = family.num_experts_in(experts)
         routed += layer_params
         active_routed += layer_params * min(top_k, num_experts) // num_experts
         shared += sum(p.numel() for module in family.shared_expert_modules(model, layer) for p in module.parameters())

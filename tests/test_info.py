@@ -77,6 +77,20 @@ def test_real_gpt_oss_parameter_counts_on_the_meta_device():
     assert round(counts.active / 1e9, 2) == 4.19
 
 
+def test_published_active_parameter_figures_on_the_meta_device():
+    """gpt-oss-120b (OpenAI: 117B total, 5.1B active) and DeepSeek-V3 (671B total, 37B active)."""
+    from transformers import DeepseekV3Config
+
+    config = GptOssConfig(num_hidden_layers=36, num_local_experts=128, num_experts_per_tok=4)
+    counts = count_parameters(meta_model(config), get_family("gpt_oss"), config)
+    assert round(counts.total / 1e9, 3) == 116.829
+    assert round(counts.active_excluding_embeddings / 1e9, 1) == 5.1
+    config = DeepseekV3Config()  # the defaults are DeepSeek-V3's published sizes
+    counts = count_parameters(meta_model(config), get_family("deepseek_v3"), config)
+    assert round(counts.total / 1e9) == 671
+    assert round(counts.active / 1e9) == 38 and round(counts.active_excluding_embeddings / 1e9) == 37
+
+
 def _cli(*args, cwd=None):
     """Run the installed CLI in a fresh process, as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

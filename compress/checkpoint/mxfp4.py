@@ -18,6 +18,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .files import copy_support_files, read_config, write_config
+from .output import atomic_output_dir
+from .reader import CheckpointReader
+from .writer import DEFAULT_MAX_SHARD_BYTES, TORCH_DTYPES, ShardedCheckpointWriter, TensorSpec
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 BLOCK_VALUES = 32
@@ -57,7 +61,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, (exponent + 127).to(torch.uint8)
 
 
-def write_mxfp4_checkpoint(source: str | Path, target: str | Path, max_shard_bytes: int | None = None,
+def write_mxfp4_checkpoint(source: str | Path, target: str | Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                            overwrite: bool = False) -> Path:
     """Write a copy of a gpt-oss checkpoint with its experts in the published MXFP4 layout.
 
@@ -65,11 +69,7 @@ def write_mxfp4_checkpoint(source: str | Path, target: str | Path, max_shard_byt
     or freshly built ``GptOssForCausalLM``); everything but ``gate_up_proj``/``down_proj`` is copied
     unchanged and ``quantization_config`` is added to config.json, as in openai/gpt-oss-20b.
     """
-    from ..families import get_family
-    from .files import copy_support_files, read_config, write_config
-    from .output import atomic_output_dir
-    from .reader import CheckpointReader
-    from .writer import DEFAULT_MAX_SHARD_BYTES, TORCH_DTYPES, ShardedCheckpointWriter, TensorSpec
+    from ..families import get_family  # here, not at the top: the families read MXFP4 through this module
 
     family = get_family("gpt_oss")
     reader = CheckpointReader(source)
@@ -91,7 +91,7 @@ def write_mxfp4_checkpoint(source: str | Path, target: str | Path, max_shard_byt
             plan.append((TensorSpec(key, TORCH_DTYPES[entry.dtype], entry.shape), key, None))
     config["quantization_config"] = {"modules_to_not_convert": MODULES_NOT_CONVERTED, "quant_method": "mxfp4"}
     with atomic_output_dir(target, overwrite=overwrite) as staging:
-        with ShardedCheckpointWriter(staging, [spec for spec, _, _ in plan], max_shard_bytes or DEFAULT_MAX_SHARD_BYTES) as writer:
+        with ShardedCheckpointWriter(staging, [spec for spec, _, _ in plan], max_shard_bytes) as writer:
             quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
             for spec, key, part in plan:
                 if part is None:

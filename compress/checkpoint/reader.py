@@ -64,11 +64,11 @@ class CheckpointReader:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        self._headers: dict[str, dict] = {}
         self.weight_map = self._weight_map()
         self.entries: dict[str, TensorEntry] = {}
         for file in sorted(set(self.weight_map.values())):
-            header = read_safetensors_header(self.directory / file)
-            for key, entry in header.items():
+            for key, entry in self._header(file).items():
                 if key == "__metadata__":
                     continue
                 start, end = entry["data_offsets"]
@@ -96,8 +96,7 @@ class CheckpointReader:
         if SINGLE_FILE in files:
             files = [SINGLE_FILE]
         if len(files) == 1:
-            header = read_safetensors_header(self.directory / files[0])
-            return {key: files[0] for key in header if key != "__metadata__"}
+            return {key: files[0] for key in self._header(files[0]) if key != "__metadata__"}
         if len(files) > 1:
             raise CheckpointError(
                 f"{self.directory} has {len(files)} safetensors files but no {INDEX_FILE}: cannot tell which belong to the model"
@@ -109,6 +108,11 @@ class CheckpointReader:
                 "Convert them first: load with transformers and save_pretrained(..., safe_serialization=True)"
             )
         raise CheckpointError(f"{self.directory} holds no safetensors weights")
+
+    def _header(self, file: str) -> dict:
+        if file not in self._headers:
+            self._headers[file] = read_safetensors_header(self.directory / file)
+        return self._headers[file]
 
     # --- what is there -------------------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..model_info import ModelInfo, describe_model
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
         help="describe a MoE checkpoint: family, layers, experts, top-k, parameters, format",
         description="Describe a Mixture-of-Experts checkpoint without loading its weights.",
         epilog=EPILOG,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="local directory, Hub id (OWNER/NAME) or `demo`")
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")

@@ -180,8 +180,12 @@ class MoEFamily:
         return self.decoder_layers(model)[layer].get_submodule(self.modules["experts"])
 
     def expert_tensors_of(self, experts_module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The fused expert tensors of an experts module, by name (expert dimension first)."""
+        """The fused expert tensors of an experts module, by name."""
         return {name: getattr(experts_module, name) for name in self.expert_tensors}
+
+    def num_experts_in(self, experts_module: torch.nn.Module) -> int:
+        name, spec = next(iter(self.expert_tensors.items()))
+        return getattr(experts_module, name).shape[spec["expert_dim"]]
 
     def shared_expert_modules(self, model, layer: int) -> list[torch.nn.Module]:
         decoder_layer = self.decoder_layers(model)[layer]
