@@ -8,9 +8,9 @@ without the Hub:
 * ``general`` English prose from the same installation (``pydoc_data.topics``, the reference
   manual's topic texts), cut into paragraphs.
 
-Splits are disjoint: generated problems use a different seed per split, and stdlib files and prose
-paragraphs are assigned to a split by a hash of their name, so a document always lands in the same
-split. The code and prose depend on the Python version that runs them; `corpus_fingerprint` names
+Splits are disjoint: generated problems use a different seed per split, stdlib files and prose
+chunks are assigned to a split by a hash of their name (a document always lands in the same
+split), and a later split drops any text an earlier one already has. The code and prose depend on the Python version that runs them; `corpus_fingerprint` names
 it so statistics files can record where their text came from.
 """
 
