@@ -94,7 +94,7 @@ def describe_model(resolved: ResolvedModel) -> ModelInfo:
     if not moe_layers:
         raise CheckpointError(f"{resolved.name}: the config describes no MoE layers (check first_k_dense_replace / mlp_only_layers)")
     layout = family.detect_layout(reader, moe_layers[0])
-    experts_per_layer = {layer: family.count_experts_on_disk(reader, layer, layout) for layer in moe_layers}
+    experts_per_layer = family.count_experts_on_disk(reader, layout, moe_layers)
     configured = family.num_experts(config)
     wrong = {layer: count for layer, count in experts_per_layer.items() if count != configured}
     if wrong:

@@ -240,21 +240,28 @@ class MoEFamily:
         spec = layout.module_tensors[name]
         if isinstance(spec, list):
             if experts is None:
-                experts = list(range(self.count_experts_on_disk(reader, layer, layout)))
+                experts = list(range(self.count_experts_on_disk(reader, layout, [layer])[layer]))
             prefix = layout.expert_prefix
             return torch.stack(
                 [torch.cat([reader.read(prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0) for e in experts]
             )
         base = layout.experts_prefix.format(layer=layer) + (spec["mxfp4"] if isinstance(spec, dict) else spec)
-        read = (lambda key: reader.read(key)) if experts is None else (lambda key: reader.read_experts(key, experts, layout.expert_dim))
+
+        def read(key: str) -> torch.Tensor:
+            return reader.read(key) if experts is None else reader.read_experts(key, experts, layout.expert_dim)
+
         if isinstance(spec, dict):
             return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales")).transpose(-1, -2)
         return read(base)
 
-    def count_experts_on_disk(self, reader: CheckpointReader, layer: int, layout: CheckpointLayout) -> int:
-        """How many experts MoE layer `layer` holds in the checkpoint."""
-        if layout.per_expert:
-            pattern = _template_regex(layout.expert_prefix)
-            ids = {int(m["expert"]) for key in reader.keys() if (m := pattern.match(key)) and int(m["layer"]) == layer}
-            return max(ids) + 1 if ids else 0
-        return reader.entries[layout.probe_keys(layer)[0]].shape[layout.expert_dim]
+    def count_experts_on_disk(self, reader: CheckpointReader, layout: CheckpointLayout, layers: list[int]) -> dict[int, int]:
+        """How many experts each of the MoE `layers` holds in the checkpoint (one pass over the keys)."""
+        if not layout.per_expert:
+            return {layer: reader.entries[layout.probe_keys(layer)[0]].shape[layout.expert_dim] for layer in layers}
+        pattern = _template_regex(layout.expert_prefix)
+        highest = {layer: -1 for layer in layers}
+        for key in reader.keys():
+            match = pattern.match(key)
+            if match and int(match["layer"]) in highest:
+                highest[int(match["layer"])] = max(highest[int(match["layer"])], int(match["expert"]))
+        return {layer: top + 1 for layer, top in highest.items()}
