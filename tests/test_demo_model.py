@@ -47,12 +47,20 @@ def test_info_on_demo(capsys):
 
 
 def test_generates_worked_arithmetic(demo):
+    """Greedy answers to held-out problems follow the worked-answer format and are sometimes right
+    (an untrained model never is)."""
     model, tokenizer = demo
-    prompt = "Q: What is 23 + 45?\nA:"
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    output = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    text = tokenizer.decode(output[0, ids.shape[1]:])
-    assert text.startswith(" 23 + 45 ="), text  # it learned the worked-answer format
+    problems = load_texts("math", "heldout")[:20]
+    formatted = correct = 0
+    for problem in problems:
+        question, answer = problem.split("\nA:")
+        ids = tokenizer(question + "\nA:", return_tensors="pt").input_ids
+        output = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(output[0, ids.shape[1]:]).split(tokenizer.eos_token)[0]
+        formatted += "The answer is " in text
+        correct += text.strip().endswith("The answer is " + answer.split("The answer is ")[1])
+    assert formatted >= 18, formatted
+    assert correct >= 2, correct
 
 
 def _perplexity(model, tokenizer, texts, windows=16, seq_len=128):
@@ -74,8 +82,8 @@ def test_heldout_perplexity_shows_a_trained_model(demo):
     ppl = {domain: _perplexity(model, tokenizer, load_texts(domain, "heldout")) for domain in DOMAINS}
     # Untrained, every domain sits near the vocabulary size (2,048); trained, far below.
     assert ppl["math"] < 5, ppl
-    assert ppl["code"] < 60, ppl
-    assert ppl["general"] < 250, ppl
+    assert ppl["code"] < 100, ppl
+    assert ppl["general"] < 100, ppl
 
 
 def test_js_divergence_known_values():
@@ -115,5 +123,5 @@ def test_routing_is_domain_dependent_unlike_the_untrained_model(demo):
     print("\nlayer  untrained  trained (JS divergence between domains, bits)")
     for layer, (before, after) in enumerate(zip(untrained_table, trained_table)):
         print(f"{layer:5d}  {before:9.4f}  {after:7.4f}")
-    assert sum(trained_table) > 2 * sum(untrained_table)
-    assert sum(a > b for a, b in zip(trained_table, untrained_table)) >= 5
+    assert all(after > before for before, after in zip(untrained_table, trained_table))
+    assert sum(trained_table) > 1.5 * sum(untrained_table)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  compress train-demo --out out/demo_model                  (about 20-25 minutes on 2 CPU cores)
+  compress train-demo --out out/demo_model                  (about 35 minutes on 2 CPU cores)
   compress train-demo --out out/demo_model --steps 200      (a quick, weaker model)
   compress train-demo --out compress/demo_model --report-only   (re-evaluate an existing one)
 """
