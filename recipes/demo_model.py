@@ -155,17 +155,18 @@ def evaluate(model, tokenizer, recipe: dict, plot_path: Path | None = None) -> d
         for d in domains
     }
     calibration = {d: load_texts(d, "calibration") for d in domains}
-    trained_usage = {d: expert_usage(model, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
     untrained = build_model(recipe, tokenizer).to(model.dtype).eval()  # same seed: the initialisation trained from
-    untrained_usage = {d: expert_usage(untrained, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
+    usage = {
+        name: {d: expert_usage(m, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
+        for name, m in (("trained", model), ("untrained", untrained))
+    }
     if plot_path is not None:
-        plot_usage(trained_usage, plot_path)
+        plot_usage(usage["trained"], plot_path)
     return {
         "heldout_perplexity": perplexity,
         "domain_divergence": {
             "metric": "Jensen-Shannon divergence (bits) between domains' top-k selection distributions, mean over domain pairs",
-            "trained": [round(x, 4) for x in domain_divergence_table(trained_usage)],
-            "untrained": [round(x, 4) for x in domain_divergence_table(untrained_usage)],
+            **{name: [round(x, 4) for x in domain_divergence_table(counts)] for name, counts in usage.items()},
         },
     }
 

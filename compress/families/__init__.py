@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib import resources
 
 from ..errors import UnsupportedModelError
-from .family import CheckpointLayout, KeyRole, MoEFamily
+from .family import CheckpointLayout, KeyRole, MoEFamily, config_value
 
 # Config fields that hold an expert count in some MoE architecture, ours or not: a config with one
 # of them set is a MoE model even when we have no adapter for it.
@@ -40,13 +40,12 @@ def get_family(name: str) -> MoEFamily:
 
 def family_for_config(config) -> MoEFamily:
     """The family of a transformers config object or raw config.json dict; clear errors otherwise."""
-    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
-    model_type = get("model_type")
+    model_type = config_value(config, "model_type")
     for family in all_families().values():
         if model_type in family.model_types:
             return family
     supported = ", ".join(all_families())
-    if any(get(name) for name in _ANY_EXPERT_COUNT_FIELDS):
+    if any(config_value(config, name) for name in _ANY_EXPERT_COUNT_FIELDS):
         raise UnsupportedModelError(
             f"architecture {model_type!r} is a Mixture-of-Experts model without a moe-compress adapter yet; "
             f"supported families: {supported}"

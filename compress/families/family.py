@@ -48,6 +48,11 @@ class KeyRole:
     suffix: str | None = None
 
 
+def config_value(config, name: str):
+    """A field of a transformers config object or of a raw config.json dict (None when absent)."""
+    return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+
 def _template_regex(template: str) -> re.Pattern:
     pattern = re.escape(template).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
     return re.compile(pattern + r"(?P<suffix>.+)$")
@@ -122,7 +127,7 @@ class MoEFamily:
     # --- config ----------------------------------------------------------------------------------
     def _first_field(self, config, fields: tuple[str, ...]):
         for name in fields:
-            value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+            value = config_value(config, name)
             if value is not None:
                 return value
         raise CheckpointError(f"the {self.name} config has none of the fields {', '.join(fields)}")
@@ -138,8 +143,7 @@ class MoEFamily:
             return 0
         if self.shared_experts_field is None:
             return 1
-        value = config.get(self.shared_experts_field) if isinstance(config, dict) else getattr(config, self.shared_experts_field, None)
-        return int(value or 0)
+        return int(config_value(config, self.shared_experts_field) or 0)
 
     def rewrite_config(self, config: dict, num_experts: int | None = None, top_k: int | None = None) -> dict:
         """A copy of a raw config.json dict with every alias of the expert count and top-k rewritten."""
