@@ -16,6 +16,7 @@ setup(
         "compress.checkpoint",
         "compress.cli",
         "compress.data",
+        "compress.stats",
         "compress.families",
         "compress.kernels",
         "compress.recipes",

@@ -4,6 +4,8 @@ its safetensors headers. No weights are read, so this is instant even for gpt-os
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -59,6 +61,29 @@ def meta_model(config):
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+# Config fields that say how a model was loaded or called, not what it is.
+_LOAD_TIME_CONFIG_FIELDS = (
+    "_name_or_path", "dtype", "torch_dtype", "transformers_version", "quantization_config", "use_cache",
+    "output_attentions", "output_hidden_states", "output_router_logits", "return_dict", "_experts_implementation",
+)
+
+
+def model_fingerprint(model) -> str:
+    """Identity of a model's architecture: a hash of its config plus every MoE layer's expert shapes.
+
+    The same checkpoint gives the same fingerprint whatever dtype or device it is loaded with (a
+    meta-device model from `meta_model` included); a pruned copy gives a different one.
+    """
+    family = family_for_config(model.config)
+    config = {key: value for key, value in model.config.to_dict().items() if key not in _LOAD_TIME_CONFIG_FIELDS}
+    shapes = {
+        layer: {name: list(tensor.shape) for name, tensor in family.expert_tensors_of(family.experts(model, layer)).items()}
+        for layer in family.moe_layer_indices(model)
+    }
+    blob = json.dumps({"config": config, "expert_shapes": shapes}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def count_parameters(model, family: MoEFamily, config) -> ParameterCounts:

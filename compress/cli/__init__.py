@@ -15,7 +15,7 @@ import sys
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.

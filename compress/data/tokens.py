@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import torch
 
+_TOKENIZE_CHUNK = 64  # texts tokenised per call: fast batch tokenisation, yet stops soon after `max_tokens`
 
-def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts tokenised and joined, each followed by the end-of-text token."""
+
+def token_stream(tokenizer, texts: Iterable[str], max_tokens: int | None = None) -> torch.Tensor:
+    """The texts tokenised and joined, each followed by the end-of-text token.
+
+    With `max_tokens`, reading stops once the stream is that long, so a large file or a streamed
+    Hub dataset is tokenised only as far as needed (the result may run a little past it).
+    """
     ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
+    texts = iter(texts)
+    while max_tokens is None or len(ids) < max_tokens:
+        chunk = list(itertools.islice(texts, _TOKENIZE_CHUNK))
+        if not chunk:
+            break
+        for encoded in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids.extend(encoded)
+            ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
 
 

@@ -30,7 +30,7 @@ import torch
 from ..checkpoint import mxfp4
 from ..checkpoint.reader import CheckpointReader
 from ..errors import CheckpointError
-from .routing import ROUTING_FUNCTIONS
+from .routing import ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,10 @@ class MoEFamily:
         """(top-k weights, top-k expert ids) from raw router logits [T, E], as the family's router computes them."""
         options = {k: v for k, v in self.routing.items() if k != "function"}
         return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, **options)
+
+    def routing_distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """The router's preference over all experts [T, E] from raw logits (rows sum to 1)."""
+        return ROUTING_DISTRIBUTIONS[self.routing["function"]](logits)
 
     # --- in-memory modules -----------------------------------------------------------------------
     def decoder_layers(self, model) -> torch.nn.ModuleList:

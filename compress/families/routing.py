@@ -67,8 +67,25 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, **_) 
     return weights * config.routed_scaling_factor, index
 
 
+def softmax_distribution(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def normalized_sigmoid_distribution(logits: torch.Tensor) -> torch.Tensor:
+    scores = logits.float().sigmoid()
+    return scores / scores.sum(dim=-1, keepdim=True)
+
+
 ROUTING_FUNCTIONS: dict[str, RoutingFunction] = {
     "topk_then_softmax": topk_then_softmax,
     "softmax_then_topk": softmax_then_topk,
     "sigmoid_group_topk": sigmoid_group_topk,
+}
+
+# The router's preference over all experts [T, E] (rows sum to 1), for entropy and concentration:
+# a softmax for the softmax routers, the normalised sigmoid scores for DeepSeek-V3.
+ROUTING_DISTRIBUTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "topk_then_softmax": softmax_distribution,
+    "softmax_then_topk": softmax_distribution,
+    "sigmoid_group_topk": normalized_sigmoid_distribution,
 }
