@@ -47,8 +47,8 @@ setup(
     extras_require={
         "kernels": ["triton>=3.0"],
         "eval": ["lm-eval>=0.4.5"],
-        "data": ["datasets>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2"],
+        "data": ["datasets>=3.0", "pyarrow>=14"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14"],
     },
     entry_points={"console_scripts": ["compress=compress.cli:main"]},
 )

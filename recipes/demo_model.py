@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from compress.checkpoint.output import atomic_output_dir
 from compress.data.corpus import corpus_fingerprint, load_texts
-from compress.data.tokens import token_stream
+from compress.data.tokens import token_stream, token_windows
 from compress.evals.perplexity import heldout_perplexity
-from compress.expert_usage import domain_divergence_table, expert_usage
+from compress.stats.profile import profile
+from compress.stats.summary import domain_divergence_table
 
 EOS_TOKEN = "<|endoftext|>"
 USAGE_PLOT = "expert_usage.png"
@@ -157,7 +158,7 @@ def evaluate(model, tokenizer, recipe: dict, plot_path: Path | None = None) -> d
     calibration = {d: load_texts(d, "calibration") for d in domains}
     untrained = build_model(recipe, tokenizer).to(model.dtype).eval()  # same seed: the initialisation trained from
     usage = {
-        name: {d: expert_usage(m, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
+        name: {d: selection_counts(m, tokenizer, texts, evaluation["usage_tokens"], seq_len) for d, texts in calibration.items()}
         for name, m in (("trained", model), ("untrained", untrained))
     }
     if plot_path is not None:
@@ -171,23 +172,19 @@ def evaluate(model, tokenizer, recipe: dict, plot_path: Path | None = None) -> d
     }
 
 
+def selection_counts(model, tokenizer, texts: list[str], tokens: int, seq_len: int) -> torch.Tensor:
+    """Top-k selections per MoE layer and expert [layers, E] over the first `tokens` tokens of `texts`."""
+    windows = token_windows(token_stream(tokenizer, texts, max_tokens=tokens), seq_len, max(1, tokens // seq_len))
+    stats = profile(model, windows, batch_size=8, model_name="demo", domain="", data="", progress=False)
+    return stats.stacked("selections")
+
+
 def plot_usage(usage: dict[str, torch.Tensor], path: Path) -> None:
     """One heatmap per domain: MoE layer × expert, share of the layer's top-k selections."""
-    import matplotlib
+    from compress.stats.plots import plot_layer_heatmaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(usage), figsize=(4 * len(usage), 3), sharey=True, constrained_layout=True)
-    for ax, (domain, counts) in zip(axes, usage.items()):
-        share = counts.double() / counts.sum(dim=1, keepdim=True)
-        image = ax.imshow(share.numpy(), cmap="viridis", vmin=0, vmax=0.25, aspect="auto")
-        ax.set_title(domain)
-        ax.set_xlabel("expert")
-    axes[0].set_ylabel("MoE layer")
-    fig.colorbar(image, ax=axes, label="share of selections")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    shares = {domain: counts.double() / counts.sum(dim=1, keepdim=True) for domain, counts in usage.items()}
+    plot_layer_heatmaps(shares, list(range(next(iter(usage.values())).shape[0])), path, label="share of selections")
 
 
 def model_card(report: dict) -> str:

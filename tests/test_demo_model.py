@@ -12,9 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from compress.cli import main
 from compress.data.corpus import load_texts
-from compress.expert_usage import domain_divergence_table, expert_usage, js_divergence
-from compress.families import get_family
-from compress.recipes.demo_model import build_model
+from compress.recipes.demo_model import build_model, selection_counts
+from compress.stats.summary import domain_divergence_table
 from compress.resolve import demo_model_path
 
 DOMAINS = ("math", "code", "general")
@@ -86,40 +85,13 @@ def test_heldout_perplexity_shows_a_trained_model(demo):
     assert ppl["general"] < 100, ppl
 
 
-def test_js_divergence_known_values():
-    assert js_divergence(torch.tensor([1, 1, 0, 0]), torch.tensor([2, 2, 0, 0])) == 0.0
-    assert js_divergence(torch.tensor([1, 0]), torch.tensor([0, 1])) == pytest.approx(1.0)
-
-
-def test_expert_usage_counts_what_the_routers_select(demo):
-    """expert_usage equals counting the router modules' own top-k choices in a hooked forward."""
-    model, tokenizer = demo
-    family = get_family("gpt_oss")
-    counts = torch.zeros(6, 16, dtype=torch.long)
-
-    def count_selections(layer):
-        def hook(module, inputs, output):
-            counts[layer] += torch.bincount(output[2].flatten(), minlength=16)
-
-        return hook
-
-    hooks = [family.router(model, layer).register_forward_hook(count_selections(layer)) for layer in range(6)]
-    try:
-        usage = expert_usage(model, tokenizer, load_texts("code", "calibration"), tokens=512, seq_len=128)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert torch.equal(usage, counts)
-    assert int(usage.sum()) == 6 * 512 * 4
-
-
 def test_routing_is_domain_dependent_unlike_the_untrained_model(demo):
     model, tokenizer = demo
     report = json.loads((demo_model_path() / "training.json").read_text())
     untrained = build_model(report["recipe"], tokenizer).eval()  # the recipe's seeded initialisation
     calibration = {domain: load_texts(domain, "calibration") for domain in DOMAINS}
-    trained_table = domain_divergence_table({d: expert_usage(model, tokenizer, t, 8192, 128) for d, t in calibration.items()})
-    untrained_table = domain_divergence_table({d: expert_usage(untrained, tokenizer, t, 8192, 128) for d, t in calibration.items()})
+    trained_table = domain_divergence_table({d: selection_counts(model, tokenizer, t, 8192, 128) for d, t in calibration.items()})
+    untrained_table = domain_divergence_table({d: selection_counts(untrained, tokenizer, t, 8192, 128) for d, t in calibration.items()})
     print("\nlayer  untrained  trained (JS divergence between domains, bits)")
     for layer, (before, after) in enumerate(zip(untrained_table, trained_table)):
         print(f"{layer:5d}  {before:9.4f}  {after:7.4f}")
