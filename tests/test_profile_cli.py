@@ -156,6 +156,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     (tmp_path / "rows.jsonl").write_text('{"content": "hello"}\n')
     err = _error(capsys, *base, "--dataset", str(tmp_path / "rows.jsonl"), "--text-field", "text")
     assert "no field 'text'" in err and "content" in err
+    assert "is a directory" in _error(capsys, *base, "--dataset", str(tmp_path))
+    assert "Hub dataset someone/nonexistent" in _error(capsys, *base, "--dataset", "someone/nonexistent")
     assert "beyond the model's 512 positions" in _error(capsys, *base, "--seq-len", "600")
     assert "no built-in corpus for domain 'law'" in _error(capsys, "profile", "--model", "demo", "--domain", "law", "--out", out)
     assert not os.path.exists(out)

@@ -148,6 +148,23 @@ def test_reference_expert_outputs_equal_one_expert_at_a_time(family_name):
                 torch.testing.assert_close(outputs[t, k], expected[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_collector_on_a_gpu_keeps_the_logits_and_counts_the_routers_choices(dtype):
+    model = build_tiny_model("qwen3_moe").to("cuda", dtype)
+    family = get_family("qwen3_moe")
+    input_ids = torch.randint(3, 64, (BATCH, LENGTH), device="cuda")
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, output_router_logits=True)
+        with RoutingStatsCollector(model) as collector:
+            profiled = model(input_ids=input_ids).logits
+    assert torch.equal(profiled, plain.logits)
+    stats = collector.stats({})
+    for layer, logits in zip(stats.layer_indices, plain.router_logits):
+        _, index = family.route(logits, model.config)
+        assert torch.equal(stats.layers[layer]["selections"], torch.bincount(index.flatten().cpu(), minlength=6))
+
+
 def _windows(count: int, length: int = 8, seed: int = 4) -> torch.Tensor:
     return torch.randint(3, 64, (count, length), generator=torch.Generator().manual_seed(seed))
 

@@ -62,6 +62,8 @@ def calibration_source(
 
 
 def _file_source(path: Path, fields: list[str]) -> CalibrationSource:
+    if path.is_dir():
+        raise DataError(f"--dataset {path} is a directory: pass one {'/'.join(LOCAL_SUFFIXES)} file")
     if not path.is_file():
         raise DataError(f"calibration file {path} does not exist")
     if path.suffix not in LOCAL_SUFFIXES:

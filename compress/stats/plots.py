@@ -83,9 +83,12 @@ def plot_stats(stats: RoutingStats, out_dir: Path, layer: int | None = None) -> 
                         title="expert usage (top-k selections / tokens)")
     written.append(path)
 
+    # Saliency scales differ a lot between layers and pruning compares experts within a layer.
     saliency = torch.stack([reap_saliency(stats, index) for index in layers])
+    saliency = saliency / saliency.amax(dim=1, keepdim=True).clamp(min=1e-30)
     path = out_dir / "reap.png"
-    plot_layer_heatmaps({name: saliency}, layers, path, label="mean g·‖f(x)‖ over routed tokens", title="REAP saliency")
+    plot_layer_heatmaps({name: saliency}, layers, path, label="REAP saliency / the layer's highest",
+                        title="REAP saliency (mean g·‖f(x)‖ over routed tokens), per layer")
     written.append(path)
 
     s = stats.layers[layer]
