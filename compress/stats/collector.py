@@ -40,6 +40,7 @@ class RoutingStatsCollector:
         self.model = model
         self.family = family_for_config(model.config)
         self.moe_layers = self.family.moe_layer_indices(model)
+        self.previous_moe_layer = dict(zip(self.moe_layers, [None, *self.moe_layers[:-1]]))
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._handles = []
         self._previous_implementation = None
@@ -55,10 +56,10 @@ class RoutingStatsCollector:
         self._previous_implementation = self.model.config._experts_implementation
         self.model.set_experts_implementation(PROFILING_IMPLEMENTATION)
         self._handles.append(self.model.base_model.register_forward_pre_hook(self._start_forward, with_kwargs=True))
-        for previous, layer in zip([None, *self.moe_layers[:-1]], self.moe_layers):
-            self.family.experts(self.model, layer)._routing_stats_recorder = partial(self._record_experts, layer, previous)
+        for layer in self.moe_layers:
+            self.family.experts(self.model, layer)._routing_stats_recorder = partial(self._record_experts, layer)
             router = self.family.router(self.model, layer)
-            self._handles.append(router.register_forward_hook(partial(self._record_router, layer, previous)))
+            self._handles.append(router.register_forward_hook(partial(self._record_router, layer)))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -72,20 +73,21 @@ class RoutingStatsCollector:
     def stats(self, metadata: dict) -> RoutingStats:
         """What was collected so far, on the CPU (zeros for layers no token reached)."""
         layers = {}
-        for previous, layer in zip([None, *self.moe_layers[:-1]], self.moe_layers):
-            stats = self.layers.get(layer) or self._empty(layer, previous, "cpu")
+        for layer in self.moe_layers:
+            stats = self.layers.get(layer) or self._empty(layer, "cpu")
             layers[layer] = {name: tensor.cpu() for name, tensor in stats.items()}
         return RoutingStats(layers, metadata)
 
     # --- recording -------------------------------------------------------------------------------
-    def _empty(self, layer: int, previous: int | None, device) -> dict[str, torch.Tensor]:
-        experts = self.family.num_experts_in(self.family.experts(self.model, layer))
-        previous_experts = None if previous is None else self.family.num_experts_in(self.family.experts(self.model, previous))
-        return empty_layer_stats(experts, previous_experts, device)
+    def _num_experts(self, layer: int | None) -> int | None:
+        return None if layer is None else self.family.num_experts_in(self.family.experts(self.model, layer))
 
-    def _layer(self, layer: int, previous: int | None, device) -> dict[str, torch.Tensor]:
+    def _empty(self, layer: int, device) -> dict[str, torch.Tensor]:
+        return empty_layer_stats(self._num_experts(layer), self._num_experts(self.previous_moe_layer[layer]), device)
+
+    def _layer(self, layer: int, device) -> dict[str, torch.Tensor]:
         if layer not in self.layers:
-            self.layers[layer] = self._empty(layer, previous, device)
+            self.layers[layer] = self._empty(layer, device)
         return self.layers[layer]
 
     def _start_forward(self, module, args, kwargs) -> None:
@@ -106,17 +108,17 @@ class RoutingStatsCollector:
     def _valid_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self._token_mask is None else tensor[self._token_mask.to(tensor.device)]
 
-    def _record_router(self, layer: int, previous: int | None, module, inputs, output) -> None:
+    def _record_router(self, layer: int, module, inputs, output) -> None:
         logits = output[0] if isinstance(output, tuple) else output
         logits = self._valid_rows(logits.reshape(-1, logits.shape[-1]))
         probabilities = self.family.routing_distribution(logits)
         entropy = -torch.special.xlogy(probabilities, probabilities).sum(dim=-1).double().sum()
-        stats = self._layer(layer, previous, logits.device)
+        stats = self._layer(layer, logits.device)
         stats["entropy_sum"] += to_fixed_point(entropy)
 
-    def _record_experts(self, layer: int, previous: int | None, outputs, top_k_index, top_k_weights) -> None:
+    def _record_experts(self, layer: int, outputs, top_k_index, top_k_weights) -> None:
         device = outputs.device
-        stats = self._layer(layer, previous, device)
+        stats = self._layer(layer, device)
         outputs, index, weights = (self._valid_rows(t) for t in (outputs, top_k_index, top_k_weights))
         first = self._valid_rows(self._first_tokens.to(device))
         num_experts = stats["selections"].shape[0]
@@ -141,6 +143,6 @@ class RoutingStatsCollector:
         # One-hot selections; products of 0/1 matrices count pairs exactly in float32 (< 2^24 per batch).
         selection = torch.zeros(index.shape[0], num_experts, device=device).scatter_(1, index, 1.0)
         stats["coactivation"] += (selection.T @ selection).round().long()
-        if previous is not None and self._previous_selection is not None:
+        if "transitions" in stats and self._previous_selection is not None:
             stats["transitions"] += (self._previous_selection.to(device).T @ selection).round().long()
         self._previous_selection = selection

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..model_info import model_fingerprint
 from .collector import RoutingStatsCollector
-from .routing_stats import RoutingStats, summarize_sources
+from .routing_stats import RoutingStats, metadata_for_sources
 
 
 def world() -> tuple[int, int]:
@@ -50,7 +50,7 @@ def profile(
         "top_k": family.top_k(model.config),
     }
     source = {"domain": domain, "data": data, "samples": windows.shape[0], "seq_len": windows.shape[1], "tokens": windows.numel()}
-    stats = collector.stats(summarize_sources(model_record, [source]))
+    stats = collector.stats(metadata_for_sources(model_record, [source]))
     if world_size > 1:
         all_reduce(stats, "cuda" if dist.get_backend() == "nccl" else "cpu")
     return stats

@@ -113,7 +113,7 @@ class RoutingStats:
             for layer, stats in self.layers.items()
         }
         sources = self.metadata["sources"] + other.metadata["sources"]
-        return RoutingStats(layers, summarize_sources(self.metadata, sources))
+        return RoutingStats(layers, metadata_for_sources(self.metadata, sources))
 
     # --- file ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -156,7 +156,7 @@ class RoutingStats:
         return cls(dict(sorted(layers.items())), metadata)
 
 
-def summarize_sources(base: dict, sources: list[dict]) -> dict:
+def metadata_for_sources(base: dict, sources: list[dict]) -> dict:
     """Metadata for statistics made of `sources` (one record per profiling run) of the model in `base`."""
     domains = list(dict.fromkeys(source["domain"] for source in sources))
     seq_lens = {source["seq_len"] for source in sources}
