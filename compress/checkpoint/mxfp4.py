@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .dtypes import TORCH_DTYPES
 from .files import copy_support_files, read_config, write_config
 from .output import atomic_output_dir
 from .reader import CheckpointReader
-from .writer import DEFAULT_MAX_SHARD_BYTES, TORCH_DTYPES, ShardedCheckpointWriter, TensorSpec
+from .writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 BLOCK_VALUES = 32

@@ -3,21 +3,24 @@
 `CheckpointReader` opens a directory holding either one ``model.safetensors`` or shards listed by
 ``model.safetensors.index.json``. Opening reads only the JSON headers (and checks that every file
 is as long as its header says, so a truncated download is caught before any work starts). Tensors
-are read one at a time through safetensors' memory map; `read_experts` reads only the requested
-rows along the expert dimension, so pruning a 120B checkpoint touches the bytes it keeps.
+are read one at a time with positional reads straight into the tensor's memory (no memory map,
+whose touched pages would count as resident memory); `read_experts` reads only the requested rows
+along the expert dimension, so pruning a 120B checkpoint reads just the bytes it keeps and holds
+one output tensor at a time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..errors import CheckpointError
+from .dtypes import TORCH_DTYPES
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -32,6 +35,7 @@ class TensorEntry:
     dtype: str  # safetensors dtype name: "BF16", "F32", "U8", ...
     shape: tuple[int, ...]
     nbytes: int
+    offset: int = 0  # where the tensor's bytes start in `file`
 
 
 def read_safetensors_header(path: Path) -> dict:
@@ -64,22 +68,25 @@ class CheckpointReader:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        self._descriptors: dict[str, int] = {}  # open files, for positional reads
         self._headers: dict[str, dict] = {}
+        self._header_bytes: dict[str, int] = {}
         self.weight_map = self._weight_map()
         self.entries: dict[str, TensorEntry] = {}
         for file in sorted(set(self.weight_map.values())):
-            for key, entry in self._header(file).items():
+            header = self._header(file)
+            data_start = 8 + self._header_bytes[file]
+            for key, entry in header.items():
                 if key == "__metadata__":
                     continue
                 start, end = entry["data_offsets"]
-                self.entries[key] = TensorEntry(file, entry["dtype"], tuple(entry["shape"]), end - start)
+                self.entries[key] = TensorEntry(file, entry["dtype"], tuple(entry["shape"]), end - start, data_start + start)
         missing = sorted(set(self.weight_map) - set(self.entries))
         if missing:
             raise CheckpointError(
                 f"the index of {self.directory} lists {len(missing)} tensors that no shard holds (first: {missing[0]}): "
                 "the download is incomplete"
             )
-        self._handles: dict[str, object] = {}
 
     def _weight_map(self) -> dict[str, str]:
         index = self.directory / INDEX_FILE
@@ -111,7 +118,10 @@ class CheckpointReader:
 
     def _header(self, file: str) -> dict:
         if file not in self._headers:
-            self._headers[file] = read_safetensors_header(self.directory / file)
+            path = self.directory / file
+            self._headers[file] = read_safetensors_header(path)
+            with open(path, "rb") as handle:
+                (self._header_bytes[file],) = struct.unpack("<Q", handle.read(8))
         return self._headers[file]
 
     # --- what is there -------------------------------------------------------------------------
@@ -129,40 +139,65 @@ class CheckpointReader:
     def total_bytes(self) -> int:
         return sum(entry.nbytes for entry in self.entries.values())
 
-    # --- reading --------------------------------------------------------------------------------
-    def _handle(self, file: str):
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(self.directory / file), framework="pt")
-        return self._handles[file]
-
+    # --- reading ---------------------------------------------------------------------------------
     def _entry(self, key: str) -> TensorEntry:
         try:
             return self.entries[key]
         except KeyError:
             raise CheckpointError(f"tensor {key!r} is not in the checkpoint at {self.directory}") from None
 
+    def _read_into(self, buffer: memoryview, file: str, offset: int) -> None:
+        if file not in self._descriptors:
+            self._descriptors[file] = os.open(self.directory / file, os.O_RDONLY)
+        done = 0
+        while done < len(buffer):  # a single pread may return less than asked for
+            count = os.preadv(self._descriptors[file], [buffer[done:]], offset + done)
+            if count == 0:
+                raise CheckpointError(f"{self.directory / file} ended early: it was truncated while being read")
+            done += count
+
+    def _tensor(self, entry: TensorEntry, shape: tuple[int, ...], runs: list[tuple[int, int]]) -> torch.Tensor:
+        """A tensor of `shape` filled from the byte ranges `runs` (offset, length) of `entry`'s file."""
+        data = bytearray(sum(length for _, length in runs))
+        view, position = memoryview(data), 0
+        for offset, length in runs:
+            self._read_into(view[position : position + length], entry.file, offset)
+            position += length
+        dtype = TORCH_DTYPES[entry.dtype]
+        if not data:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(shape)
+
     def read(self, key: str) -> torch.Tensor:
-        return self._handle(self._entry(key).file).get_tensor(key)
+        entry = self._entry(key)
+        return self._tensor(entry, entry.shape, [(entry.offset, entry.nbytes)])
 
     def read_experts(self, key: str, experts: list[int], dim: int = 0) -> torch.Tensor:
         """The rows `experts` (in that order) of tensor `key` along `dim`, reading only those rows.
 
-        Consecutive ids are read as one slice, so keeping a contiguous range costs one read.
+        Along dim 0 (every expert dimension on disk) each run of consecutive ids is one read.
         """
         entry = self._entry(key)
         size = entry.shape[dim]
         bad = [e for e in experts if not 0 <= e < size]
         if bad:
             raise CheckpointError(f"expert ids {bad} are out of range for {key} ({size} experts)")
-        tensor_slice = self._handle(entry.file).get_slice(key)
-        parts, start = [], 0
+        if dim != 0:
+            return self.read(key).index_select(dim, torch.tensor(experts, dtype=torch.long))
+        row = entry.nbytes // size if size else 0
+        runs, start = [], 0
         while start < len(experts):
             end = start
             while end + 1 < len(experts) and experts[end + 1] == experts[end] + 1:
                 end += 1
-            index = (slice(None),) * dim + (slice(experts[start], experts[end] + 1),)
-            parts.append(tensor_slice[index])
+            runs.append((entry.offset + experts[start] * row, (end - start + 1) * row))
             start = end + 1
-        if not parts:  # no experts asked for: an empty slice keeps dtype and the other dims
-            parts.append(tensor_slice[(slice(None),) * dim + (slice(0, 0),)])
-        return torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
+        return self._tensor(entry, (len(experts), *entry.shape[1:]), runs)
+
+    def close(self) -> None:
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
+
+    def __del__(self) -> None:
+        self.close()

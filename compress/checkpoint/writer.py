@@ -19,28 +19,11 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .dtypes import SAFETENSORS_DTYPES
 from .reader import INDEX_FILE, SINGLE_FILE
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.uint16: "U16",
-    torch.uint32: "U32",
-    torch.uint64: "U64",
-}
-TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -103,7 +86,7 @@ class ShardedCheckpointWriter:
         if shard != self._open_shard:
             self._start_shard(shard)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._handle.write(data.numpy().tobytes())
+        self._handle.write(memoryview(data.numpy()))  # the tensor's own memory, no copy
         self._next += 1
 
     def _start_shard(self, shard: int) -> None:
