@@ -17,6 +17,7 @@ setup(
         "compress.cli",
         "compress.data",
         "compress.stats",
+        "compress.prune",
         "compress.families",
         "compress.kernels",
         "compress.recipes",

@@ -6,3 +6,14 @@ try:
     __version__ = version("moe-compress")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
+
+
+def _register_model_classes() -> None:
+    # Non-uniform pruned checkpoints use the project's per-layer model classes; registering them
+    # lets plain `AutoModelForCausalLM.from_pretrained` load such checkpoints once compress is imported.
+    from .prune.modeling_moe_compress import register
+
+    register()
+
+
+_register_model_classes()

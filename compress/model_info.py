@@ -120,12 +120,12 @@ def describe_model(resolved: ResolvedModel) -> ModelInfo:
         raise CheckpointError(f"{resolved.name}: the config describes no MoE layers (check first_k_dense_replace / mlp_only_layers)")
     layout = family.detect_layout(reader, moe_layers[0])
     experts_per_layer = family.count_experts_on_disk(reader, layout, moe_layers)
-    configured = family.num_experts(config)
-    wrong = {layer: count for layer, count in experts_per_layer.items() if count != configured}
+    configured = family.experts_per_layer(config, moe_layers)
+    wrong = {layer: count for layer, count in experts_per_layer.items() if count != configured[layer]}
     if wrong:
         layer, count = next(iter(wrong.items()))
         raise CheckpointError(
-            f"{resolved.name}: config.json says {configured} experts per layer but the weights of layer {layer} hold {count}"
+            f"{resolved.name}: config.json says {configured[layer]} experts in layer {layer} but its weights hold {count}"
         )
     return ModelInfo(
         name=resolved.name,

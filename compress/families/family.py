@@ -145,6 +145,19 @@ class MoEFamily:
             return 1
         return int(config_value(config, self.shared_experts_field) or 0)
 
+    def experts_per_layer(self, config, moe_layers: list[int]) -> dict[int, int]:
+        """Experts in each MoE layer: the config's count, or a non-uniform model's per-layer counts."""
+        per_layer = config_value(config, "experts_per_layer")
+        if per_layer:
+            return {int(layer): int(count) for layer, count in per_layer.items()}
+        return {layer: self.num_experts(config) for layer in moe_layers}
+
+    def routing_groups(self, config) -> int:
+        """Expert groups of group-limited routing (DeepSeek-V3's ``n_group``); 1 when routing is not grouped."""
+        if self.routing["function"] != "sigmoid_group_topk":
+            return 1
+        return int(config_value(config, "n_group") or 1)
+
     def rewrite_config(self, config: dict, num_experts: int | None = None, top_k: int | None = None) -> dict:
         """A copy of a raw config.json dict with every alias of the expert count and top-k rewritten."""
         config = dict(config)
@@ -167,6 +180,18 @@ class MoEFamily:
         return ROUTING_DISTRIBUTIONS[self.routing["function"]](logits)
 
     # --- in-memory modules -----------------------------------------------------------------------
+    @property
+    def moe_layout(self) -> dict:
+        """Module paths and expert dimensions, as the non-uniform model classes read them from a config."""
+        return {
+            "layers": self.modules["layers"],
+            "moe": self.modules["moe"],
+            "router": self.modules["router"],
+            "experts": self.modules["experts"],
+            "expert_tensors": {name: spec["expert_dim"] for name, spec in self.expert_tensors.items()},
+            "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items()},
+        }
+
     def decoder_layers(self, model) -> torch.nn.ModuleList:
         return model.get_submodule(self.modules["layers"])
 

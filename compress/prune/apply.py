@@ -1,0 +1,144 @@
+"""Applying a `PrunePlan`: to a loaded model (quick evaluation) or to a checkpoint on disk (streaming).
+
+On disk, every tensor of the source is declared first, then streamed one at a time through
+`CheckpointReader` → `ShardedCheckpointWriter` inside an atomic output directory:
+
+* fused expert tensors (plain or MXFP4 ``_blocks`` / ``_scales``, biases) and router tensors
+  (weight, bias, DeepSeek's ``e_score_correction_bias``) of a planned layer are sliced along their
+  expert dimension, reading only the kept rows: MXFP4 bytes are copied, never re-quantised;
+* per-expert keys (``experts.{e}.…``) of kept experts are renamed to their new ids 0..N-1, the
+  others dropped, so the source's key convention is kept;
+* everything else (attention, shared experts, norms, embeddings) is copied unchanged.
+
+Experts of layers past the decoder stack (DeepSeek-V3's multi-token-prediction layer) are
+dropped: transformers does not load them and their expert count would no longer match the config.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint.dtypes import TORCH_DTYPES
+from ..checkpoint.files import copy_support_files, read_config, write_config
+from ..checkpoint.reader import CheckpointReader
+from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
+from ..errors import CompressError
+from ..families import MoEFamily, family_for_config
+from . import modeling_moe_compress
+from .modeling_moe_compress import MODEL_TYPE_SUFFIX, keep_experts
+from .plan import PrunePlan
+
+MODELING_FILE = "modeling_moe_compress.py"
+
+
+def apply_plan_to_model(model, plan: PrunePlan) -> None:
+    """Prune a loaded model in place: slice each planned layer's experts and router, update the config."""
+    family = family_for_config(model.config)
+    layers = family.decoder_layers(model)
+    for layer, kept in plan.layers.items():
+        keep_experts(layers[layer], kept, family.moe_layout, plan.top_k)
+    counts = plan.experts_per_layer
+    for name in family.num_experts_fields:
+        if getattr(model.config, name, None) is not None:
+            setattr(model.config, name, max(counts.values()))
+    for name in family.top_k_fields:
+        setattr(model.config, name, plan.top_k)
+    if not plan.uniform:
+        model.config.experts_per_layer = {str(layer): count for layer, count in counts.items()}
+        model.config.moe_layout = family.moe_layout
+
+
+def pruned_config(config: dict, family: MoEFamily, plan: PrunePlan) -> dict:
+    """config.json of the pruned checkpoint: counts and top-k rewritten (every alias); a non-uniform
+    plan also switches to the project's per-layer model classes."""
+    counts = plan.experts_per_layer
+    config = family.rewrite_config(config, num_experts=max(counts.values()), top_k=plan.top_k)
+    if plan.uniform:
+        return config
+    base_type = config["model_type"].removesuffix(MODEL_TYPE_SUFFIX)
+    config_class, model_class = modeling_moe_compress.CLASSES[base_type]
+    module = MODELING_FILE.removesuffix(".py")
+    config.update({
+        "model_type": config_class.model_type,
+        "architectures": [model_class.__name__],
+        "auto_map": {"AutoConfig": f"{module}.{config_class.__name__}", "AutoModelForCausalLM": f"{module}.{model_class.__name__}"},
+        "experts_per_layer": {str(layer): count for layer, count in sorted(counts.items())},
+        "moe_layout": family.moe_layout,
+    })
+    return config
+
+
+@dataclass
+class _Copy:
+    key: str
+    new_key: str
+    experts: list[int] | None = None  # rows kept along `dim`; None: the whole tensor
+    dim: int = 0
+
+
+@dataclass
+class CheckpointPlan:
+    """What the output holds, decided from headers alone: one `_Copy` per output tensor."""
+
+    copies: list[_Copy] = field(default_factory=list)
+    specs: list[TensorSpec] = field(default_factory=list)
+    dropped_keys: list[str] = field(default_factory=list)
+
+
+def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, num_layers: int) -> CheckpointPlan:
+    result = CheckpointPlan()
+    per_expert = family.layouts.get("per_expert")
+    new_ids = {layer: {old: new for new, old in enumerate(kept)} for layer, kept in plan.layers.items()}
+    for key in reader.keys():
+        entry = reader.entries[key]
+        role = family.classify_key(key)
+        shape = list(entry.shape)
+        copy = _Copy(key, key)
+        if role.kind != "other" and role.layer not in plan.layers:
+            if role.layer >= num_layers:  # beyond the decoder stack: DeepSeek's MTP layer
+                result.dropped_keys.append(key)
+                continue
+            raise CompressError(f"{key} holds experts of layer {role.layer}, which the plan does not cover")
+        if role.kind in ("experts", "router"):
+            copy.experts, copy.dim = plan.layers[role.layer], role.expert_dim
+            shape[role.expert_dim] = len(copy.experts)
+        elif role.kind == "expert":
+            if role.expert not in new_ids[role.layer]:
+                result.dropped_keys.append(key)
+                continue
+            copy.new_key = per_expert.expert_prefix.format(layer=role.layer, expert=new_ids[role.layer][role.expert]) + role.suffix
+        result.copies.append(copy)
+        result.specs.append(TensorSpec(copy.new_key, TORCH_DTYPES[entry.dtype], tuple(shape)))
+    return result
+
+
+def write_pruned_checkpoint(
+    source: str | Path, staging: str | Path, plan: PrunePlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress=None,
+) -> CheckpointPlan:
+    """Write the pruned weights, config and support files of `source` into `staging` (an
+    `atomic_output_dir`). `progress(bytes)` is called after each tensor."""
+    source, staging = Path(source), Path(staging)
+    config = read_config(source)
+    family = family_for_config(config)
+    reader = CheckpointReader(source)
+    num_layers = int(config.get("num_hidden_layers") or 0)
+    tensors = plan_tensors(reader, family, plan, num_layers)
+    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer:
+        for copy, spec in zip(tensors.copies, tensors.specs):
+            if copy.experts is None:
+                tensor = reader.read(copy.key)
+            else:
+                tensor = reader.read_experts(copy.key, copy.experts, copy.dim)
+            writer.write(copy.new_key, tensor)
+            if progress is not None:
+                progress(spec.nbytes)
+            del tensor
+    reader.close()
+    write_config(staging, pruned_config(config, family, plan))
+    copy_support_files(source, staging)
+    if not plan.uniform:
+        shutil.copyfile(modeling_moe_compress.__file__, staging / MODELING_FILE)
+    return tensors
