@@ -10,12 +10,13 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "profile", "stats", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
@@ -48,9 +49,15 @@ def _quiet_libraries() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+def _interrupt_on_terminate(signum, frame):
+    # `kill` stops us like Ctrl-C, so half-written outputs are removed on the way out.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _interrupt_on_terminate)
     try:
         return args.run(args) or 0
     except CompressError as exc:

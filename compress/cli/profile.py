@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from ..checkpoint.files import read_config
-from ..data.calibration import calibration_source
-from ..data.tokens import token_stream, token_windows
-from ..errors import CompressError, DataError, OutputExistsError
+from ..errors import CompressError, OutputExistsError
 from ..families import family_for_config
-from ..model_loading import DEVICES, DTYPES, load_model, load_tokenizer
+from ..model_loading import load_model, load_tokenizer
 from ..resolve import resolve_model
+from .calibration import add_calibration_arguments, calibration_windows, check_calibration_arguments
 from .info import human_count
 
 EPILOG = """examples:
@@ -43,19 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="local directory, Hub id (OWNER/NAME) or `demo`")
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     parser.add_argument("--domain", required=True, help="label of the data (math, code, general are built in)")
-    parser.add_argument(
-        "--dataset", metavar="PATH_OR_HUB_ID",
-        help="calibration text: a .txt/.jsonl/.parquet file, a Hub dataset id, or `preset` for the domain's "
-        "Hub dataset (default: the built-in corpus of --domain)",
-    )
-    parser.add_argument("--text-field", help="record field(s) holding the text, comma-separated (default: text)")
-    parser.add_argument("--split", default="train", help="Hub dataset split (default: train)")
-    parser.add_argument("--samples", type=int, default=128, help="windows of --seq-len tokens to profile (default: 128)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
-    parser.add_argument("--skip-samples", type=int, default=0, help="windows to skip first, to profile a later shard (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: GPU(s) when present, else CPU (default: auto)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="auto", help="compute dtype (default: the checkpoint's)")
+    add_calibration_arguments(parser)
     parser.add_argument("--out", required=True, help="statistics file to write (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,38 +49,12 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def _check_arguments(args, config: dict) -> None:
-    for name in ("samples", "seq_len", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CompressError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.skip_samples < 0:
-        raise CompressError("--skip-samples cannot be negative")
-    positions = config.get("max_position_embeddings")
-    if positions is not None and args.seq_len > positions:
-        raise CompressError(f"--seq-len {args.seq_len} is beyond the model's {positions} positions: use --seq-len {positions} or less")
+def _check_output(args) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise CompressError(f"--out {out} is a directory: name the statistics file, e.g. {out / 'stats.safetensors'}")
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-
-
-def _calibration_windows(args, tokenizer):
-    source = calibration_source(args.domain, args.dataset, args.text_field, args.split)
-    wanted = args.skip_samples + args.samples
-    stream = token_stream(tokenizer, source.texts, max_tokens=wanted * args.seq_len)
-    if len(stream) == 0:
-        raise DataError(f"the calibration data ({source.description}) holds no text")
-    windows = token_windows(stream, args.seq_len, wanted)[args.skip_samples :]
-    if len(windows) == 0:
-        raise DataError(
-            f"the calibration data ({source.description}) has {len(stream)} tokens, fewer than "
-            f"{args.skip_samples + 1} windows of {args.seq_len}: lower --seq-len or --skip-samples, or add text"
-        )
-    if len(windows) < args.samples:
-        print(f"warning: the calibration data has only {len(windows)} windows of {args.seq_len} tokens after "
-              f"skipping {args.skip_samples}; profiling those", file=sys.stderr)
-    return windows, source.description
 
 
 def _init_distributed():
@@ -117,9 +77,10 @@ def run(args) -> int:
     resolved = resolve_model(args.model, revision=args.revision)
     config = read_config(resolved.path)
     family_for_config(config)  # dense or unsupported models fail here, before any loading
-    _check_arguments(args, config)
+    check_calibration_arguments(args, config)
+    _check_output(args)
     tokenizer = load_tokenizer(resolved.path)
-    windows, data = _calibration_windows(args, tokenizer)
+    windows, data = calibration_windows(args, tokenizer)
     local_rank = _init_distributed()
     try:
         model = load_model(resolved.path, dtype=args.dtype, device=args.device, local_rank=local_rank)

@@ -20,6 +20,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..checkpoint.dtypes import TORCH_DTYPES
 from ..checkpoint.files import copy_support_files, read_config, write_config
 from ..checkpoint.reader import CheckpointReader
@@ -116,26 +118,27 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
 
 def write_pruned_checkpoint(
     source: str | Path, staging: str | Path, plan: PrunePlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    progress=None,
+    progress: bool = False,
 ) -> CheckpointPlan:
     """Write the pruned weights, config and support files of `source` into `staging` (an
-    `atomic_output_dir`). `progress(bytes)` is called after each tensor."""
+    `atomic_output_dir`), with a progress bar in bytes when `progress`."""
     source, staging = Path(source), Path(staging)
     config = read_config(source)
     family = family_for_config(config)
     reader = CheckpointReader(source)
     num_layers = int(config.get("num_hidden_layers") or 0)
     tensors = plan_tensors(reader, family, plan, num_layers)
-    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer:
+    total = sum(spec.nbytes for spec in tensors.specs)
+    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
         for copy, spec in zip(tensors.copies, tensors.specs):
             if copy.experts is None:
                 tensor = reader.read(copy.key)
             else:
                 tensor = reader.read_experts(copy.key, copy.experts, copy.dim)
             writer.write(copy.new_key, tensor)
-            if progress is not None:
-                progress(spec.nbytes)
-            del tensor
+            bar.update(spec.nbytes)
+            del tensor  # one tensor in memory at a time
     reader.close()
     write_config(staging, pruned_config(config, family, plan))
     copy_support_files(source, staging)

@@ -108,3 +108,26 @@ def plot_stats(stats: RoutingStats, out_dir: Path, layer: int | None = None) -> 
                      xlabel=f"expert at layer {layer}", ylabel=f"expert at layer {previous}", label="share")
         written.append(path)
     return written
+
+
+def plot_pruning(stats: RoutingStats, kept: dict[int, list[int]], path: Path) -> None:
+    """Expert usage per layer with the removed experts crossed out (for pruned models' cards)."""
+    plt = _pyplot()
+    layers = stats.layer_indices
+    usage = stats.stacked("selections").double() / stats.stacked("tokens").clamp(min=1).double().unsqueeze(1)
+    experts = usage.shape[1]
+    fig, ax = plt.subplots(figsize=(min(4 + experts / 8, 16), 1.4 + 0.35 * len(layers)), constrained_layout=True)
+    image = ax.imshow(usage.numpy(), cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")
+    removed = [(e, row) for row, layer in enumerate(layers) for e in range(experts) if e not in set(kept[layer])]
+    if removed:
+        xs, ys = zip(*removed)
+        ax.scatter(xs, ys, marker="x", color="red", s=max(8, 400 / experts), linewidths=1.2, label="removed")
+        ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.12), fontsize="small", frameon=False)
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_ylabel("decoder layer")
+    ax.set_xlabel("expert (original id)")
+    _expert_ticks(ax, experts)
+    ax.set_title(f"expert usage on {stats.metadata.get('domain')} calibration text", loc="left")
+    fig.colorbar(image, ax=ax, label="share of tokens routed to the expert")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -127,6 +127,9 @@ class RoutingStats:
         metadata = {"routing_stats": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata})}
         temporary = path.with_name(f".{path.name}.partial")
         save_file(tensors, str(temporary), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # an ordinary file, like any other output
         os.replace(temporary, path)
 
     @classmethod

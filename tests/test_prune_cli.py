@@ -1,0 +1,173 @@
+"""`compress prune` end to end on the demo model: outputs, plans, budgets, provenance, errors and
+interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from compress.checkpoint.files import read_config
+from compress.checkpoint.reader import CheckpointReader
+from compress.cli import main
+from compress.prune.card import file_sha256
+from compress.prune.plan import PrunePlan
+from compress.prune.select import expert_scores
+from compress.resolve import demo_model_path
+from compress.stats import RoutingStats
+
+FAST = ["--samples", "8", "--seq-len", "64", "--dtype", "float32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def math_stats(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prune") / "math.safetensors"
+    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(path), *FAST]) == 0
+    return path
+
+
+def _prune(*argv) -> int:
+    return main(["prune", "--model", "demo", "--quiet", *argv])
+
+
+def test_main_job_profiles_selects_and_writes_a_stock_checkpoint(tmp_path, capsys):
+    out = tmp_path / "demo-math-keep8"
+    assert _prune("--domain", "math", "--keep", "8", "--out", str(out), "--samples", "16", "--seq-len", "128") == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("kept 8 of 16 experts in each of 6 MoE layers (reap); parameters 5.59M → 3.21M")
+    config = read_config(out)
+    assert (config["num_local_experts"], config["num_experts_per_tok"], config["model_type"]) == (8, 4, "gpt_oss")
+    provenance = json.loads((out / "compress.json").read_text())
+    plan = PrunePlan.from_dict(provenance["plan"])
+    assert provenance["statistics"]["sha256"] == file_sha256(out / "routing_stats.safetensors")
+    stats = RoutingStats.load(out / "routing_stats.safetensors")
+    assert stats.metadata["domain"] == "math" and stats.metadata["tokens"] == 16 * 128
+    for layer, kept in plan.layers.items():  # REAP's top 8 of each layer, from the saved statistics
+        scores = expert_scores(stats, layer, "reap")
+        assert sorted(kept) == sorted(torch.argsort(scores, descending=True, stable=True)[:8].tolist())
+    card = (out / "README.md").read_text()
+    assert "base_model: demo" in card and "![expert usage and removed experts](expert_usage.png)" in card
+    assert (out / "expert_usage.png").read_bytes()[:4] == b"\x89PNG"
+    model = AutoModelForCausalLM.from_pretrained(out)  # stock transformers, no remote code
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("Q: What is 2 + 3?\nA:", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert generated.shape[1] == ids.shape[1] + 8
+
+
+def test_plan_only_then_an_edited_plan(math_stats, tmp_path):
+    plan_path = tmp_path / "plan.json"
+    assert _prune("--stats", str(math_stats), "--keep", "6", "--criterion", "frequency", "--plan-only", "--out", str(plan_path)) == 0
+    assert not (tmp_path / "plan").exists()
+    data = json.loads(plan_path.read_text())
+    assert data["provenance"]["criterion"] == "frequency" and all(len(k) == 6 for k in data["layers"].values())
+    data["layers"]["0"] = [15, 0, 1, 2, 3, 4]  # by hand: order is the new numbering
+    plan_path.write_text(json.dumps(data))
+    out = tmp_path / "edited"
+    assert _prune("--plan", str(plan_path), "--out", str(out)) == 0
+    source, pruned = CheckpointReader(demo_model_path()), CheckpointReader(out)
+    key = "model.layers.0.mlp.router.weight"
+    assert torch.equal(pruned.read(key), source.read(key)[[15, 0, 1, 2, 3, 4]])
+
+
+def test_global_budget_gives_per_layer_counts_that_load_with_auto_classes(math_stats, tmp_path):
+    out = tmp_path / "global"
+    assert _prune("--stats", str(math_stats), "--keep", "8", "--budget", "global", "--min-per-layer", "5",
+                  "--criterion", "frequency", "--out", str(out)) == 0
+    config = read_config(out)
+    counts = {int(layer): n for layer, n in config["experts_per_layer"].items()}
+    assert sum(counts.values()) == 8 * 6 and min(counts.values()) >= 5 and len(set(counts.values())) > 1
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for layer, n in counts.items():
+        assert model.model.layers[layer].mlp.experts.gate_up_proj.shape[0] == n
+
+
+def test_protected_experts_are_kept(math_stats, tmp_path):
+    plan_path = tmp_path / "plan.json"
+    stats = RoutingStats.load(math_stats)
+    coldest = int(torch.argmin(expert_scores(stats, 2, "reap")))
+    assert _prune("--stats", str(math_stats), "--keep", "4", "--protect", f"2:{coldest}", "--protect", "all:0",
+                  "--plan-only", "--out", str(plan_path)) == 0
+    plan = PrunePlan.load(plan_path)
+    assert coldest in plan.layers[2] and all(0 in kept for kept in plan.layers.values())
+
+
+def test_reconstruct_criterion_on_the_demo_model(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    assert _prune("--domain", "code", "--keep", "4", "--criterion", "reconstruct", "--plan-only", "--out", str(plan_path),
+                  "--samples", "4", "--seq-len", "64", "--dtype", "float32") == 0
+    plan = PrunePlan.load(plan_path)
+    assert plan.provenance["criterion"] == "reconstruct" and all(len(k) == 4 for k in plan.layers.values())
+
+
+def _error(capsys, *argv) -> str:
+    assert main(["prune", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_input_gives_one_line_errors(math_stats, tmp_path, capsys):
+    source = tmp_path / "source"
+    shutil.copytree(demo_model_path(), source)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    base = ["--model", str(source), "--stats", str(math_stats)]
+    # the statistics belong to `demo`, whose fingerprint the copy shares
+    assert "more than the 16 experts" in _error(capsys, *base, "--keep", "17", "--out", str(tmp_path / "a"))
+    assert "at least 1" in _error(capsys, *base, "--keep", "0", "--out", str(tmp_path / "a"))
+    assert "--keep-ratio must be in (0, 1]" in _error(capsys, *base, "--keep-ratio", "1.5", "--out", str(tmp_path / "a"))
+    assert "is the source model or inside it" in _error(capsys, *base, "--keep", "8", "--out", str(source))
+    assert "is the source model or inside it" in _error(capsys, *base, "--keep", "8", "--out", str(source / "pruned"))
+    assert "contains the source model" in _error(capsys, *base, "--keep", "8", "--out", str(tmp_path), "--overwrite")
+    (tmp_path / "taken").mkdir()
+    assert "exists: pass --overwrite" in _error(capsys, *base, "--keep", "8", "--out", str(tmp_path / "taken"))
+    assert "unknown criterion 'loudest'" in _error(capsys, *base, "--keep", "8", "--criterion", "loudest", "--out", str(tmp_path / "a"))
+    assert "say how many experts to keep" in _error(capsys, *base, "--out", str(tmp_path / "a"))
+    assert "pass --domain" in _error(capsys, "--model", str(source), "--keep", "8", "--out", str(tmp_path / "a"))
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    assert not (tmp_path / "a").exists()
+
+
+def test_statistics_of_another_model_and_dense_models_are_refused(math_stats, tmp_path, capsys):
+    from conftest import build_tiny_model
+
+    tiny = build_tiny_model("mixtral")
+    tiny.save_pretrained(tmp_path / "mixtral")
+    err = _error(capsys, "--model", str(tmp_path / "mixtral"), "--stats", str(math_stats), "--keep", "2", "--out", str(tmp_path / "x"))
+    assert "different model" in err
+    import transformers
+
+    dense = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    dense.save_pretrained(tmp_path / "dense")
+    assert "dense" in _error(capsys, "--model", str(tmp_path / "dense"), "--keep", "2", "--out", str(tmp_path / "y"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_run_leaves_no_output_and_the_source_unchanged(math_stats, tmp_path, sig):
+    source = tmp_path / "source"
+    shutil.copytree(demo_model_path(), source)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    out = tmp_path / "pruned"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compress", "prune", "--model", str(source), "--stats", str(math_stats), "--keep", "8",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".pruned.tmp-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert not out.exists()
+    if sig == signal.SIGTERM:  # a catchable stop also removes the half-written staging directory
+        assert not list(tmp_path.glob(".pruned*")), list(tmp_path.iterdir())
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
