@@ -39,20 +39,18 @@ def _prune(*argv) -> int:
 
 
 def test_main_job_profiles_selects_and_writes_a_stock_checkpoint(tmp_path, capsys):
+    """The README's main job (with fewer calibration windows, for time)."""
     out = tmp_path / "demo-math-keep8"
     assert _prune("--domain", "math", "--keep", "8", "--out", str(out), "--samples", "16", "--seq-len", "128") == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("kept 8 of 16 experts in each of 6 MoE layers (reap); parameters 5.59M → 3.21M")
+    assert summary.startswith("kept 8 of 16 experts in each of 6 MoE layers (reconstruct); parameters 5.59M → 3.21M")
     config = read_config(out)
     assert (config["num_local_experts"], config["num_experts_per_tok"], config["model_type"]) == (8, 4, "gpt_oss")
     provenance = json.loads((out / "compress.json").read_text())
-    plan = PrunePlan.from_dict(provenance["plan"])
+    assert provenance["plan"]["provenance"]["criterion"] == "reconstruct"
     assert provenance["statistics"]["sha256"] == file_sha256(out / "routing_stats.safetensors")
     stats = RoutingStats.load(out / "routing_stats.safetensors")
     assert stats.metadata["domain"] == "math" and stats.metadata["tokens"] == 16 * 128
-    for layer, kept in plan.layers.items():  # REAP's top 8 of each layer, from the saved statistics
-        scores = expert_scores(stats, layer, "reap")
-        assert sorted(kept) == sorted(torch.argsort(scores, descending=True, stable=True)[:8].tolist())
     card = (out / "README.md").read_text()
     assert "base_model: demo" in card and "![expert usage and removed experts](expert_usage.png)" in card
     assert (out / "expert_usage.png").read_bytes()[:4] == b"\x89PNG"
@@ -61,6 +59,19 @@ def test_main_job_profiles_selects_and_writes_a_stock_checkpoint(tmp_path, capsy
     ids = tokenizer("Q: What is 2 + 3?\nA:", return_tensors="pt").input_ids
     generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     assert generated.shape[1] == ids.shape[1] + 8
+
+
+@pytest.mark.parametrize("criterion", ["reap", "gate-mass"])
+def test_score_criteria_keep_the_top_scores_of_the_statistics(math_stats, tmp_path, criterion):
+    out = tmp_path / "pruned"
+    assert _prune("--stats", str(math_stats), "--keep", "8", "--criterion", criterion, "--out", str(out)) == 0
+    plan = PrunePlan.from_dict(json.loads((out / "compress.json").read_text())["plan"])
+    stats = RoutingStats.load(math_stats)
+    for layer, kept in plan.layers.items():
+        s = stats.layers[layer]
+        scores = s["reap_sum"] / s["selections"].clamp(min=1) if criterion == "reap" else s["gate_mass"]
+        assert sorted(kept) == sorted(torch.argsort(scores, descending=True, stable=True)[:8].tolist())
+    assert (out / "routing_stats.safetensors").read_bytes() == math_stats.read_bytes()
 
 
 def test_plan_only_then_an_edited_plan(math_stats, tmp_path):
@@ -94,7 +105,7 @@ def test_protected_experts_are_kept(math_stats, tmp_path):
     plan_path = tmp_path / "plan.json"
     stats = RoutingStats.load(math_stats)
     coldest = int(torch.argmin(expert_scores(stats, 2, "reap")))
-    assert _prune("--stats", str(math_stats), "--keep", "4", "--protect", f"2:{coldest}", "--protect", "all:0",
+    assert _prune("--stats", str(math_stats), "--keep", "4", "--criterion", "reap", "--protect", f"2:{coldest}", "--protect", "all:0",
                   "--plan-only", "--out", str(plan_path)) == 0
     plan = PrunePlan.load(plan_path)
     assert coldest in plan.layers[2] and all(0 in kept for kept in plan.layers.values())
@@ -159,7 +170,7 @@ def test_an_interrupted_run_leaves_no_output_and_the_source_unchanged(math_stats
     out = tmp_path / "pruned"
     process = subprocess.Popen(
         [sys.executable, "-m", "compress", "prune", "--model", str(source), "--stats", str(math_stats), "--keep", "8",
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--criterion", "ean", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(tmp_path.glob(".pruned.tmp-*")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)

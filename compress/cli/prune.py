@@ -20,7 +20,7 @@ from ..stats import RoutingStats
 from .calibration import add_calibration_arguments, calibration_windows, check_calibration_arguments
 from .info import human_bytes, human_count
 
-DEFAULT_CRITERION = "reap"
+DEFAULT_CRITERION = "reconstruct"  # best on the demo model: benchmarks/RESULTS.md
 
 EPILOG = f"""examples:
   compress prune --model demo --domain math --keep 8 --out out/demo-math-keep8
@@ -131,20 +131,13 @@ def _load_model_and_windows(args, resolved: ResolvedModel, config: dict):
     return load_model(resolved.path, dtype=args.dtype, device=args.device), windows, data
 
 
-def _statistics(args, resolved: ResolvedModel, config: dict, fingerprint: str) -> RoutingStats:
-    if args.stats:
-        stats = RoutingStats.load(args.stats)
-        if stats.metadata.get("fingerprint") != fingerprint:
-            raise CompressError(
-                f"{args.stats} was measured on {stats.metadata.get('model')}, a different model than {resolved.name} "
-                f"(fingerprints {stats.metadata.get('fingerprint')} vs {fingerprint}): profile this model"
-            )
-        return stats
-    from ..stats.profile import profile
-
-    model, windows, data = _load_model_and_windows(args, resolved, config)
-    return profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain, data=data,
-                   progress=not args.quiet)
+def _check_statistics(stats: RoutingStats, path: str, resolved: ResolvedModel, fingerprint: str) -> RoutingStats:
+    if stats.metadata.get("fingerprint") != fingerprint:
+        raise CompressError(
+            f"{path} was measured on {stats.metadata.get('model')}, a different model than {resolved.name} "
+            f"(fingerprints {stats.metadata.get('fingerprint')} vs {fingerprint}): profile this model"
+        )
+    return stats
 
 
 def make_plan(args, resolved: ResolvedModel, config: dict, model_config) -> tuple[PrunePlan, RoutingStats | None]:
@@ -158,28 +151,32 @@ def make_plan(args, resolved: ResolvedModel, config: dict, model_config) -> tupl
         plan = PrunePlan.load(args.plan)
         plan.check(moe_layers, num_experts, top_k, fingerprint, groups)
         plan.provenance.setdefault("criterion", "plan")
-        return plan, RoutingStats.load(args.stats) if args.stats else None
+        return plan, _check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
     if args.criterion not in CRITERIA:
         raise CompressError(f"unknown criterion {args.criterion!r}: choose one of {', '.join(CRITERIA)}")
     if args.budget not in BUDGETS:
         raise CompressError(f"unknown budget {args.budget!r}: choose one of {', '.join(BUDGETS)}")
     keep = _keep_count(args, num_experts)
     protect = _protected(args.protect, moe_layers, num_experts)
-    stats = None
+    if args.criterion == "reconstruct" and args.budget != "uniform":
+        raise CompressError("--criterion reconstruct chooses per layer: use --budget uniform")
+    stats = _check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
+    if stats is None or args.criterion == "reconstruct":
+        from ..stats.profile import profile
+
+        model, windows, data = _load_model_and_windows(args, resolved, config)
+        if stats is None:
+            stats = profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain,
+                            data=data, progress=not args.quiet)
     if args.criterion == "reconstruct":
         from ..prune.reconstruct import reconstruction_selection
 
-        if args.budget != "uniform":
-            raise CompressError("--criterion reconstruct chooses per layer: use --budget uniform")
-        model, windows, data = _load_model_and_windows(args, resolved, config)
         layers = reconstruction_selection(model, windows, keep, batch_size=args.batch_size, protect=protect, groups=groups,
                                           progress=not args.quiet)
-        statistics = {"domain": args.domain, "data": data, "windows": len(windows), "seq_len": args.seq_len}
     else:
-        stats = _statistics(args, resolved, config, fingerprint)
         layers = select_experts(stats, args.criterion, keep, budget=args.budget, top_k=top_k, min_per_layer=args.min_per_layer,
                                 protect=protect, groups=groups, seed=args.seed)
-        statistics = {key: stats.metadata.get(key) for key in ("domain", "samples", "seq_len", "tokens")}
+    statistics = {key: stats.metadata.get(key) for key in ("domain", "samples", "seq_len", "tokens")}
     source = {"model": resolved.name, "fingerprint": fingerprint, "family": family.name, "num_experts": num_experts, "top_k": top_k}
     provenance = {"criterion": args.criterion, "budget": args.budget, "keep": keep,
                   "protect": {str(layer): sorted(e) for layer, e in protect.items()}, "statistics": statistics}

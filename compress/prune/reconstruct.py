@@ -28,7 +28,8 @@ DEFAULT_MAX_TOKENS = 2048
 
 @torch.inference_mode()
 def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_tokens: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} for up to `max_tokens` tokens."""
+    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} for up to `max_tokens`
+    tokens, from windows spread evenly over `windows`."""
     family = family_for_config(model.config)
     captured: dict[int, list] = {layer: [[], []] for layer in family.moe_layer_indices(model)}
     hooks = []
@@ -39,9 +40,10 @@ def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_toke
             lambda module, args, output, layer=layer: captured[layer][1].append(
                 (output[0] if isinstance(output, tuple) else output).detach().float().cpu())))
     device = model.get_input_embeddings().weight.device
-    rows = max(1, math.ceil(max_tokens / windows.shape[1]))
+    rows = min(len(windows), max(1, math.ceil(max_tokens / windows.shape[1])))
+    spread = torch.linspace(0, len(windows) - 1, rows).round().long()  # a sample of the whole calibration set
     try:
-        for batch in windows[:rows].split(batch_size):
+        for batch in windows[spread].split(batch_size):
             model.base_model(input_ids=batch.to(device), use_cache=False)
     finally:
         for hook in hooks:
