@@ -172,3 +172,21 @@ def test_in_memory_plan_equals_the_written_checkpoint(family_name, tmp_path):
     with torch.no_grad():
         in_memory = model(input_ids=INPUT).logits
     torch.testing.assert_close(in_memory, _pruned_logits(tmp_path / "pruned"), rtol=1e-6, atol=1e-6)
+
+
+def test_layers_past_the_decoder_stack_are_dropped(tmp_path):
+    """DeepSeek-V3 checkpoints carry a multi-token-prediction layer after the last decoder layer."""
+    from safetensors.torch import load_file
+
+    model = build_tiny_model("deepseek_v3")
+    model.save_pretrained(tmp_path / "source")
+    tensors = load_file(tmp_path / "source" / "model.safetensors")
+    mtp = {k.replace("model.layers.2.", "model.layers.3."): v.clone() for k, v in tensors.items() if k.startswith("model.layers.2.")}
+    mtp["model.layers.3.eh_proj.weight"] = torch.zeros(32, 64)
+    save_file({**tensors, **mtp}, tmp_path / "source" / "model.safetensors", metadata={"format": "pt"})
+    plan = _plan(model, {1: [0, 2, 3, 5], 2: [1, 2, 4, 5]})
+    _prune(tmp_path / "source", tmp_path / "pruned", plan)
+    keys = CheckpointReader(tmp_path / "pruned").keys()
+    assert not [k for k in keys if k.startswith("model.layers.3.")]
+    assert len([k for k in keys if k.startswith("model.layers.2.mlp.experts.")]) == 4 * 3
+    torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(model, plan), rtol=1e-5, atol=1e-5)

@@ -10,12 +10,14 @@ On disk, every tensor of the source is declared first, then streamed one at a ti
   others dropped, so the source's key convention is kept;
 * everything else (attention, shared experts, norms, embeddings) is copied unchanged.
 
-Experts of layers past the decoder stack (DeepSeek-V3's multi-token-prediction layer) are
-dropped: transformers does not load them and their expert count would no longer match the config.
+Layers past the decoder stack (DeepSeek-V3's multi-token-prediction layer ``model.layers.61``) are
+dropped whole: transformers does not load them, and with their experts unpruned they would no
+longer match the config.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,15 +95,17 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
     result = CheckpointPlan()
     per_expert = family.layouts.get("per_expert")
     new_ids = {layer: {old: new for new, old in enumerate(kept)} for layer, kept in plan.layers.items()}
+    layer_of = re.compile(re.escape(family.modules["layers"]) + r"\.(\d+)\.")
     for key in reader.keys():
         entry = reader.entries[key]
+        layer = layer_of.match(key)
+        if layer and int(layer[1]) >= num_layers:
+            result.dropped_keys.append(key)
+            continue
         role = family.classify_key(key)
         shape = list(entry.shape)
         copy = _Copy(key, key)
         if role.kind != "other" and role.layer not in plan.layers:
-            if role.layer >= num_layers:  # beyond the decoder stack: DeepSeek's MTP layer
-                result.dropped_keys.append(key)
-                continue
             raise CompressError(f"{key} holds experts of layer {role.layer}, which the plan does not cover")
         if role.kind in ("experts", "router"):
             copy.experts, copy.dim = plan.layers[role.layer], role.expert_dim
