@@ -22,6 +22,7 @@ setup(
         "compress.kernels",
         "compress.recipes",
         "compress.evals",
+        "compress.evals.tasks",
     ],
     package_dir={
         "compress": "compress",
@@ -33,6 +34,7 @@ setup(
         "compress": ["demo_model/*"],
         "compress.families": ["definitions/*.json"],
         "compress.recipes": ["*.yaml"],
+        "compress.evals.tasks": ["*.yaml"],
     },
     install_requires=[
         "torch>=2.6",
@@ -49,7 +51,7 @@ setup(
         "kernels": ["triton>=3.0"],
         "eval": ["lm-eval>=0.4.5"],
         "data": ["datasets>=3.0", "pyarrow>=14"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5"],
     },
     entry_points={"console_scripts": ["compress=compress.cli:main"]},
 )

@@ -4,9 +4,11 @@ real transformers config classes and saved with `save_pretrained`."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["MOE_COMPRESS_CACHE"] = tempfile.mkdtemp(prefix="moe-compress-cache-")  # never the user's cache
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "profile", "stats", "prune", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "eval", "compare", "gate", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
@@ -46,7 +46,8 @@ def _quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    for name in ("huggingface_hub", "lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _interrupt_on_terminate(signum, frame):

@@ -1,0 +1,148 @@
+"""`compress eval`'s engine: parse task names, run them on one loaded model, cache the results.
+
+Task names:
+
+* ``perplexity:<domain>`` — the built-in corpus's held-out split (math, code, general);
+* ``perplexity:<file>`` — a .txt / .jsonl / .parquet file (``text_field``);
+* ``perplexity:<owner/name>`` — a Hub dataset (``split``, ``text_field``);
+* anything else — an lm-eval task, group or tag (ours: ``compress_arithmetic``,
+  ``compress_code_perplexity``, ``compress_prose_perplexity``, tag ``compress_local``).
+
+Each task's result is cached as JSON under ``$MOE_COMPRESS_CACHE`` (default
+``~/.cache/moe-compress``) keyed by the checkpoint (its path, config and every weight file's size
+and modification time), the task and the settings, so `compare` and `gate` reuse earlier runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from compress import __version__
+from compress.data.calibration import calibration_source
+from compress.data.corpus import DOMAINS, load_texts
+from compress.errors import CompressError
+from compress.resolve import ResolvedModel
+
+PERPLEXITY_PREFIX = "perplexity:"
+PERPLEXITY_METRICS_LOWER_IS_BETTER = {"perplexity": False, "nll": False, "bits_per_byte": False, "tokens": True}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    limit: int | None = None
+    batch_size: int = 8
+    max_length: int | None = None  # None: the model's positions, at most 2048
+    stride: int | None = None  # None: half of max_length
+    dtype: str = "auto"
+    text_field: str | None = None
+    split: str = "test"
+
+
+def parse_tasks(text: str) -> list[str]:
+    """Task names from ``a,b,c``, each checked; unknown lm-eval names get close matches."""
+    tasks = [name.strip() for name in text.split(",") if name.strip()]
+    if not tasks:
+        raise CompressError("--tasks is empty: name at least one task, e.g. perplexity:math or compress_arithmetic")
+    lm_eval_tasks = [name for name in tasks if not name.startswith(PERPLEXITY_PREFIX)]
+    for name in tasks:
+        if name.startswith(PERPLEXITY_PREFIX) and not name[len(PERPLEXITY_PREFIX):]:
+            raise CompressError(f"{name!r} names no text: use perplexity:math, perplexity:FILE or perplexity:OWNER/NAME")
+    if lm_eval_tasks:
+        from .harness import known_task_names
+
+        known = known_task_names()
+        known_set = set(known)
+        for name in lm_eval_tasks:
+            if name not in known_set:
+                close = difflib.get_close_matches(name, known + [f"{PERPLEXITY_PREFIX}{d}" for d in DOMAINS], n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else "; `lm-eval ls tasks` lists lm-eval's tasks"
+                raise CompressError(f"unknown task {name!r}{hint}")
+    return tasks
+
+
+def checkpoint_identity(path: Path) -> str:
+    """Changes whenever the checkpoint's config or weight files change (no weights are read)."""
+    path = Path(path).resolve()
+    parts = [str(path), (path / "config.json").read_text() if (path / "config.json").is_file() else ""]
+    for file in sorted(path.glob("*.safetensors")):
+        stat = file.stat()
+        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOE_COMPRESS_CACHE") or Path.home() / ".cache" / "moe-compress") / "eval"
+
+
+def _cache_file(identity: str, task: str, settings: EvalSettings) -> Path:
+    key = json.dumps({"checkpoint": identity, "task": task, "settings": asdict(settings), "version": __version__}, sort_keys=True)
+    return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _perplexity_texts(task: str, settings: EvalSettings) -> tuple[list[str], str]:
+    source = task[len(PERPLEXITY_PREFIX):]
+    if source in DOMAINS:
+        texts, description = load_texts(source, "heldout"), f"built-in corpus: {source} (held-out split)"
+    else:
+        calibration = calibration_source("eval", source, settings.text_field, settings.split)
+        texts, description = calibration.texts, calibration.description
+    texts = [text for _, text in zip(range(settings.limit or 10**12), texts)]
+    if not texts:
+        raise CompressError(f"{task}: the text source holds no documents")
+    return texts, description
+
+
+def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, *, device: str = "auto",
+             use_cache: bool = True, progress: bool = True, model=None, tokenizer=None) -> dict:
+    """{"model": name, "checkpoint": identity, "settings": …, "tasks": {task: result}}; the model is
+    loaded only when some task is not cached (or passed in already loaded)."""
+    if settings.limit is not None and settings.limit < 1:
+        raise CompressError(f"--limit must be at least 1, not {settings.limit}")
+    identity = checkpoint_identity(resolved.path)
+    results: dict[str, dict] = {}
+    for task in tasks:
+        cached = _cache_file(identity, task, settings)
+        if use_cache and cached.is_file():
+            results[task] = {**json.loads(cached.read_text()), "cached": True}
+    missing = [task for task in tasks if task not in results]
+    if missing:
+        if model is None:
+            from compress.model_loading import load_model, load_tokenizer
+
+            model = load_model(resolved.path, dtype=settings.dtype, device=device)
+            tokenizer = load_tokenizer(resolved.path)
+        max_length = settings.max_length or min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 2048)
+        fresh = {}
+        for task in [t for t in missing if t.startswith(PERPLEXITY_PREFIX)]:
+            from .perplexity import text_perplexity
+
+            texts, description = _perplexity_texts(task, settings)
+            start = time.perf_counter()
+            result = text_perplexity(model, tokenizer, texts, max_length, settings.stride or max(1, max_length // 2),
+                                     settings.batch_size, progress=progress)
+            fresh[task] = {
+                "metrics": result.to_dict(),
+                "higher_is_better": dict(PERPLEXITY_METRICS_LOWER_IS_BETTER),
+                "samples": len(texts),
+                "data": description,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        lm_eval_tasks = [t for t in missing if not t.startswith(PERPLEXITY_PREFIX)]
+        if lm_eval_tasks:
+            from .harness import run_lm_eval
+
+            fresh.update(run_lm_eval(model, tokenizer, lm_eval_tasks, limit=settings.limit, batch_size=settings.batch_size,
+                                     max_length=settings.max_length))
+        for task, result in fresh.items():
+            path = _cache_file(identity, task, settings)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
+            results[task] = result
+    return {"model": resolved.name, "checkpoint": identity, "settings": asdict(settings), "tool_version": __version__,
+            "tasks": {task: results[task] for task in results}}
