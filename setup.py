@@ -18,6 +18,7 @@ setup(
         "compress.data",
         "compress.stats",
         "compress.prune",
+        "compress.models",
         "compress.families",
         "compress.kernels",
         "compress.recipes",

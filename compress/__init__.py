@@ -9,11 +9,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 
 def _register_model_classes() -> None:
-    # Non-uniform pruned checkpoints use the project's per-layer model classes; registering them
-    # lets plain `AutoModelForCausalLM.from_pretrained` load such checkpoints once compress is imported.
-    from .prune.modeling_moe_compress import register
+    # Non-uniform pruned and tiered checkpoints use the project's own model classes; registering
+    # them lets plain `AutoModelForCausalLM.from_pretrained` load such checkpoints once compress is imported.
+    from .models import modeling_moe_compress, modeling_tiered_moe
 
-    register()
+    modeling_moe_compress.register()
+    modeling_tiered_moe.register()
 
 
 _register_model_classes()

@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "profile", "stats", "prune", "eval", "compare", "gate", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.

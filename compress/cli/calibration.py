@@ -41,9 +41,9 @@ def check_calibration_arguments(args, config: dict) -> None:
         raise CompressError(f"--seq-len {args.seq_len} is beyond the model's {positions} positions: use --seq-len {positions} or less")
 
 
-def calibration_windows(args, tokenizer):
+def calibration_windows(args, tokenizer, builtin_split: str = "calibration"):
     """(token windows [N, seq_len], description of the data) for the parsed options."""
-    source = calibration_source(args.domain, args.dataset, args.text_field, args.split)
+    source = calibration_source(args.domain, args.dataset, args.text_field, args.split, builtin_split)
     samples = args.samples or DEFAULT_SAMPLES
     wanted = args.skip_samples + samples
     stream = token_stream(tokenizer, source.texts, max_tokens=wanted * args.seq_len)

@@ -37,7 +37,8 @@ class CalibrationSource:
 
 
 def calibration_source(
-    domain: str, dataset: str | None = None, text_field: str | None = None, split: str = "train"
+    domain: str, dataset: str | None = None, text_field: str | None = None, split: str = "train",
+    builtin_split: str = "calibration",
 ) -> CalibrationSource:
     if dataset is None:
         if domain not in DOMAINS:
@@ -47,7 +48,7 @@ def calibration_source(
             )
         if text_field:
             raise DataError("--text-field applies to --dataset only; the built-in corpus is plain text")
-        return CalibrationSource(f"built-in corpus: {domain} (calibration split)", load_texts(domain, "calibration"))
+        return CalibrationSource(f"built-in corpus: {domain} ({builtin_split} split)", load_texts(domain, builtin_split))
     if dataset == "preset":
         preset = preset_for(domain)
         fields = text_field.split(",") if text_field else list(preset.text_fields)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 import shutil
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint.dtypes import TORCH_DTYPES
@@ -30,8 +32,8 @@ from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
 from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
-from . import modeling_moe_compress
-from .modeling_moe_compress import MODEL_TYPE_SUFFIX, keep_experts
+from ..models import modeling_moe_compress
+from ..models.modeling_moe_compress import MODEL_TYPE_SUFFIX, keep_experts
 from .plan import PrunePlan
 
 MODELING_FILE = "modeling_moe_compress.py"
@@ -76,10 +78,11 @@ def pruned_config(config: dict, family: MoEFamily, plan: PrunePlan) -> dict:
 
 @dataclass
 class _Copy:
-    key: str
+    key: str | None  # None: a tensor computed from nothing read (`compute` makes it)
     new_key: str
     experts: list[int] | None = None  # rows kept along `dim`; None: the whole tensor
     dim: int = 0
+    compute: Callable[[torch.Tensor | None], torch.Tensor] | None = None  # applied to what was read
 
 
 @dataclass
@@ -130,22 +133,30 @@ def write_pruned_checkpoint(
     config = read_config(source)
     family = family_for_config(config)
     reader = CheckpointReader(source)
-    num_layers = int(config.get("num_hidden_layers") or 0)
-    tensors = plan_tensors(reader, family, plan, num_layers)
-    total = sum(spec.nbytes for spec in tensors.specs)
-    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
-        for copy, spec in zip(tensors.copies, tensors.specs):
-            if copy.experts is None:
-                tensor = reader.read(copy.key)
-            else:
-                tensor = reader.read_experts(copy.key, copy.experts, copy.dim)
-            writer.write(copy.new_key, tensor)
-            bar.update(spec.nbytes)
-            del tensor  # one tensor in memory at a time
-    reader.close()
+    tensors = plan_tensors(reader, family, plan, int(config.get("num_hidden_layers") or 0))
+    write_tensors(reader, staging, tensors, max_shard_bytes, progress)
     write_config(staging, pruned_config(config, family, plan))
     copy_support_files(source, staging)
     if not plan.uniform:
         shutil.copyfile(modeling_moe_compress.__file__, staging / MODELING_FILE)
     return tensors
+
+
+def write_tensors(reader: CheckpointReader, staging: Path, tensors: CheckpointPlan, max_shard_bytes: int, progress: bool) -> None:
+    """Stream the planned tensors into sharded safetensors, one tensor in memory at a time."""
+    total = sum(spec.nbytes for spec in tensors.specs)
+    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
+        for copy, spec in zip(tensors.copies, tensors.specs):
+            if copy.key is None:
+                tensor = None
+            elif copy.experts is None:
+                tensor = reader.read(copy.key)
+            else:
+                tensor = reader.read_experts(copy.key, copy.experts, copy.dim)
+            if copy.compute is not None:
+                tensor = copy.compute(tensor)
+            writer.write(copy.new_key, tensor)
+            bar.update(spec.nbytes)
+            del tensor  # one tensor in memory at a time
+    reader.close()

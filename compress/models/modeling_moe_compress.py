@@ -127,18 +127,18 @@ CLASSES = {
 }
 
 
-def _share_weight_conversions() -> None:
-    # transformers converts per-expert checkpoint keys into fused tensors by model_type; the
-    # derived model types need the same conversions as their base family.
+def share_weight_conversions(classes: dict) -> None:
+    """Give derived model types the per-expert → fused checkpoint conversions of their base family
+    (transformers looks them up by model_type)."""
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-    for base_type, (config_class, _) in CLASSES.items():
+    for base_type, (config_class, _) in classes.items():
         mapping = get_checkpoint_conversion_mapping(base_type)
         if mapping is not None:
             register_checkpoint_conversion_mapping(config_class.model_type, mapping, overwrite=True)
 
 
-_share_weight_conversions()
+share_weight_conversions(CLASSES)
 
 
 def register() -> None:

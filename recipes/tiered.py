@@ -1,0 +1,245 @@
+"""Recipe: convert a MoE checkpoint into a TieredLightweightMoE (teams of co-activating experts).
+
+`tiered.yaml` beside this file holds the defaults; `compress convert tiered` applies them.
+
+1. Tiers: ``"0-7:4,8-17:8,18-23:6"`` gives each MoE layer its team count; every MoE layer must be
+   covered exactly once.
+2. Teams, per layer, from the routing statistics (``team_size`` experts each, disjoint):
+   * ``greedy`` (the seeds' method): seed a team with the most-used unassigned expert, add the
+     unassigned expert with the largest summed co-activation with the team's members, repeat;
+   * ``agglomerative``: among the teams × size most-used experts, repeatedly pair the clusters with
+     the highest mean co-activation similarity (co-selections / √(selections_i · selections_j))
+     until clusters reach ``team_size`` (a power of two).
+3. Mixing weights: each member's share of its team's selections (uniform when none).
+4. Team router rows: the mixing-weighted sum of the members' router rows (and biases), so a team
+   of one expert keeps exactly that expert's row and the conversion with teams of one and all
+   experts kept reproduces the original model.
+5. Writing streams like pruning: members are expert slices of the source (in team order), router
+   rows are combined as they are read, everything else is copied; the config names the tiered
+   classes, whose code is copied into the checkpoint (``auto_map``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+from compress.checkpoint.dtypes import TORCH_DTYPES
+from compress.checkpoint.files import copy_support_files, read_config, write_config
+from compress.checkpoint.reader import CheckpointReader
+from compress.checkpoint.writer import TensorSpec
+from compress.errors import CompressError
+from compress.families import MoEFamily
+from compress.models import modeling_moe_compress, modeling_tiered_moe
+from compress.prune.apply import CheckpointPlan, _Copy, plan_tensors, write_tensors
+from compress.prune.plan import PrunePlan
+from compress.stats import RoutingStats
+
+CLUSTERING = ("greedy", "agglomerative")
+
+
+def default_recipe() -> dict:
+    return yaml.safe_load((Path(str(resources.files("compress.recipes"))) / "tiered.yaml").read_text())
+
+
+def parse_tiers(text: str, moe_layers: list[int]) -> dict[int, int]:
+    """``"0-7:4,8-17:8"`` → {layer: teams}; every MoE layer covered exactly once."""
+    teams: dict[int, int] = {}
+    try:
+        for part in text.split(","):
+            span, _, count = part.strip().partition(":")
+            first, _, last = span.partition("-")
+            for layer in range(int(first), int(last or first) + 1):
+                if layer in teams:
+                    raise CompressError(f"--tiers names layer {layer} twice")
+                teams[layer] = int(count)
+    except ValueError:
+        raise CompressError(f"--tiers {text!r}: write FIRST-LAST:TEAMS ranges separated by commas, e.g. 0-7:4,8-17:8") from None
+    missing = [layer for layer in moe_layers if layer not in teams]
+    extra = [layer for layer in teams if layer not in moe_layers]
+    if missing or extra:
+        raise CompressError(f"--tiers must cover exactly the MoE layers {moe_layers[0]}-{moe_layers[-1]}: "
+                            + (f"missing {missing}" if missing else f"{extra} are not MoE layers"))
+    if any(count < 1 for count in teams.values()):
+        raise CompressError("--tiers: every layer needs at least one team")
+    return teams
+
+
+def greedy_teams(selections: torch.Tensor, coactivation: torch.Tensor, teams: int, size: int) -> list[list[int]]:
+    together = coactivation.double().clone()
+    together.fill_diagonal_(0)
+    order = sorted(range(len(selections)), key=lambda e: (-int(selections[e]), e))
+    unassigned, result = list(order), []
+    for _ in range(teams):
+        team = [unassigned.pop(0)]
+        while len(team) < size:
+            best = max(unassigned, key=lambda e: (float(together[team, e].sum()), int(selections[e]), -e))
+            unassigned.remove(best)
+            team.append(best)
+        result.append(team)
+    return result
+
+
+def agglomerative_teams(selections: torch.Tensor, coactivation: torch.Tensor, teams: int, size: int) -> list[list[int]]:
+    if size & (size - 1):
+        raise CompressError(f"agglomerative clustering pairs clusters, so --team-size must be a power of two (got {size})")
+    candidates = sorted(range(len(selections)), key=lambda e: (-int(selections[e]), e))[: teams * size]
+    counts = selections.double().clamp(min=1)
+    similarity = coactivation.double() / torch.sqrt(counts[:, None] * counts[None, :])
+    clusters = [[e] for e in candidates]
+    while len(clusters[0]) < size:
+        pairs = sorted(
+            ((float(similarity[a][:, b].mean()), i, j) for i, a in enumerate(clusters) for j, b in enumerate(clusters) if i < j),
+            key=lambda p: (-p[0], p[1], p[2]),
+        )
+        used, merged = set(), []
+        for _, i, j in pairs:
+            if i not in used and j not in used:
+                used.update((i, j))
+                merged.append(sorted(clusters[i] + clusters[j], key=lambda e: (-int(selections[e]), e)))
+        clusters = merged
+    return clusters
+
+
+def mixing_weights(selections: torch.Tensor, teams: list[list[int]]) -> torch.Tensor:
+    counts = torch.tensor([[float(selections[e]) for e in team] for team in teams], dtype=torch.float64)
+    totals = counts.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(counts, 1.0 / counts.shape[1])
+    return torch.where(totals > 0, counts / totals.clamp(min=1e-300), uniform).float()
+
+
+@dataclass
+class TieredLayout:
+    """The conversion of every MoE layer: its teams (original expert ids) and mixing weights."""
+
+    teams: dict[int, list[list[int]]]
+    mixing: dict[int, torch.Tensor]
+    team_top_k: int
+
+    @property
+    def team_size(self) -> int:
+        return len(next(iter(self.teams.values()))[0])
+
+
+def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> TieredLayout:
+    if clustering not in CLUSTERING:
+        raise CompressError(f"unknown clustering {clustering!r}: choose one of {', '.join(CLUSTERING)}")
+    build = greedy_teams if clustering == "greedy" else agglomerative_teams
+    teams, mixing = {}, {}
+    for layer, count in tiers.items():
+        experts = stats.num_experts(layer)
+        if count * team_size > experts:
+            raise CompressError(f"layer {layer}: {count} teams × {team_size} experts = {count * team_size}, "
+                                f"more than the {experts} experts it has")
+        if not 1 <= team_top_k <= count:
+            raise CompressError(f"--team-top-k {team_top_k} must be between 1 and the {count} teams of layer {layer}")
+        s = stats.layers[layer]
+        teams[layer] = build(s["selections"], s["coactivation"], count, team_size)
+        mixing[layer] = mixing_weights(s["selections"], teams[layer])
+    return TieredLayout(teams, mixing, team_top_k)
+
+
+def tiered_config(config: dict, family: MoEFamily, layout: TieredLayout) -> dict:
+    base_type = config["model_type"]
+    if base_type not in modeling_tiered_moe.CLASSES:
+        raise CompressError(f"tiered conversion supports {', '.join(modeling_tiered_moe.CLASSES)}, not {base_type}")
+    config_class, model_class = modeling_tiered_moe.CLASSES[base_type]
+    largest = max(len(teams) * layout.team_size for teams in layout.teams.values())
+    config = family.rewrite_config(config, num_experts=largest, top_k=layout.team_top_k * layout.team_size)
+    routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}
+    if isinstance(routing.get("renormalize"), str):  # a config field (Qwen/OLMoE's norm_topk_prob)
+        routing["renormalize"] = bool(config.get(routing["renormalize"], False))
+    module = "modeling_tiered_moe"
+    config.update({
+        "model_type": config_class.model_type,
+        "architectures": [model_class.__name__],
+        "auto_map": {"AutoConfig": f"{module}.{config_class.__name__}", "AutoModelForCausalLM": f"{module}.{model_class.__name__}"},
+        "tiered_layers": {str(layer): {"teams": len(teams), "team_size": layout.team_size} for layer, teams in sorted(layout.teams.items())},
+        "team_top_k": layout.team_top_k,
+        "team_routing": routing,
+        "moe_layout": family.moe_layout,
+    })
+    return config
+
+
+def _team_rows(teams: list[list[int]], mixing: torch.Tensor):
+    index = torch.tensor(teams, dtype=torch.long)
+
+    def combine(rows: torch.Tensor) -> torch.Tensor:  # rows [E, ...] → [teams, ...]: Σ_m mixing[t, m] · rows[team[t][m]]
+        weights = mixing.to(torch.float32).reshape(*mixing.shape, *([1] * (rows.dim() - 1)))
+        return (rows[index].float() * weights).sum(dim=1).to(rows.dtype)
+
+    return combine
+
+
+def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: TieredLayout, source: dict,
+                        num_layers: int, router_dtype: torch.dtype) -> CheckpointPlan:
+    """Experts as a prune plan keeping team members in team order; router tensors combined per team."""
+    kept = {layer: [e for team in teams for e in team] for layer, teams in layout.teams.items()}
+    plan = PrunePlan(source, kept, layout.team_top_k * layout.team_size)
+    planned = plan_tensors(reader, family, plan, num_layers)
+    result = CheckpointPlan(dropped_keys=planned.dropped_keys)
+    for copy, spec in zip(planned.copies, planned.specs):
+        role = family.classify_key(copy.key)
+        if role.kind != "router":
+            result.copies.append(copy)
+            result.specs.append(spec)
+            continue
+        teams, mixing = layout.teams[role.layer], layout.mixing[role.layer]
+        shape = list(reader.entries[copy.key].shape)
+        shape[0] = len(teams)
+        result.copies.append(_Copy(copy.key, copy.new_key, compute=_team_rows(teams, mixing)))
+        result.specs.append(TensorSpec(copy.new_key, spec.dtype, tuple(shape)))
+        if role.suffix == "weight":  # the mixing weights live beside the team router's weight
+            key = copy.new_key[: -len("weight")] + "mixing"
+            result.copies.append(_Copy(None, key, compute=lambda _, m=mixing: m.to(router_dtype)))
+            result.specs.append(TensorSpec(key, router_dtype, tuple(mixing.shape)))
+    return result
+
+
+def write_tiered_checkpoint(source: Path, staging: Path, family: MoEFamily, layout: TieredLayout, source_record: dict,
+                            max_shard_bytes: int, progress: bool = False) -> None:
+    config = read_config(source)
+    reader = CheckpointReader(source)
+    router_key = next(key for key in reader.keys() if family.classify_key(key).kind == "router" and key.endswith("weight"))
+    router_dtype = TORCH_DTYPES[reader.entries[router_key].dtype]
+    tensors = plan_tiered_tensors(reader, family, layout, source_record, int(config.get("num_hidden_layers") or 0), router_dtype)
+    new_config = tiered_config(config, family, layout)
+    write_tensors(reader, staging, tensors, max_shard_bytes, progress)
+    write_config(staging, new_config)
+    copy_support_files(source, staging)
+    for module in (modeling_moe_compress, modeling_tiered_moe):
+        shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
+
+
+def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_top_k: int) -> dict:
+    """Total and active parameters of a tiered variant of `config` (a transformers config), on the meta device."""
+    from compress.families import family_for_config
+    from compress.model_info import count_parameters, meta_model
+
+    family = family_for_config(config)
+    base_type = config.model_type
+    config_class, _ = modeling_tiered_moe.CLASSES[base_type]
+    routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}
+    fields = {**config.to_dict(), "tiered_layers": {str(l): {"teams": n, "team_size": team_size} for l, n in tiers.items()},
+              "team_top_k": team_top_k, "team_routing": {**routing, "renormalize": True}, "moe_layout": family.moe_layout,
+              "num_experts_per_tok": team_top_k * team_size}
+    fields.pop("model_type", None)
+    tiered = config_class(**fields)
+    model = meta_model(tiered)
+    total = sum(p.numel() for p in model.parameters())
+    expert_params = active_experts = 0
+    for layer, teams in tiers.items():
+        experts = family.experts(model, layer)
+        params = sum(p.numel() for p in experts.parameters())
+        expert_params += params
+        active_experts += params * team_top_k // teams
+    embeddings = model.get_input_embeddings().weight.numel()
+    active = total - expert_params + active_experts
+    return {"total": total, "active": active, "active_excluding_embeddings": active - embeddings}
