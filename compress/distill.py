@@ -134,7 +134,7 @@ def distill(teacher, student, tokenizer, windows: torch.Tensor, out: Path, setti
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            parts.append({"loss": float(loss), **parts_of_loss})
+            parts.append({"loss": float(loss.detach()), **parts_of_loss})
         record = {"step": step + 1, **{key: sum(p[key] for p in parts) / len(parts) for key in parts[0]}}
         if accelerator.is_main_process:
             with log_path.open("a") as log:

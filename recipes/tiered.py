@@ -13,7 +13,10 @@
 3. Mixing weights: each member's share of its team's selections (uniform when none).
 4. Team router rows: the mixing-weighted sum of the members' router rows (and biases), so a team
    of one expert keeps exactly that expert's row and the conversion with teams of one and all
-   experts kept reproduces the original model.
+   experts kept reproduces the original model. Teams are routed by the base family's rule, except
+   with one team per token: there the team's weight is its softmax probability over all teams
+   (Switch Transformer), because a renormalised single weight is always 1 and would leave the
+   team router without gradient.
 5. Writing streams like pruning: members are expert slices of the source (in team order), router
    rows are combined as they are read, everything else is copied; the config names the tiered
    classes, whose code is copied into the checkpoint (``auto_map``).
@@ -155,6 +158,10 @@ def tiered_config(config: dict, family: MoEFamily, layout: TieredLayout) -> dict
     routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}
     if isinstance(routing.get("renormalize"), str):  # a config field (Qwen/OLMoE's norm_topk_prob)
         routing["renormalize"] = bool(config.get(routing["renormalize"], False))
+    if layout.team_top_k == 1:
+        # One team per token: a renormalised weight would be 1.0 and the team router would get no
+        # gradient, so the team's weight is its probability over all teams (as in Switch Transformer).
+        routing = {"function": "softmax_then_topk", "renormalize": False}
     module = "modeling_tiered_moe"
     config.update({
         "model_type": config_class.model_type,

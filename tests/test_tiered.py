@@ -1,0 +1,168 @@
+"""TieredLightweightMoE: conversion round trip, weight transfer, the team-router rule, gradients,
+clustering, distillation (improvement and exact resume) and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from transformers import AutoModelForCausalLM
+
+from compress.checkpoint.reader import CheckpointReader
+from compress.cli import main
+from compress.distill import DistillSettings, distillation_loss
+from compress.families import get_family
+from compress.recipes.tiered import agglomerative_teams, greedy_teams, mixing_weights
+from compress.stats.profile import profile
+
+INPUT = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(11))
+
+
+def _tiny_with_stats(family_name: str, root):
+    model = build_tiny_model(family_name)
+    model.save_pretrained(root / "source")
+    stats = profile(model, torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(1)), batch_size=4,
+                    model_name="tiny", domain="d", data="random", progress=False)
+    stats.save(root / "stats.safetensors")
+    return model
+
+
+def _convert(root, *argv) -> int:
+    return main(["convert", "tiered", "--model", str(root / "source"), "--stats", str(root / "stats.safetensors"),
+                 "--out", str(root / "tiered"), "--quiet", *argv])
+
+
+@pytest.mark.parametrize("family_name", ["gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+def test_teams_of_one_with_every_expert_reproduce_the_original(family_name, tmp_path):
+    model = _tiny_with_stats(family_name, tmp_path)
+    assert _convert(tmp_path, "--tiers", "0-1:6", "--team-size", "1", "--team-top-k", "2") == 0
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "tiered", dtype=torch.float32)
+    assert type(converted).__name__.endswith("TieredForCausalLM")
+    with torch.no_grad():
+        torch.testing.assert_close(converted(input_ids=INPUT).logits, model(input_ids=INPUT).logits, rtol=1e-6, atol=1e-6)
+
+
+def test_conversion_transfers_experts_and_builds_team_routers_from_member_rows(tmp_path):
+    model = _tiny_with_stats("gpt_oss", tmp_path)
+    assert _convert(tmp_path, "--tiers", "0:3,1:2", "--team-size", "2") == 0
+    provenance = json.loads((tmp_path / "tiered" / "compress.json").read_text())
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "tiered", dtype=torch.float32)
+    family = get_family("gpt_oss")
+    for layer in (0, 1):
+        teams, mixing = provenance["teams"][str(layer)], torch.tensor(provenance["mixing"][str(layer)])
+        members = [e for team in teams for e in team]
+        source_experts, converted_experts = family.experts(model, layer), family.experts(converted, layer)
+        for name in family.expert_tensors:
+            assert torch.equal(getattr(converted_experts, name), getattr(source_experts, name)[members])
+        source_router = family.router(model, layer)
+        router = converted.model.layers[layer].mlp.router
+        for t, team in enumerate(teams):  # the documented rule: mixing-weighted sum of member rows and biases
+            expected = sum(mixing[t, m] * source_router.weight[e] for m, e in enumerate(team))
+            torch.testing.assert_close(router.weight[t], expected)
+            torch.testing.assert_close(router.bias[t], sum(mixing[t, m] * source_router.bias[e] for m, e in enumerate(team)))
+        torch.testing.assert_close(router.mixing, mixing)
+        torch.testing.assert_close(router.mixing.sum(dim=1), torch.ones(len(teams)))
+    assert (tmp_path / "tiered" / "modeling_tiered_moe.py").is_file()
+    assert json.loads((tmp_path / "tiered" / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
+        "modeling_tiered_moe.GptOssTieredForCausalLM"
+    reader = CheckpointReader(tmp_path / "tiered")
+    assert reader.entries["model.layers.0.mlp.router.mixing"].shape == (3, 2)
+
+
+def test_gradient_reaches_every_trainable_parameter(tmp_path):
+    teacher = _tiny_with_stats("gpt_oss", tmp_path)
+    assert _convert(tmp_path, "--tiers", "0-1:2", "--team-size", "2", "--team-top-k", "1") == 0
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "tiered", dtype=torch.float32).train()
+    batch = torch.randint(3, 64, (8, 32), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        teacher_out = teacher(input_ids=batch, output_hidden_states=True)
+    loss, _ = distillation_loss(student(input_ids=batch, output_hidden_states=True), teacher_out, DistillSettings(steps=1))
+    loss.backward()
+    params = dict(student.named_parameters())
+    no_gradient = [name for name, p in params.items() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not no_gradient, no_gradient
+    assert any(name.endswith("router.mixing") for name in params) and any(name.endswith("router.weight") for name in params)
+
+
+def test_clustering_groups_co_activating_experts():
+    selections = torch.tensor([90, 80, 70, 60, 5, 4])
+    coactivation = torch.zeros(6, 6, dtype=torch.long)
+    for a, b, n in ((0, 3, 50), (1, 2, 40), (0, 1, 5), (4, 5, 3)):
+        coactivation[a, b] = coactivation[b, a] = n
+    assert greedy_teams(selections, coactivation, 2, 2) == [[0, 3], [1, 2]]
+    assert sorted(map(sorted, agglomerative_teams(selections, coactivation, 2, 2))) == [[0, 3], [1, 2]]
+    weights = mixing_weights(selections, [[0, 3], [1, 2]])
+    torch.testing.assert_close(weights, torch.tensor([[0.6, 0.4], [80 / 150, 70 / 150]]))
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+    _tiny_with_stats("mixtral", tmp_path)
+
+    def error(*argv) -> str:
+        assert _convert(tmp_path, *argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "must cover exactly the MoE layers" in error("--tiers", "0:2", "--team-size", "2")
+    assert "more than the 6 experts" in error("--tiers", "0-1:4", "--team-size", "2")
+    assert "names layer 1 twice" in error("--tiers", "0-1:2,1:2", "--team-size", "2")
+    other = build_tiny_model("olmoe")
+    profile(other, torch.randint(3, 64, (2, 8)), batch_size=2, model_name="olmoe", domain="d", data="x",
+            progress=False).save(tmp_path / "stats.safetensors")
+    assert "different model" in error("--tiers", "0-1:2", "--team-size", "2")
+    assert not (tmp_path / "tiered").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_tiered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo-tiered")
+    fast = ["--samples", "8", "--seq-len", "64", "--dtype", "float32", "--quiet"]
+    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(root / "math.safetensors"), *fast]) == 0
+    assert main(["convert", "tiered", "--model", "demo", "--stats", str(root / "math.safetensors"), "--tiers", "0-5:3",
+                 "--team-size", "2", "--out", str(root / "tiered"), "--quiet"]) == 0
+    return root
+
+
+DISTILL = ["--domain", "math", "--seq-len", "64", "--samples", "32", "--batch-size", "4", "--lr", "3e-4", "--quiet"]
+
+
+def test_distillation_improves_the_converted_model_and_resume_is_exact(demo_tiered, capsys):
+    root = demo_tiered
+    assert main(["distill", "--teacher", "demo", "--student", str(root / "tiered"), "--steps", "6", "--save-every", "3",
+                 "--out", str(root / "straight"), *DISTILL]) == 0
+    straight = [json.loads(line) for line in (root / "straight" / "distill_log.jsonl").read_text().splitlines()]
+    assert len(straight) == 6 and straight[-1]["loss"] < straight[0]["loss"]
+    # An interrupted run: only the step-3 checkpoint exists; --resume finishes it.
+    (root / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(root / "straight" / "checkpoints" / "step-3", root / "resumed" / "checkpoints" / "step-3")
+    (root / "resumed" / "distill_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in straight[:3]))
+    assert main(["distill", "--teacher", "demo", "--student", str(root / "tiered"), "--steps", "6", "--save-every", "3",
+                 "--out", str(root / "resumed"), "--resume", *DISTILL]) == 0
+    resumed = [json.loads(line) for line in (root / "resumed" / "distill_log.jsonl").read_text().splitlines()]
+    assert resumed == straight
+    a = AutoModelForCausalLM.from_pretrained(root / "straight").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(root / "resumed").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (root / "straight" / "distill_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    capsys.readouterr()
+    gate = ["--tasks", "perplexity:math", "--limit", "100", "--seq-len", "64", "--dtype", "float32", "--quiet"]
+    assert main(["compare", "--base", str(root / "tiered"), "--candidate", str(root / "straight"), *gate, "--json"]) == 0
+    changes = json.loads(capsys.readouterr().out)
+    perplexity = next(c for c in next(iter(changes.values())) if c["metric"] == "perplexity")
+    assert perplexity["candidate"] < perplexity["base"]  # distillation strictly improves the converted model
+
+
+def test_distill_refuses_an_existing_output_without_resume(demo_tiered, capsys):
+    (demo_tiered / "taken").mkdir(exist_ok=True)
+    (demo_tiered / "taken" / "x").write_text("keep")
+    assert main(["distill", "--teacher", "demo", "--student", str(demo_tiered / "tiered"), "--steps", "1",
+                 "--out", str(demo_tiered / "taken"), *DISTILL]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["distill", "--teacher", "demo", "--student", str(demo_tiered / "tiered"), "--steps", "1",
+                 "--out", str(demo_tiered / "fresh"), "--resume", *DISTILL]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
