@@ -20,7 +20,7 @@ from ..resolve import resolve_model
 from ..stats import RoutingStats
 from .calibration import add_calibration_arguments
 from .info import human_bytes, human_count
-from .prune import _check_output, _check_statistics, _load_model_and_windows
+from .prune import check_output_dir, check_statistics, load_model_and_windows
 
 EPILOG = """examples:
   compress convert tiered --model demo --stats math.safetensors --tiers 0-1:4,2-3:3,4-5:2 --team-size 2 --out out/demo-tiered
@@ -85,7 +85,7 @@ def run_tiered(args) -> int:
     resolved = resolve_model(args.model)
     config = read_config(resolved.path)
     family = family_for_config(config)
-    out = _check_output(args, resolved)
+    out = check_output_dir(args, resolved)
     settings = _settings(args)
     model_config = AutoConfig.from_pretrained(resolved.path)
     meta = meta_model(model_config)
@@ -93,9 +93,9 @@ def run_tiered(args) -> int:
     fingerprint = model_fingerprint(meta)
     tiers = parse_tiers(str(settings["tiers"]), moe_layers)
     if args.stats:
-        stats = _check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint)
+        stats = check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint)
     else:
-        model, windows, data = _load_model_and_windows(args, resolved, config)
+        model, windows, data = load_model_and_windows(args, resolved, config)
         stats = profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain,
                         data=data, progress=not args.quiet)
     layout = design_teams(stats, tiers, int(settings["team_size"]), int(settings["team_top_k"]), str(settings["clustering"]))

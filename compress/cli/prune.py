@@ -77,7 +77,7 @@ def add_parser(subparsers) -> None:
 
 
 # --- checking the request ------------------------------------------------------------------------
-def _check_output(args, resolved: ResolvedModel) -> Path:
+def check_output_dir(args, resolved: ResolvedModel) -> Path:
     out, source = Path(args.out).resolve(), Path(resolved.path).resolve()
     if out == source or source in out.parents:
         raise CompressError(f"--out {out} is the source model or inside it: write the pruned model somewhere else")
@@ -121,7 +121,7 @@ def _protected(specs: list[str], moe_layers: list[int], num_experts: int) -> dic
 
 
 # --- making the plan -----------------------------------------------------------------------------
-def _load_model_and_windows(args, resolved: ResolvedModel, config: dict):
+def load_model_and_windows(args, resolved: ResolvedModel, config: dict):
     from ..model_loading import load_model, load_tokenizer
 
     if args.domain is None:
@@ -131,7 +131,7 @@ def _load_model_and_windows(args, resolved: ResolvedModel, config: dict):
     return load_model(resolved.path, dtype=args.dtype, device=args.device), windows, data
 
 
-def _check_statistics(stats: RoutingStats, path: str, resolved: ResolvedModel, fingerprint: str) -> RoutingStats:
+def check_statistics(stats: RoutingStats, path: str, resolved: ResolvedModel, fingerprint: str) -> RoutingStats:
     if stats.metadata.get("fingerprint") != fingerprint:
         raise CompressError(
             f"{path} was measured on {stats.metadata.get('model')}, a different model than {resolved.name} "
@@ -151,7 +151,7 @@ def make_plan(args, resolved: ResolvedModel, config: dict, model_config) -> tupl
         plan = PrunePlan.load(args.plan)
         plan.check(moe_layers, num_experts, top_k, fingerprint, groups)
         plan.provenance.setdefault("criterion", "plan")
-        return plan, _check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
+        return plan, check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
     if args.criterion not in CRITERIA:
         raise CompressError(f"unknown criterion {args.criterion!r}: choose one of {', '.join(CRITERIA)}")
     if args.budget not in BUDGETS:
@@ -160,11 +160,11 @@ def make_plan(args, resolved: ResolvedModel, config: dict, model_config) -> tupl
     protect = _protected(args.protect, moe_layers, num_experts)
     if args.criterion == "reconstruct" and args.budget != "uniform":
         raise CompressError("--criterion reconstruct chooses per layer: use --budget uniform")
-    stats = _check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
+    stats = check_statistics(RoutingStats.load(args.stats), args.stats, resolved, fingerprint) if args.stats else None
     if stats is None or args.criterion == "reconstruct":
         from ..stats.profile import profile
 
-        model, windows, data = _load_model_and_windows(args, resolved, config)
+        model, windows, data = load_model_and_windows(args, resolved, config)
         if stats is None:
             stats = profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain,
                             data=data, progress=not args.quiet)
@@ -198,7 +198,7 @@ def run(args) -> int:
     resolved = resolve_model(args.model, revision=args.revision)
     config = read_config(resolved.path)
     family_for_config(config)  # dense or unsupported models stop here
-    out = Path(args.out).resolve() if args.plan_only else _check_output(args, resolved)
+    out = Path(args.out).resolve() if args.plan_only else check_output_dir(args, resolved)
     if args.plan_only and out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     before = describe_model(resolved)
