@@ -52,7 +52,7 @@ setup(
         "kernels": ["triton>=3.0"],
         "eval": ["lm-eval>=0.4.5"],
         "data": ["datasets>=3.0", "pyarrow>=14"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5", "triton>=3.0; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["compress=compress.cli:main"]},
 )

@@ -11,10 +11,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 def _register_model_classes() -> None:
     # Non-uniform pruned and tiered checkpoints use the project's own model classes; registering
     # them lets plain `AutoModelForCausalLM.from_pretrained` load such checkpoints once compress is imported.
+    from .kernels import experts
     from .models import modeling_moe_compress, modeling_tiered_moe
 
     modeling_moe_compress.register()
     modeling_tiered_moe.register()
+    experts.register()  # the "compress_triton" experts implementation
 
 
 _register_model_classes()

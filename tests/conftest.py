@@ -8,6 +8,10 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Kernel tests run in Triton's interpreter on CPU tensors; Triton reads this when it is first
+# imported (its own jit helpers), so it is set before anything can import it. GPU tests run in a
+# fresh process without it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ["MOE_COMPRESS_CACHE"] = tempfile.mkdtemp(prefix="moe-compress-cache-")  # never the user's cache
 
 import pytest

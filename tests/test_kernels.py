@@ -1,0 +1,132 @@
+"""The fused MoE kernels against transformers' eager experts forward.
+
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1 before anything
+imports Triton), in fp32 and
+fp16 — the interpreter computes bf16 dots on raw bits, so bf16 is checked on a GPU only (a test
+that runs in a fresh process and skips without CUDA). Tolerances: fp32 1e-5, fp16 2e-2 (relative
+to the output's scale): the kernels accumulate in fp32 and apply the activation before rounding,
+eager rounds after each projection.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from compress.kernels import fused_moe  # noqa: E402  (conftest sets TRITON_INTERPRET=1 before any Triton import)
+
+from conftest import build_tiny_model  # noqa: E402
+from transformers import GptOssConfig, MixtralConfig  # noqa: E402
+from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts  # noqa: E402
+from transformers.models.mixtral.modeling_mixtral import MixtralExperts  # noqa: E402
+
+from compress.kernels.alignment import align_block_size  # noqa: E402
+from compress.kernels.experts import kernel_layout  # noqa: E402
+
+HIDDEN, INTERMEDIATE = 32, 48  # not multiples of the 16-wide tiles in every dimension: masks are exercised
+
+
+def _experts(layout: str, num_experts: int, dtype: torch.dtype):
+    common = dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_local_experts=num_experts)
+    module = GptOssExperts(GptOssConfig(**common)) if layout == "gpt_oss" else MixtralExperts(MixtralConfig(**common))
+    generator = torch.Generator().manual_seed(num_experts)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    module.config._experts_implementation = "eager"
+    return module.to(dtype)
+
+
+def _routing(tokens: int, top_k: int, num_experts: int, dtype):
+    generator = torch.Generator().manual_seed(tokens * 31 + top_k)
+    index = torch.stack([torch.randperm(num_experts, generator=generator)[:top_k] for _ in range(tokens)])
+    weights = torch.softmax(torch.randn(tokens, top_k, generator=generator), dim=-1).to(dtype)
+    return index, weights
+
+
+CASES = [(1, 1, 8), (2, 2, 8), (7, 2, 5), (13, 4, 5), (33, 4, 8)]  # (tokens, k, experts): odd counts, empty experts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["standard", "gpt_oss"])
+@pytest.mark.parametrize("tokens,top_k,num_experts", CASES)
+def test_kernel_equals_the_eager_experts_forward(layout, dtype, tokens, top_k, num_experts):
+    experts = _experts(layout, num_experts, dtype)
+    hidden = (torch.randn(tokens, HIDDEN, generator=torch.Generator().manual_seed(tokens)) * 0.5).to(dtype)
+    index, weights = _routing(tokens, top_k, num_experts, dtype)
+    with torch.no_grad():
+        expected = experts(hidden, index, weights).float()
+        got = fused_moe.fused_experts(
+            hidden, index, weights, experts.gate_up_proj, experts.down_proj,
+            getattr(experts, "gate_up_proj_bias", None), getattr(experts, "down_proj_bias", None),
+            kernel_layout(experts), alpha=getattr(experts, "alpha", 1.702), limit=getattr(experts, "limit", 7.0),
+        ).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    scale = expected.abs().max().clamp(min=1)
+    assert (got - expected).abs().max() <= tolerance * scale
+
+
+def test_alignment_groups_pairs_by_expert_in_padded_blocks():
+    index = torch.tensor([[2, 3, 4], [1, 2, 4], [1, 3, 4], [1, 2, 3]])  # vLLM's documented example
+    alignment = align_block_size(index, num_experts=5, block_m=4)
+    pairs, experts = alignment.sorted_pairs.tolist(), alignment.block_experts.tolist()
+    assert pairs[:16] == [3, 6, 9, 12, 0, 4, 10, 12, 1, 7, 11, 12, 2, 5, 8, 12]
+    assert experts[:4] == [1, 2, 3, 4] and all(e == -1 for e in experts[4:])
+    assert len(pairs) % 4 == 0 and len(pairs) >= 12 + 5 * 3
+
+
+@pytest.mark.parametrize("family_name", ["gpt_oss", "mixtral"])
+def test_whole_models_give_eager_logits_with_the_kernel(family_name, monkeypatch):
+    import compress  # noqa: F401  (registers compress_triton)
+
+    calls = []
+    original = fused_moe.fused_experts
+    monkeypatch.setattr(fused_moe, "fused_experts", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = build_tiny_model(family_name, num_local_experts=5)  # a pruned-like expert count
+    ids = torch.randint(3, 64, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.set_experts_implementation("eager")
+        expected = model(input_ids=ids).logits
+        model.set_experts_implementation("compress_triton")
+        got = model(input_ids=ids).logits
+    assert len(calls) == 2  # both MoE layers ran the kernels, not the fallback
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+GPU_SCRIPT = """
+import torch, compress
+from transformers import MixtralConfig, GptOssConfig
+from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+from compress.kernels.fused_moe import fused_experts
+from compress.kernels.experts import kernel_layout
+for cls, cfg in ((MixtralExperts, MixtralConfig), (GptOssExperts, GptOssConfig)):
+    for tokens, k, e in ((1, 4, 32), (37, 4, 8), (512, 2, 16)):
+        m = cls(cfg(hidden_size=256, intermediate_size=384, num_local_experts=e)).cuda()
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        m = m.to(torch.bfloat16)
+        m.config._experts_implementation = "eager"
+        x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
+        idx = torch.stack([torch.randperm(e, device="cuda")[:k] for _ in range(tokens)])
+        w = torch.softmax(torch.randn(tokens, k, device="cuda"), -1).to(torch.bfloat16)
+        ref = m(x, idx, w).float()
+        out = fused_experts(x, idx, w, m.gate_up_proj, m.down_proj, getattr(m, "gate_up_proj_bias", None),
+                            getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702), getattr(m, "limit", 7.0)).float()
+        err = ((out - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
+        assert err < 3e-2, (cls.__name__, tokens, k, e, err)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_kernels_on_a_gpu():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
