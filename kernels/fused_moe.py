@@ -135,9 +135,10 @@ def launch_config(device: torch.device, pairs_per_expert: float, num_experts: in
 def fused_experts(
     hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
     gate_up: torch.Tensor, down: torch.Tensor, gate_up_bias: torch.Tensor | None, down_bias: torch.Tensor | None,
-    layout: int, alpha: float = 1.702, limit: float = 7.0,
+    layout: int, alpha: float = 1.702, limit: float = 7.0, config: dict | None = None,
 ) -> torch.Tensor:
-    """Σ_k w_k · f_{e_k}(x) for every token, [T, H] in the hidden states' dtype."""
+    """Σ_k w_k · f_{e_k}(x) for every token, [T, H] in the hidden states' dtype. `config` forces
+    one launch configuration on both GEMMs (the tuning script); by default `launch_config` picks."""
     num_tokens, top_k = top_k_index.shape
     num_experts = gate_up.shape[0]
     hidden = hidden_states.shape[1]
@@ -157,15 +158,15 @@ def fused_experts(
     alignments: dict[int, object] = {}
 
     def launch(kernel, n: int, k: int, tensors: tuple, scalars: tuple, **constexprs) -> None:
-        config = launch_config(x.device, pairs_per_expert, num_experts, n, k)
-        block_m = config["BLOCK_M"]
+        chosen = config or launch_config(x.device, pairs_per_expert, num_experts, n, k)
+        block_m = chosen["BLOCK_M"]
         if block_m not in alignments:
             alignments[block_m] = align_block_size(top_k_index, num_experts, block_m)
         alignment = alignments[block_m]
-        grid = (alignment.block_experts.numel(), triton.cdiv(n, config["BLOCK_N"]))
+        grid = (alignment.block_experts.numel(), triton.cdiv(n, chosen["BLOCK_N"]))
         kernel[grid](*tensors, alignment.sorted_pairs, alignment.block_experts, alignment.num_pairs, *scalars, **constexprs,
-                     BLOCK_M=block_m, BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
-                     num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2))
+                     BLOCK_M=block_m, BLOCK_N=chosen["BLOCK_N"], BLOCK_K=chosen["BLOCK_K"],
+                     num_warps=chosen.get("num_warps", 4), num_stages=chosen.get("num_stages", 2))
 
     # Without a bias the kernels never read their bias pointer; any tensor stands in.
     b1 = gate_up if gate_up_bias is None else gate_up_bias

@@ -99,6 +99,28 @@ def test_whole_models_give_eager_logits_with_the_kernel(family_name, monkeypatch
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_team_routing_runs_through_the_kernel(tmp_path):
+    import compress  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from compress.cli import main
+    from compress.stats.profile import profile
+
+    model = build_tiny_model("gpt_oss")
+    model.save_pretrained(tmp_path / "source")
+    profile(model, torch.randint(3, 64, (4, 16)), batch_size=4, model_name="tiny", domain="d", data="random",
+            progress=False).save(tmp_path / "stats.safetensors")
+    assert main(["convert", "tiered", "--model", str(tmp_path / "source"), "--stats", str(tmp_path / "stats.safetensors"),
+                 "--tiers", "0-1:3", "--team-size", "2", "--team-top-k", "2", "--out", str(tmp_path / "tiered"), "--quiet"]) == 0
+    tiered = AutoModelForCausalLM.from_pretrained(tmp_path / "tiered", dtype=torch.float32)
+    ids = torch.randint(3, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        tiered.set_experts_implementation("eager")
+        expected = tiered(input_ids=ids).logits
+        tiered.set_experts_implementation("compress_triton")
+        torch.testing.assert_close(tiered(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
 GPU_SCRIPT = """
 import torch, compress
 from transformers import MixtralConfig, GptOssConfig
