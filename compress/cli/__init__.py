@@ -10,13 +10,14 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
@@ -56,7 +57,9 @@ def _interrupt_on_terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["compress", *argv])  # recorded in the provenance of derived checkpoints
     _quiet_libraries()
     signal.signal(signal.SIGTERM, _interrupt_on_terminate)
     try:

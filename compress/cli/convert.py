@@ -16,6 +16,7 @@ from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from ..errors import CompressError
 from ..families import family_for_config
 from ..model_info import meta_model, model_fingerprint
+from ..publish import card_license
 from ..resolve import resolve_model
 from ..stats import RoutingStats
 from .calibration import add_calibration_arguments
@@ -109,7 +110,8 @@ def run_tiered(args) -> int:
         provenance = {
             "tool": "moe-compress", "operation": "convert tiered",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "source": source, "recipe": settings,
+            "source": {**source, "license": card_license(Path(resolved.path))}, "recipe": settings,
+            "command": getattr(args, "command_line", None),
             "teams": {str(layer): teams for layer, teams in layout.teams.items()},
             "mixing": {str(layer): [[round(float(w), 6) for w in row] for row in m.tolist()] for layer, m in layout.mixing.items()},
             "statistics": {key: stats.metadata.get(key) for key in ("domain", "samples", "seq_len", "tokens")},

@@ -89,6 +89,7 @@ def run(args) -> int:
         "tool": "moe-compress", "operation": "distill",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "teacher": teacher_ref.name, "student": student_ref.name, "data": data, "windows": len(windows),
+        "command": getattr(args, "command_line", None),
         "settings": asdict(settings), "final": final,
         "student_provenance": json.loads(student_provenance.read_text()) if student_provenance.is_file() else None,
     }, indent=2) + "\n")

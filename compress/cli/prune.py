@@ -211,7 +211,7 @@ def run(args) -> int:
     with atomic_output_dir(out, overwrite=args.overwrite) as staging:
         write_pruned_checkpoint(resolved.path, staging, plan, args.max_shard_size, progress=not args.quiet)
         after = describe_model(ResolvedModel(staging, str(out)))
-        write_provenance(staging, plan, before, after, stats)
+        write_provenance(staging, plan, before, after, stats, getattr(args, "command_line", None))
     seconds = time.perf_counter() - start
     _report(args, plan, before, after, out, seconds)
     return 0

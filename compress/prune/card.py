@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..model_info import ModelInfo
+from ..publish import card_license
 from ..stats import RoutingStats
 from .plan import PrunePlan
 
@@ -27,7 +28,8 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_provenance(directory: Path, plan: PrunePlan, before: ModelInfo, after: ModelInfo, stats: RoutingStats | None) -> dict:
+def write_provenance(directory: Path, plan: PrunePlan, before: ModelInfo, after: ModelInfo, stats: RoutingStats | None,
+                     command: str | None = None) -> dict:
     """Write the statistics used (if any), their picture, compress.json and the model card."""
     statistics = None
     if stats is not None:
@@ -46,7 +48,8 @@ def write_provenance(directory: Path, plan: PrunePlan, before: ModelInfo, after:
         "tool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "operation": "prune",
-        "source": {"model": before.name, "fingerprint": plan.source.get("fingerprint")},
+        "source": {"model": before.name, "fingerprint": plan.source.get("fingerprint"), "license": card_license(Path(before.path))},
+        "command": command,
         "plan": plan.to_dict(),
         "statistics": statistics,
         "parameters": {"before": before.parameters.__dict__, "after": after.parameters.__dict__},

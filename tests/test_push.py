@@ -1,0 +1,102 @@
+"""`compress push`: the dry run's file list and card, sufficiency of those files, errors, and a
+real-Hub round trip that runs only with a token and network."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
+
+from compress.cli import main
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory):
+    root = tmp_path_factory.mktemp("push")
+    fast = ["--samples", "8", "--seq-len", "64", "--dtype", "float32", "--quiet"]
+    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(root / "math.safetensors"), *fast]) == 0
+    assert main(["prune", "--model", "demo", "--stats", str(root / "math.safetensors"), "--keep", "8", "--criterion",
+                 "gate-mass", "--out", str(root / "uniform"), "--quiet"]) == 0
+    assert main(["prune", "--model", "demo", "--stats", str(root / "math.safetensors"), "--keep", "8", "--budget", "global",
+                 "--criterion", "frequency", "--out", str(root / "global"), "--quiet"]) == 0
+    assert main(["eval", "--model", str(root / "uniform"), "--tasks", "perplexity:math", "--limit", "20",
+                 "--seq-len", "64", "--dtype", "float32", "--quiet"]) == 0
+    return root
+
+
+def _dry_run(capsys, directory) -> tuple[list[str], ModelCard]:
+    capsys.readouterr()
+    assert main(["push", str(directory), "--repo", "someone/derived-demo", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listing, card_text = out.split("\n\n", 1)
+    files = [line.split()[0] for line in listing.splitlines()[1:] if line.startswith("  ")]
+    return files, ModelCard(card_text)  # huggingface_hub's own parser
+
+
+@pytest.mark.parametrize("name", ["uniform", "global"])
+def test_dry_run_lists_sufficient_files_and_a_valid_card(derived, capsys, tmp_path, name):
+    files, card = _dry_run(capsys, derived / name)
+    expected = sorted(p.name for p in (derived / name).iterdir() if p.is_file() and p.name != "README.md") + ["README.md"]
+    assert sorted(files) == sorted(expected)
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    assert {"moe", "moe-compress", "pruned", "gpt_oss"} <= set(data.tags)
+    assert data.base_model is None  # the demo is not a Hub model; a Hub source would be named here
+    assert "## What was removed, and why" in card.text and "![expert usage" in card.text
+    assert "## Reproduce" in card.text and "compress prune --model demo" in card.text
+    if name == "uniform":  # `compress eval` results become model-index entries
+        metrics = {result.metric_type: result.metric_value for result in data.eval_results}
+        assert metrics["perplexity"] > 1 and "bits_per_byte" in metrics
+    else:
+        assert "modeling_moe_compress.py" in files
+    # The listed files alone are a loadable model.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in files:
+        if file != "README.md":
+            shutil.copyfile(derived / name / file, copy / file)
+    card.save(copy / "README.md")
+    model = AutoModelForCausalLM.from_pretrained(copy)
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 2048)
+
+
+def _error(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_input_gives_one_line_errors(derived, capsys, tmp_path, monkeypatch):
+    assert "not a Hub repository id" in _error(capsys, "push", str(derived / "uniform"), "--repo", "just-a-name", "--dry-run")
+    broken = tmp_path / "broken"
+    shutil.copytree(derived / "uniform", broken)
+    (broken / "compress.json").unlink()
+    assert "missing compress.json" in _error(capsys, "push", str(broken), "--repo", "a/b", "--dry-run")
+    shutil.copytree(derived / "uniform", tmp_path / "no-weights")
+    (tmp_path / "no-weights" / "model.safetensors").unlink()
+    assert "missing the weights (model.safetensors" in _error(capsys, "push", str(tmp_path / "no-weights"), "--repo", "a/b", "--dry-run")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
+    assert "hf auth login" in _error(capsys, "push", str(derived / "uniform"), "--repo", "a/b")
+
+
+@pytest.mark.skipif(not os.environ.get("HF_TOKEN") or os.environ.get("HF_HUB_OFFLINE") == "1",
+                    reason="needs HF_TOKEN and network (tests run offline)")
+def test_push_to_the_real_hub_and_load_back(derived):
+    from huggingface_hub import HfApi, whoami
+
+    repo = f"{whoami()['name']}/moe-compress-test-{uuid.uuid4().hex[:8]}"
+    try:
+        assert main(["push", str(derived / "uniform"), "--repo", repo, "--private"]) == 0
+        model = AutoModelForCausalLM.from_pretrained(repo)
+        assert model.config.num_local_experts == 8
+    finally:
+        HfApi().delete_repo(repo, missing_ok=True)
