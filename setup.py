@@ -19,6 +19,7 @@ setup(
         "compress.stats",
         "compress.prune",
         "compress.models",
+        "compress.analyze",
         "compress.families",
         "compress.kernels",
         "compress.recipes",

@@ -17,7 +17,7 @@ import sys
 from .. import __version__
 from ..errors import CompressError
 
-SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "analyze", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
