@@ -147,6 +147,22 @@ def test_analyses_run_on_the_demo_model(tmp_path, capsys):
     assert "k=1" in capsys.readouterr().out
     assert main(["analyze", "circuits", "--stats", str(stats)]) == 0
     assert "full-path consistency" in capsys.readouterr().out
+    code = tmp_path / "code.safetensors"
+    assert main(["profile", "--model", "demo", "--domain", "code", "--out", str(code), "--samples", "8", "--seq-len", "64",
+                 "--dtype", "float32", "--quiet"]) == 0
+    small = ["--domain", "math", "--windows", "5", "--seq-len", "64"]
+    runs = [
+        ["specialists", "--stats", str(stats), "--stats", str(code)],
+        ["ablate", "--model", "demo", "--experts", "2:3", *small],
+        ["similarity", "--model", "demo", "--layer", "2", *small],
+        ["predict", "--model", "demo", "--probe-layer", "1", *small],
+        ["dynamics", "--model", "demo", "--prompt", "Q: What is 2 + 2?\nA:", "--max-new-tokens", "6"],
+        ["force", "--model", "demo", "--expert", "3", "--prompt", "Q: What is 2 + 2?\nA:", "--max-new-tokens", "6"],
+        ["context", "--model", "demo", "--token", " is", "--contexts", "Q: What is 2?", "The answer is 4."],
+    ]
+    for argv in runs:
+        assert main(["analyze", *argv, "--json", str(tmp_path / "r.json")]) == 0, argv
+        assert json.loads((tmp_path / "r.json").read_text())
 
 
 def _error(capsys, *argv) -> str:
