@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -228,7 +227,7 @@ def write_tiered_checkpoint(source: Path, staging: Path, family: MoEFamily, layo
 def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_top_k: int) -> dict:
     """Total and active parameters of a tiered variant of `config` (a transformers config), on the meta device."""
     from compress.families import family_for_config
-    from compress.model_info import count_parameters, meta_model
+    from compress.model_info import meta_model
 
     family = family_for_config(config)
     base_type = config.model_type

@@ -4,7 +4,6 @@ interruption."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

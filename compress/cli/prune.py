@@ -14,7 +14,7 @@ from ..errors import CompressError, OutputExistsError
 from ..families import family_for_config
 from ..model_info import describe_model, meta_model, model_fingerprint
 from ..prune.plan import PrunePlan
-from ..prune.select import BUDGETS, CRITERIA, SCORE_CRITERIA, select_experts
+from ..prune.select import BUDGETS, CRITERIA, select_experts
 from ..resolve import ResolvedModel, resolve_model
 from ..stats import RoutingStats
 from .calibration import add_calibration_arguments, calibration_windows, check_calibration_arguments
