@@ -14,8 +14,8 @@ def _register_model_classes() -> None:
     from .kernels import experts
     from .models import modeling_moe_compress, modeling_tiered_moe
 
-    modeling_moe_compress.register()
-    modeling_tiered_moe.register()
+    modeling_moe_compress.register(modeling_moe_compress.CLASSES)
+    modeling_moe_compress.register(modeling_tiered_moe.CLASSES)
     experts.register()  # the "compress_triton" experts implementation
 
 

@@ -78,3 +78,14 @@ def tiny_checkpoints(tmp_path_factory):
         model.save_pretrained(directory, max_shard_size="40KB")
         out[family] = (model, directory)
     return out
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run `compress ARGV` in-process; it must fail with exit 2 and one `error: ...` line, returned."""
+    from compress.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, cli_error
 
 from compress.analyze import analyses
 from compress.cli import main
@@ -165,17 +165,10 @@ def test_analyses_run_on_the_demo_model(tmp_path, capsys):
         assert json.loads((tmp_path / "r.json").read_text())
 
 
-def _error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
 
 def test_bad_input_gives_one_line_errors(capsys):
-    err = _error(capsys, "analyze", "trance", "--model", "demo")
+    err = cli_error(capsys, "analyze", "trance", "--model", "demo")
     assert "unknown analysis 'trance'" in err and "trace" in err
-    assert "out of range" in _error(capsys, "analyze", "ablate", "--model", "demo", "--experts", "0:16", "--domain", "math")
-    assert "not a MoE layer" in _error(capsys, "analyze", "ablate", "--model", "demo", "--experts", "9:1", "--domain", "math")
-    assert "beyond the model's 512 positions" in _error(capsys, "analyze", "trace", "--model", "demo", "--prompt", "x " * 600)
+    assert "out of range" in cli_error(capsys, "analyze", "ablate", "--model", "demo", "--experts", "0:16", "--domain", "math")
+    assert "not a MoE layer" in cli_error(capsys, "analyze", "ablate", "--model", "demo", "--experts", "9:1", "--domain", "math")
+    assert "beyond the model's 512 positions" in cli_error(capsys, "analyze", "trace", "--model", "demo", "--prompt", "x " * 600)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, cli_error
 
 from compress.cli import main
 from compress.evals.perplexity import stream_perplexity, text_perplexity
@@ -137,16 +137,10 @@ def test_compare_reuses_cached_results_and_draws_a_chart(pruned_demo, tmp_path, 
     assert report["tasks"]["perplexity:math"]["metrics"]["perplexity"] > 1
 
 
-def _error(capsys, *argv) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     pytest.importorskip("lm_eval")
-    err = _error(capsys, "eval", "--model", "demo", "--tasks", "compress_arithmatic")
+    err = cli_error(capsys, "eval", "--model", "demo", "--tasks", "compress_arithmatic")
     assert "unknown task 'compress_arithmatic'" in err and "compress_arithmetic" in err
-    assert "no such directory" in _error(capsys, "eval", "--model", str(tmp_path / "missing"), "--tasks", "perplexity:math")
-    assert "--limit must be at least 1" in _error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")
+    assert "no such directory" in cli_error(capsys, "eval", "--model", str(tmp_path / "missing"), "--tasks", "perplexity:math")
+    assert "--limit must be at least 1" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")

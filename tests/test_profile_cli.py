@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from conftest import cli_error
+
 from compress.cli import main
 from compress.data.calibration import calibration_source
 from compress.stats import RoutingStats
@@ -138,46 +140,40 @@ def test_profile_from_a_jsonl_file(tmp_path):
     assert stats.metadata["sources"][0]["data"].endswith("data.jsonl (field body)")
 
 
-def _error(capsys, *argv) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     out = str(tmp_path / "out.safetensors")
     base = ["profile", "--model", "demo", "--domain", "math", "--out", out, "--quiet"]
     (tmp_path / "empty.jsonl").write_text("")
-    assert "is empty" in _error(capsys, *base, "--dataset", str(tmp_path / "empty.jsonl"))
+    assert "is empty" in cli_error(capsys, *base, "--dataset", str(tmp_path / "empty.jsonl"))
     (tmp_path / "blank.txt").write_text("\n\n  \n")
-    assert "holds no text" in _error(capsys, *base, "--dataset", str(tmp_path / "blank.txt"))
-    assert "does not exist" in _error(capsys, *base, "--dataset", str(tmp_path / "missing.jsonl"))
+    assert "holds no text" in cli_error(capsys, *base, "--dataset", str(tmp_path / "blank.txt"))
+    assert "does not exist" in cli_error(capsys, *base, "--dataset", str(tmp_path / "missing.jsonl"))
     (tmp_path / "rows.jsonl").write_text('{"content": "hello"}\n')
-    err = _error(capsys, *base, "--dataset", str(tmp_path / "rows.jsonl"), "--text-field", "text")
+    err = cli_error(capsys, *base, "--dataset", str(tmp_path / "rows.jsonl"), "--text-field", "text")
     assert "no field 'text'" in err and "content" in err
-    assert "is a directory" in _error(capsys, *base, "--dataset", str(tmp_path))
-    assert "Hub dataset someone/nonexistent" in _error(capsys, *base, "--dataset", "someone/nonexistent")
-    assert "beyond the model's 512 positions" in _error(capsys, *base, "--seq-len", "600")
-    assert "no built-in corpus for domain 'law'" in _error(capsys, "profile", "--model", "demo", "--domain", "law", "--out", out)
+    assert "is a directory" in cli_error(capsys, *base, "--dataset", str(tmp_path))
+    assert "Hub dataset someone/nonexistent" in cli_error(capsys, *base, "--dataset", "someone/nonexistent")
+    assert "beyond the model's 512 positions" in cli_error(capsys, *base, "--seq-len", "600")
+    assert "no built-in corpus for domain 'law'" in cli_error(capsys, "profile", "--model", "demo", "--domain", "law", "--out", out)
     assert not os.path.exists(out)
     (tmp_path / "taken.safetensors").write_bytes(b"keep")
-    assert "exists" in _error(capsys, "profile", "--model", "demo", "--domain", "math", "--out", str(tmp_path / "taken.safetensors"))
+    assert "exists" in cli_error(capsys, "profile", "--model", "demo", "--domain", "math", "--out", str(tmp_path / "taken.safetensors"))
     assert (tmp_path / "taken.safetensors").read_bytes() == b"keep"
 
 
 def test_merging_files_of_different_models_is_refused(domain_stats, tmp_path, capsys):
-    from conftest import build_tiny_model
+    from conftest import build_tiny_model, cli_error
 
     from compress.stats.profile import profile
 
     tiny = profile(build_tiny_model("gpt_oss"), torch.randint(3, 64, (2, 8)), batch_size=2, model_name="tiny",
                    domain="math", data="random", progress=False)
     tiny.save(tmp_path / "tiny.safetensors")
-    err = _error(capsys, "stats", "merge", str(domain_stats / "math.safetensors"), str(tmp_path / "tiny.safetensors"),
+    err = cli_error(capsys, "stats", "merge", str(domain_stats / "math.safetensors"), str(tmp_path / "tiny.safetensors"),
                  "-o", str(tmp_path / "merged.safetensors"))
     assert "different models" in err
     assert not (tmp_path / "merged.safetensors").exists()
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    assert "not a readable safetensors statistics file" in _error(capsys, "stats", "show", str(tmp_path / "junk.safetensors"))
-    assert "does not exist" in _error(capsys, "stats", "show", str(tmp_path / "nothing.safetensors"))
+    assert "not a readable safetensors statistics file" in cli_error(capsys, "stats", "show", str(tmp_path / "junk.safetensors"))
+    assert "does not exist" in cli_error(capsys, "stats", "show", str(tmp_path / "nothing.safetensors"))

@@ -14,6 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import cli_error
+
 from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.cli import main
@@ -119,10 +121,7 @@ def test_reconstruct_criterion_on_the_demo_model(tmp_path):
 
 
 def _error(capsys, *argv) -> str:
-    assert main(["prune", "--quiet", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    return cli_error(capsys, "prune", "--quiet", *argv)
 
 
 def test_bad_input_gives_one_line_errors(math_stats, tmp_path, capsys):

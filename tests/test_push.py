@@ -12,6 +12,8 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
+from conftest import cli_error
+
 from compress.cli import main
 
 
@@ -66,26 +68,19 @@ def test_dry_run_lists_sufficient_files_and_a_valid_card(derived, capsys, tmp_pa
         assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 2048)
 
 
-def _error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
 
 def test_bad_input_gives_one_line_errors(derived, capsys, tmp_path, monkeypatch):
-    assert "not a Hub repository id" in _error(capsys, "push", str(derived / "uniform"), "--repo", "just-a-name", "--dry-run")
+    assert "not a Hub repository id" in cli_error(capsys, "push", str(derived / "uniform"), "--repo", "just-a-name", "--dry-run")
     broken = tmp_path / "broken"
     shutil.copytree(derived / "uniform", broken)
     (broken / "compress.json").unlink()
-    assert "missing compress.json" in _error(capsys, "push", str(broken), "--repo", "a/b", "--dry-run")
+    assert "missing compress.json" in cli_error(capsys, "push", str(broken), "--repo", "a/b", "--dry-run")
     shutil.copytree(derived / "uniform", tmp_path / "no-weights")
     (tmp_path / "no-weights" / "model.safetensors").unlink()
-    assert "missing the weights (model.safetensors" in _error(capsys, "push", str(tmp_path / "no-weights"), "--repo", "a/b", "--dry-run")
+    assert "missing the weights (model.safetensors" in cli_error(capsys, "push", str(tmp_path / "no-weights"), "--repo", "a/b", "--dry-run")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
-    assert "hf auth login" in _error(capsys, "push", str(derived / "uniform"), "--repo", "a/b")
+    assert "hf auth login" in cli_error(capsys, "push", str(derived / "uniform"), "--repo", "a/b")
 
 
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN") or os.environ.get("HF_HUB_OFFLINE") == "1",

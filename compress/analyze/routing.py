@@ -72,18 +72,17 @@ def parse_layer_experts(spec: str, moe_layers: list[int], num_experts: int) -> d
 
 
 @contextmanager
-def forced_routing(model, experts: dict[int, int]):
-    """Every token goes to one expert per listed layer, with weight 1 (the seeds' `chat` mode)."""
+def _routing_replaced(model, layers: list[int], route):
+    """Inside the block, each listed layer's router computes its logits as usual and routes them
+    with `route(layer, logits)` → (weights [T, k], expert ids [T, k])."""
     family = family_for_config(model.config)
     saved = {}
-    for layer, expert in experts.items():
+    for layer in layers:
         router = family.router(model, layer)
 
-        def forward(hidden_states, router=router, expert=expert):
-            logits = router.__class__.forward(router, hidden_states)[0]
-            rows = logits.shape[0]
-            index = torch.full((rows, 1), expert, dtype=torch.long, device=logits.device)
-            return logits, torch.ones(rows, 1, dtype=logits.dtype, device=logits.device), index
+        def forward(hidden_states, router=router, layer=layer):
+            logits = type(router).forward(router, hidden_states)[0]
+            return (logits, *route(layer, logits))
 
         saved[layer] = router.forward
         router.forward = forward
@@ -92,6 +91,17 @@ def forced_routing(model, experts: dict[int, int]):
     finally:
         for layer, forward in saved.items():
             family.router(model, layer).forward = forward
+
+
+def forced_routing(model, experts: dict[int, int]):
+    """Every token goes to one expert per listed layer, with weight 1 (the seeds' `chat` mode)."""
+
+    def route(layer, logits):
+        rows = logits.shape[0]
+        return (torch.ones(rows, 1, dtype=logits.dtype, device=logits.device),
+                torch.full((rows, 1), experts[layer], dtype=torch.long, device=logits.device))
+
+    return _routing_replaced(model, list(experts), route)
 
 
 @contextmanager
@@ -101,28 +111,17 @@ def top_k_override(model, k: int):
     num_experts = family.num_experts(model.config)
     if not 1 <= k <= num_experts:
         raise CompressError(f"k = {k} is out of range: this model has {num_experts} experts per layer")
+    layers = family.moe_layer_indices(model)
+    buffers = {layer: family.router_buffers(model, layer) for layer in layers}
     saved_config = {name: getattr(model.config, name) for name in family.top_k_fields if hasattr(model.config, name)}
-    saved = {}
     for name in saved_config:
         setattr(model.config, name, k)
-    for layer in family.moe_layer_indices(model):
-        router = family.router(model, layer)
-        buffers = family.router_buffers(model, layer)
-
-        def forward(hidden_states, router=router, buffers=buffers):
-            logits = router.__class__.forward(router, hidden_states)[0]
-            weights, index = family.route(logits, model.config, buffers)
-            return logits, weights, index
-
-        saved[layer] = router.forward
-        router.forward = forward
     try:
-        yield
+        with _routing_replaced(model, layers, lambda layer, logits: family.route(logits, model.config, buffers[layer])):
+            yield
     finally:
         for name, value in saved_config.items():
             setattr(model.config, name, value)
-        for layer, forward in saved.items():
-            family.router(model, layer).forward = forward
 
 
 def bootstrap_interval(values: torch.Tensor, samples: int = 2000, seed: int = 0) -> tuple[float, float]:

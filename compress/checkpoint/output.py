@@ -1,4 +1,4 @@
-"""Atomic output directories: a derived checkpoint appears whole or not at all.
+"""Atomic outputs: a derived checkpoint (or a single file) appears whole or not at all.
 
 Everything is written into a hidden temporary sibling of the target (same filesystem, so the final
 rename is atomic); the target only appears when the block finishes without an exception. An
@@ -38,3 +38,20 @@ def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, target)
+
+
+@contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary sibling to write; it replaces `target` only when the block succeeds,
+    with ordinary permissions (some writers create their files owner-only)."""
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.partial")
+    try:
+        yield temporary
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, target)

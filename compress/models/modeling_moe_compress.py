@@ -141,10 +141,11 @@ def share_weight_conversions(classes: dict) -> None:
 share_weight_conversions(CLASSES)
 
 
-def register() -> None:
-    """Make `AutoConfig` / `AutoModelForCausalLM` load non-uniform checkpoints without remote code."""
+def register(classes: dict) -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM` load checkpoints of `classes` ({base model_type:
+    (config class, model class)}) without remote code."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    for config_class, model_class in CLASSES.values():
+    for config_class, model_class in classes.values():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)

@@ -140,12 +140,3 @@ CLASSES = {
 }
 
 share_weight_conversions(CLASSES)
-
-
-def register() -> None:
-    """Make `AutoConfig` / `AutoModelForCausalLM` load tiered checkpoints without remote code."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    for config_class, model_class in CLASSES.values():
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..checkpoint.output import atomic_file
 from ..errors import CompressError
 
 FORMAT = "moe-compress prune plan"
@@ -96,9 +97,8 @@ class PrunePlan:
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.partial")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(temporary, path)
+        with atomic_file(path) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "the plan") -> "PrunePlan":

@@ -63,6 +63,11 @@ def _plot_matrix(matrix: torch.Tensor, path: Path, *, title: str, xlabel: str, y
     plt.close(fig)
 
 
+def _usage_rates(stats: RoutingStats) -> torch.Tensor:
+    """[layers, E]: the share of tokens routed to each expert."""
+    return stats.stacked("selections").double() / stats.stacked("tokens").clamp(min=1).double().unsqueeze(1)
+
+
 def _row_normalized(matrix: torch.Tensor) -> torch.Tensor:
     matrix = matrix.double()
     return matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)
@@ -77,7 +82,7 @@ def plot_stats(stats: RoutingStats, out_dir: Path, layer: int | None = None) -> 
     name = f"{stats.metadata.get('model')} · {stats.metadata.get('domain')}"
     written = []
 
-    usage = stats.stacked("selections").double() / stats.stacked("tokens").clamp(min=1).double().unsqueeze(1)
+    usage = _usage_rates(stats)
     path = out_dir / "usage.png"
     plot_layer_heatmaps({name: usage}, layers, path, label="share of tokens routed to the expert",
                         title="expert usage (top-k selections / tokens)")
@@ -114,7 +119,7 @@ def plot_pruning(stats: RoutingStats, kept: dict[int, list[int]], path: Path) ->
     """Expert usage per layer with the removed experts crossed out (for pruned models' cards)."""
     plt = _pyplot()
     layers = stats.layer_indices
-    usage = stats.stacked("selections").double() / stats.stacked("tokens").clamp(min=1).double().unsqueeze(1)
+    usage = _usage_rates(stats)
     experts = usage.shape[1]
     fig, ax = plt.subplots(figsize=(min(4 + experts / 8, 16), 1.4 + 0.35 * len(layers)), constrained_layout=True)
     image = ax.imshow(usage.numpy(), cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")

@@ -39,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..checkpoint.output import atomic_file
 from ..errors import CompressError, DataError
 
 FORMAT = "moe-compress routing statistics"
@@ -117,7 +118,7 @@ class RoutingStats:
 
     # --- file ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the safetensors file atomically (a temporary file renamed into place)."""
+        """Write the safetensors file atomically."""
         path = Path(path)
         tensors = {
             f"layers.{layer}.{name}": tensor.detach().cpu().contiguous()
@@ -125,12 +126,8 @@ class RoutingStats:
             for name, tensor in stats.items()
         }
         metadata = {"routing_stats": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata})}
-        temporary = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(temporary), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # an ordinary file, like any other output
-        os.replace(temporary, path)
+        with atomic_file(path) as temporary:
+            save_file(tensors, str(temporary), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingStats":
