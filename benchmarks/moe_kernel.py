@@ -35,6 +35,13 @@ def shapes():
     yield "Qwen3-30B-A3B E=128 k=8", 8, Qwen3MoeExperts(Qwen3MoeConfig(hidden_size=2048, moe_intermediate_size=768, num_experts=128))
 
 
+def expert_dims(module) -> tuple[int, int]:
+    """(hidden, intermediate) of a fused experts module in either layout."""
+    if module.is_transposed:  # gpt-oss: gate_up [E, H, 2I], down [E, I, H]
+        return module.down_proj.shape[-1], module.gate_up_proj.shape[-1] // 2
+    return module.down_proj.shape[1], module.gate_up_proj.shape[1] // 2
+
+
 def time_ms(fn, repeats: int) -> float:
     for _ in range(3):
         fn()
@@ -71,8 +78,7 @@ def main() -> None:
         for parameter in module.parameters():
             torch.nn.init.normal_(parameter, std=0.02)
         experts = module.num_experts
-        hidden = module.down_proj.shape[-1] if module.is_transposed else module.down_proj.shape[1]
-        intermediate = (module.gate_up_proj.shape[-1] if module.is_transposed else module.gate_up_proj.shape[1]) // 2
+        hidden, intermediate = expert_dims(module)
         expert_bytes = sum(p[0].numel() * p.element_size() for p in module.parameters())
         for tokens in TOKENS:
             x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from moe_kernel import shapes, time_ms
+from moe_kernel import expert_dims, shapes, time_ms
 
 SEARCH = {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)}
 BUCKETS = (1, 16, 128, 1024)
@@ -39,8 +39,7 @@ def main() -> None:
     for name, top_k, module in shapes():
         module = module.cuda().to(torch.bfloat16)
         experts = module.num_experts
-        hidden = module.down_proj.shape[-1] if module.is_transposed else module.down_proj.shape[1]
-        intermediate = (module.gate_up_proj.shape[-1] if module.is_transposed else module.gate_up_proj.shape[1]) // 2
+        hidden, intermediate = expert_dims(module)
         for bucket in BUCKETS:
             tokens = max(1, bucket * experts // top_k)
             x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
