@@ -29,7 +29,8 @@ from compress.model_loading import load_model, load_tokenizer
 from compress.prune.apply import apply_plan_to_model
 from compress.prune.plan import PrunePlan
 from compress.prune.reconstruct import reconstruction_selection
-from compress.prune.select import SCORE_CRITERIA, select_experts
+from compress.prune import SCORE_CRITERIA
+from compress.prune.select import select_experts
 from compress.resolve import demo_model_path
 from compress.stats import merge_all
 from compress.stats.profile import profile

@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import compress
 from compress.cli import main as cli
 from compress.data.corpus import load_texts
 from compress.evals.perplexity import heldout_perplexity
 from compress.resolve import demo_model_path
 
+compress.register()  # the tiered model classes, for AutoModelForCausalLM below
 TIERS = "0-1:4,2-3:3,4-5:2"
 
 

@@ -1,4 +1,9 @@
-"""moe-compress: prune, merge and distill Mixture-of-Experts language models, and prove what quality survives."""
+"""moe-compress: prune, merge and distill Mixture-of-Experts language models, and prove what quality survives.
+
+Importing the package is cheap (no torch, no transformers): the command line's ``--help`` and its
+errors stay instant. The project's model classes join transformers' Auto classes on the first
+model load, or when `register` is called.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -8,15 +13,10 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 
-def _register_model_classes() -> None:
-    # Non-uniform pruned and tiered checkpoints use the project's own model classes; registering
-    # them lets plain `AutoModelForCausalLM.from_pretrained` load such checkpoints once compress is imported.
-    from .kernels import experts
-    from .models import modeling_moe_compress, modeling_tiered_moe
+def register() -> None:
+    """Let plain ``AutoModelForCausalLM.from_pretrained`` load moe-compress checkpoints (per-layer
+    expert counts, tiered teams) without remote code, and make the ``compress_triton`` experts
+    implementation available to ``model.set_experts_implementation``. Safe to call repeatedly."""
+    from .models import register_model_classes
 
-    modeling_moe_compress.register(modeling_moe_compress.CLASSES)
-    modeling_moe_compress.register(modeling_tiered_moe.CLASSES)
-    experts.register()  # the "compress_triton" experts implementation
-
-
-_register_model_classes()
+    register_model_classes()

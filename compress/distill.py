@@ -51,7 +51,7 @@ def distillation_loss(student_out, teacher_out, settings: DistillSettings) -> tu
     teacher_logprobs = F.log_softmax(teacher_out.logits.float().reshape(-1, vocab) / t, dim=-1)
     kl = F.kl_div(student_logprobs, teacher_logprobs, log_target=True, reduction="batchmean") * t * t
     hidden = torch.zeros((), device=kl.device)
-    layers = _aligned_layers(settings.hidden_layers, len(student_out.hidden_states) - 1)
+    layers = aligned_layers(settings.hidden_layers, len(student_out.hidden_states) - 1)
     if layers and settings.hidden_weight:
         hidden = torch.stack([F.mse_loss(student_out.hidden_states[i + 1].float(), teacher_out.hidden_states[i + 1].float())
                               for i in layers]).mean()
@@ -59,7 +59,7 @@ def distillation_loss(student_out, teacher_out, settings: DistillSettings) -> tu
     return loss, {"kl": float(kl.detach()), "hidden_mse": float(hidden.detach())}
 
 
-def _aligned_layers(spec: str, num_layers: int) -> list[int]:
+def aligned_layers(spec: str, num_layers: int) -> list[int]:
     if spec == "none":
         return []
     if spec == "all":
@@ -83,7 +83,7 @@ def _batch(windows: torch.Tensor, micro_step: int, rows: int, rank: int, world: 
     return windows[order[start : start + rows]]
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
+def latest_checkpoint(out: Path) -> Path | None:
     steps = sorted((int(p.name.split("-")[1]), p) for p in (out / CHECKPOINTS).glob("step-*") if (p / "step.json").is_file())
     return steps[-1][1] if steps else None
 
@@ -105,7 +105,7 @@ def distill(teacher, student, tokenizer, windows: torch.Tensor, out: Path, setti
 
     start_step, log_path = 0, out / LOG_FILE
     if resume:
-        checkpoint = _latest_checkpoint(out)
+        checkpoint = latest_checkpoint(out)
         if checkpoint is None:
             raise CompressError(f"--resume: {out / CHECKPOINTS} holds no checkpoint; start without --resume")
         accelerator.load_state(str(checkpoint))
@@ -166,6 +166,48 @@ def _save_student(student, tokenizer, out: Path, student_files: Path | None) -> 
     for path in staging.iterdir():
         path.replace(out / path.name)
     staging.rmdir()
+
+
+def write_card(out: Path, provenance: dict) -> None:
+    """The distilled checkpoint's model card: what was trained toward what, on which text, how far."""
+    settings, final = provenance["settings"], provenance["final"]
+    student_source = ((provenance.get("student_provenance") or {}).get("source") or {}).get("model")
+    made_by = (provenance.get("student_provenance") or {}).get("operation")
+    lineage = f" (itself `compress {made_by}` of `{student_source}`)" if made_by and student_source else ""
+    load = ("import compress\ncompress.register()  # the project's model classes; or pass trust_remote_code=True instead\n"
+            if any(out.glob("modeling_*.py")) else "")
+    (out / "README.md").write_text(f"""---
+base_model: {provenance['teacher']}
+library_name: transformers
+tags: [moe, distilled, moe-compress]
+---
+# {provenance['student']}, distilled from {provenance['teacher']}
+
+Trained by `compress distill` toward `{provenance['teacher']}`: the student `{provenance['student']}`{lineage}
+learned the teacher's next-token distribution (T² · KL at temperature {settings['temperature']}) plus
+{settings['hidden_weight']} × the mean squared error of the hidden states at layers `{settings['hidden_layers']}`.
+
+| | |
+|---|---|
+| training text | {provenance['data']} ({provenance['windows']} windows) |
+| steps | {settings['steps']} × {settings['batch_size']} windows (gradient accumulation {settings['grad_accum']}) |
+| learning rate | {settings['lr']} (AdamW), seed {settings['seed']} |
+| final loss | {final['loss']:.4f} (KL {final['kl']:.4f}, hidden MSE {final['hidden_mse']:.4f}) |
+
+![distillation loss]({CURVE_FILE})
+
+`{LOG_FILE}` holds the loss of every step; `compress.json` the settings and the student's own provenance.
+
+## How to load
+
+```python
+{load}from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(PATH)
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+```
+
+Quality is not claimed here: measure it with `compress eval` / `compress compare --base {provenance['teacher']}`.
+""")
 
 
 def plot_loss_curve(log_path: Path, path: Path) -> None:

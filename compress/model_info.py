@@ -59,6 +59,9 @@ def meta_model(config):
     """The transformers model for `config`, on the meta device (shapes only, no memory)."""
     from transformers import AutoModelForCausalLM
 
+    from .model_loading import prepare_transformers
+
+    prepare_transformers()
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
@@ -104,16 +107,28 @@ def count_parameters(model, family: MoEFamily, config) -> ParameterCounts:
     return ParameterCounts(total, routed, shared, active, active - (0 if tied else embeddings.numel()))
 
 
-def describe_model(resolved: ResolvedModel) -> ModelInfo:
+def model_config(path):
+    """The transformers config of the checkpoint at `path` (the project's model types included)."""
     from transformers import AutoConfig
+
+    from .model_loading import prepare_transformers
+
+    prepare_transformers()
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"transformers cannot read {path}/config.json ({first}): fix it or use the config saved with the weights") from None
+
+
+def describe_model(resolved: ResolvedModel) -> ModelInfo:
+    """Structure, sizes and format of a checkpoint, after checking its files and tensors (`check_checkpoint`)."""
+    from .model_loading import check_checkpoint
 
     raw = read_config(resolved.path)
     family = family_for_config(raw)
     reader = CheckpointReader(resolved.path)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path)
-    except (ValueError, OSError, KeyError) as exc:
-        raise CheckpointError(f"transformers cannot read {resolved.path}/config.json ({exc})") from exc
+    config = model_config(resolved.path)
     model = meta_model(config)
     moe_layers = family.moe_layer_indices(model)
     if not moe_layers:
@@ -127,6 +142,7 @@ def describe_model(resolved: ResolvedModel) -> ModelInfo:
         raise CheckpointError(
             f"{resolved.name}: config.json says {configured[layer]} experts in layer {layer} but its weights hold {count}"
         )
+    check_checkpoint(resolved.path)
     return ModelInfo(
         name=resolved.name,
         path=str(resolved.path),

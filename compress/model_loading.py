@@ -1,25 +1,52 @@
-"""Loading a resolved checkpoint for computation: tokenizer, dtype, device placement.
+"""Loading a resolved checkpoint for computation: validation, tokenizer, dtype, device placement.
+
+Every load validates the checkpoint first (`check_checkpoint`): the safetensors headers (a
+truncated file is caught before any work) and the key coverage transformers will find — missing,
+unexpected and wrong-shape tensors — from a meta-device load, which reads no weights. Left to
+itself, transformers initialises a missing tensor randomly and only logs it, so a broken
+checkpoint would be evaluated as if it were whole.
 
 Only safetensors weights are read. MXFP4 experts are dequantised on load, because the project's
 experts implementations (profiling, teams, kernels) work on the fused bf16/fp32 tensors that every
 family shares; the MXFP4 path of transformers swaps in a module with a different interface.
+
+Compute dtype ``auto`` is float32 on the CPU — a bf16 matmul runs 9–28× slower than fp32 on
+common CPUs, for the same perplexity to four digits — and the checkpoint's own dtype on a GPU.
 """
 
 from __future__ import annotations
 
-import torch
+import contextlib
+import logging
+import re
 
 from .checkpoint.files import read_config
 from .errors import CheckpointError, CompressError
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPE_HELP = ("compute dtype; auto: float32 on CPU (bf16 matmuls are 9-28x slower there, same results), "
+              "the checkpoint's dtype on GPU (default: auto)")
+
+
+def prepare_transformers() -> None:
+    """What every model load needs first: the project's model classes registered, chatter quiet."""
+    import transformers
+
+    from . import register
+
+    register()
+    for name in ("lm_eval", "lm-eval"):  # lm-eval logs every step at INFO/WARNING
+        logging.getLogger(name).setLevel(logging.ERROR)
+    transformers.logging.disable_progress_bar()  # a per-tensor bar, even for an 11 MB model
 
 
 def device_map_for(device: str, local_rank: int | None = None):
     """transformers' ``device_map`` for ``--device``: ``auto`` spreads a model over every visible GPU
     (and CPU memory past them) with accelerate; under torchrun each process keeps its whole copy on
     its own GPU."""
+    import torch
+
     if device not in DEVICES:
         raise CompressError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
@@ -31,25 +58,113 @@ def device_map_for(device: str, local_rank: int | None = None):
     return "auto" if device == "auto" else {"": "cuda:0"}
 
 
+def compute_dtype(dtype: str, device_map):
+    """The torch dtype (or ``"auto"``) to load with: ``auto`` means float32 on the CPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise CompressError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if device_map is None else "auto"
+    return getattr(torch, dtype)
+
+
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path} has no usable tokenizer ({_first_line(exc)}): copy the tokenizer files of its source model") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _quantization_options(path) -> dict:
+    from transformers import Mxfp4Config
+
+    if (read_config(path).get("quantization_config") or {}).get("quant_method") == "mxfp4":
+        return {"quantization_config": Mxfp4Config(dequantize=True)}
+    return {}
+
+
+@contextlib.contextmanager
+def _transformers_silent():
+    """transformers logs its load report (and raises after it); we turn the report into our own error."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _names(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_checkpoint(path) -> None:
+    """Refuse a checkpoint whose files are broken or whose tensors do not cover its config exactly:
+    headers first, then missing / unexpected / wrong-shape tensors as transformers sees them."""
+    from transformers import AutoModelForCausalLM
+
+    from .checkpoint.reader import CheckpointReader
+
+    CheckpointReader(path).close()  # index, shards, headers, file lengths
+    config = read_config(path)
+    prepare_transformers()
+    try:
+        with _transformers_silent():
+            _, info = AutoModelForCausalLM.from_pretrained(
+                path, device_map="meta", output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True,
+                **_quantization_options(path))
+    except RuntimeError as exc:  # raised after transformers' report, e.g. a per-expert tensor it cannot assemble
+        raise CheckpointError(
+            f"{path}: transformers cannot assemble its weights ({_first_line(exc)}); the checkpoint is incomplete "
+            "or config.json does not describe its tensors: re-download or re-save it") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"transformers cannot load {path} ({_first_line(exc)})") from None
+    layers = int(config.get("num_hidden_layers") or 0)
+    beyond_stack = re.compile(r"^model\.layers\.(\d+)\.")
+
+    def ignorable(key: str) -> bool:  # e.g. DeepSeek-V3's multi-token-prediction layer, which transformers never loads
+        match = beyond_stack.match(key)
+        return bool(match) and int(match[1]) >= layers
+
+    missing = set(info["missing_keys"])
+    unexpected = {key for key in info["unexpected_keys"] if not ignorable(key)}
+    mismatched = sorted(info["mismatched_keys"], key=lambda item: item[0])
+    if mismatched:
+        key, on_disk, expected = mismatched[0]
+        raise CheckpointError(
+            f"{path}: {len(mismatched)} tensors do not have the shape config.json implies (first: {key} is "
+            f"{list(on_disk)} on disk, the config says {list(expected)}): config.json does not describe these weights")
+    if missing:
+        raise CheckpointError(
+            f"{path} is missing {len(missing)} tensors the model needs ({_names(missing)}): transformers would "
+            "initialise them randomly; re-download or re-save the checkpoint")
+    if unexpected:
+        raise CheckpointError(
+            f"{path} holds {len(unexpected)} tensors its model does not have ({_names(unexpected)}): config.json "
+            "does not describe these weights; use the config saved with them")
+    if info.get("error_msgs"):
+        raise CheckpointError(f"{path}: {info['error_msgs'][0].splitlines()[0]}")
 
 
 def load_model(path, dtype: str = "auto", device: str = "auto", local_rank: int | None = None):
-    """The causal LM at `path` in eval mode, in `dtype` (``auto``: the checkpoint's), placed per `device`."""
-    from transformers import AutoModelForCausalLM, Mxfp4Config
+    """The causal LM at `path` in eval mode, validated first, in `dtype` (see `compute_dtype`), placed per `device`."""
+    from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise CompressError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    options = {"dtype": DTYPES[dtype], "use_safetensors": True, "device_map": device_map_for(device, local_rank)}
-    if (read_config(path).get("quantization_config") or {}).get("quant_method") == "mxfp4":
-        options["quantization_config"] = Mxfp4Config(dequantize=True)
+    device_map = device_map_for(device, local_rank)
+    torch_dtype = compute_dtype(dtype, device_map)
+    check_checkpoint(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **options).eval()
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"transformers cannot load {path} ({str(exc).splitlines()[0]})") from None
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, device_map=device_map,
+                                                    **_quantization_options(path)).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"transformers cannot load {path} ({_first_line(exc)})") from None

@@ -77,11 +77,15 @@ def _source_of(provenance: dict) -> dict:
 
 
 def eval_results(provenance: dict, model_name: str):
+    """The card's model-index: this model's results from full evaluations only (limited runs are
+    shown in the card's text, marked as such, but are not published as benchmark results)."""
     from huggingface_hub import EvalResult
 
+    from .evals.model_card import full_results
+
     results = []
-    for task, result in ((provenance.get("evaluation") or {}).get("tasks") or {}).items():
-        for metric, value in result.get("metrics", {}).items():
+    for task, metrics in full_results(provenance).items():
+        for metric, value in metrics.items():
             name = metric.split(",")[0]
             if name in ("tokens", "sample_len"):
                 continue
@@ -137,16 +141,39 @@ def plan_push(directory: Path, repo_id: str, force: bool = False) -> PushPlan:
 
 
 def push(directory: Path, repo_id: str, plan: PushPlan, *, private: bool, revision: str | None, commit_message: str | None) -> str:
+    """Upload the planned files, then the card (the local directory is never modified)."""
     from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if get_token() is None:
         raise CompressError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN, then push again")
     api = HfApi()
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    plan.card.save(Path(directory) / "README.md")
-    api.upload_folder(repo_id=repo_id, folder_path=str(directory), revision=revision, repo_type="model",
-                      allow_patterns=[p.name for p in plan.files] + ["README.md"],
-                      commit_message=commit_message or "Upload with moe-compress")
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(directory), revision=revision, repo_type="model",
+                          allow_patterns=[p.name for p in plan.files],
+                          commit_message=commit_message or "Upload with moe-compress")
+        plan.card.push_to_hub(repo_id, revision=revision, commit_message="Model card from moe-compress")
+    except OfflineModeIsEnabled:
+        raise CompressError("the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1): push from a machine online") from None
+    except HfHubHTTPError as exc:
+        raise CompressError(f"the Hub refused the upload to {repo_id} ({_first_line(exc)}): check the token's write access "
+                            "and the repository name") from None
+    except Exception as exc:
+        if not _network_error(exc):
+            raise
+        raise CompressError(f"cannot reach the Hugging Face Hub to push {repo_id} ({type(exc).__name__}: {_first_line(exc)}); "
+                            "check the network and run it again (an interrupted upload resumes)") from None
     return str(url)
+
+
+def _network_error(exc: BaseException) -> bool:
+    """Connection errors and timeouts, whichever HTTP client huggingface_hub uses underneath."""
+    module = type(exc).__module__.split(".")[0]
+    return isinstance(exc, OSError) or module in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

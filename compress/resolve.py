@@ -46,8 +46,9 @@ def demo_model_path() -> Path:
     return Path(str(resources.files("compress") / "demo_model"))
 
 
-def resolve_model(spec: str, revision: str | None = None) -> ResolvedModel:
-    """Turn a `--model` value into a local directory, downloading from the Hub when needed."""
+def resolve_model(spec: str, revision: str | None = None, flag: str = "--model") -> ResolvedModel:
+    """Turn a `--model` value (or the option named by `flag`) into a local directory, downloading
+    from the Hub when needed."""
     if spec == DEMO_NAME:
         path = demo_model_path()
         if not (path / "config.json").is_file():
@@ -60,16 +61,16 @@ def resolve_model(spec: str, revision: str | None = None) -> ResolvedModel:
     if local.is_dir():
         return ResolvedModel(local.resolve(), str(local))
     if local.exists():
-        raise ModelNotFoundError(f"--model {spec} is a file; pass the directory that holds config.json and the weights")
+        raise ModelNotFoundError(f"{flag} {spec} is a file; pass the directory that holds config.json and the weights")
     if not _HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(
-            f"--model {spec}: no such directory, and it is not a Hub id (OWNER/NAME); "
+            f"{flag} {spec}: no such directory, and it is not a Hub id (OWNER/NAME); "
             f"pass a model directory, a Hub id, or `{DEMO_NAME}`"
         )
-    return ResolvedModel(_download(spec, revision), spec, hub_id=spec)
+    return ResolvedModel(_download(spec, revision, flag), spec, hub_id=spec)
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, flag: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -83,12 +84,12 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ) from exc
     except RepositoryNotFoundError as exc:
         raise ModelNotFoundError(
-            f"--model {repo_id}: no such local directory, and no such Hub repository (or it is private: `hf auth login`)"
+            f"{flag} {repo_id}: no such local directory, and no such Hub repository (or it is private: `hf auth login`)"
         ) from exc
     except LocalEntryNotFoundError as exc:
         raise ModelNotFoundError(
-            f"--model {repo_id}: not a local directory, and the Hugging Face Hub could not be reached to download it "
+            f"{flag} {repo_id}: not a local directory, and the Hugging Face Hub could not be reached to download it "
             "(offline?); download it elsewhere and pass the directory"
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelNotFoundError(f"--model {repo_id}: downloading from the Hub failed ({exc.__class__.__name__}: {exc})") from exc
+        raise ModelNotFoundError(f"{flag} {repo_id}: downloading from the Hub failed ({exc.__class__.__name__}: {exc})") from exc

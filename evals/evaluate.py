@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from compress import __version__
-from compress.data.calibration import calibration_source
+from compress.data.calibration import calibration_source, text_source_kind
 from compress.data.corpus import DOMAINS, load_texts
 from compress.errors import CompressError
 from compress.resolve import ResolvedModel
@@ -35,7 +35,8 @@ PERPLEXITY_METRICS_LOWER_IS_BETTER = {"perplexity": False, "nll": False, "bits_p
 
 @dataclass(frozen=True)
 class EvalSettings:
-    limit: int | None = None
+    limit: int | None = None  # documents / examples per task
+    max_tokens: int | None = None  # tokens scored per perplexity task
     batch_size: int = 8
     max_length: int | None = None  # None: the model's positions, at most 2048
     stride: int | None = None  # None: half of max_length
@@ -51,8 +52,17 @@ def parse_tasks(text: str) -> list[str]:
         raise CompressError("--tasks is empty: name at least one task, e.g. perplexity:math or compress_arithmetic")
     lm_eval_tasks = [name for name in tasks if not name.startswith(PERPLEXITY_PREFIX)]
     for name in tasks:
-        if name.startswith(PERPLEXITY_PREFIX) and not name[len(PERPLEXITY_PREFIX):]:
+        source = name[len(PERPLEXITY_PREFIX):]
+        if name.startswith(PERPLEXITY_PREFIX) and not source:
             raise CompressError(f"{name!r} names no text: use perplexity:math, perplexity:FILE or perplexity:OWNER/NAME")
+        if name.startswith(PERPLEXITY_PREFIX) and source not in DOMAINS:
+            try:
+                kind = text_source_kind(source, flag=name)
+            except CompressError:
+                raise CompressError(f"{name!r}: {source!r} is not a built-in domain ({', '.join(DOMAINS)}), an existing "
+                                    f".txt/.jsonl/.parquet file or a Hub dataset id (OWNER/NAME)") from None
+            if kind == "file":
+                calibration_source("eval", source, None, "test", flag=name, what="text")  # exists, readable, not empty
     if lm_eval_tasks:
         from .harness import known_task_names
 
@@ -90,7 +100,7 @@ def _perplexity_texts(task: str, settings: EvalSettings) -> tuple[list[str], str
     if source in DOMAINS:
         texts, description = load_texts(source, "heldout"), f"built-in corpus: {source} (held-out split)"
     else:
-        calibration = calibration_source("eval", source, settings.text_field, settings.split)
+        calibration = calibration_source("eval", source, settings.text_field, settings.split, flag=task, what="text")
         texts, description = calibration.texts, calibration.description
     texts = [text for _, text in zip(range(settings.limit or 10**12), texts)]
     if not texts:
@@ -98,12 +108,31 @@ def _perplexity_texts(task: str, settings: EvalSettings) -> tuple[list[str], str
     return texts, description
 
 
+def window_length(config: dict, settings: EvalSettings) -> int:
+    """The perplexity window: ``max_length``, or the model's positions up to 2,048."""
+    return settings.max_length or min(config.get("max_position_embeddings") or 2048, 2048)
+
+
+def check_settings(config: dict, settings: EvalSettings) -> None:
+    """Refuse settings that do not fit the model, before it is loaded."""
+    if settings.limit is not None and settings.limit < 1:
+        raise CompressError(f"--limit must be at least 1, not {settings.limit}")
+    positions = config.get("max_position_embeddings")
+    if settings.max_length is not None and positions and settings.max_length > positions:
+        raise CompressError(f"--seq-len {settings.max_length} is beyond the model's {positions} positions: use {positions} or less")
+    length = window_length(config, settings)
+    if settings.stride is not None and settings.stride > length:
+        raise CompressError(f"--stride {settings.stride} is longer than the perplexity window of {length} tokens "
+                            f"(--seq-len): use a stride from 1 to {length}")
+
+
 def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, *, device: str = "auto",
              use_cache: bool = True, progress: bool = True, model=None, tokenizer=None) -> dict:
     """{"model": name, "checkpoint": identity, "settings": …, "tasks": {task: result}}; the model is
     loaded only when some task is not cached (or passed in already loaded)."""
-    if settings.limit is not None and settings.limit < 1:
-        raise CompressError(f"--limit must be at least 1, not {settings.limit}")
+    from compress.checkpoint.files import read_config
+
+    check_settings(read_config(resolved.path), settings)
     identity = checkpoint_identity(resolved.path)
     results: dict[str, dict] = {}
     for task in tasks:
@@ -117,7 +146,7 @@ def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, 
 
             model = load_model(resolved.path, dtype=settings.dtype, device=device)
             tokenizer = load_tokenizer(resolved.path)
-        max_length = settings.max_length or min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 2048)
+        max_length = window_length(model.config.to_dict(), settings)
         fresh = {}
         for task in [t for t in missing if t.startswith(PERPLEXITY_PREFIX)]:
             from .perplexity import text_perplexity
@@ -125,7 +154,7 @@ def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, 
             texts, description = _perplexity_texts(task, settings)
             start = time.perf_counter()
             result = text_perplexity(model, tokenizer, texts, max_length, settings.stride or max(1, max_length // 2),
-                                     settings.batch_size, progress=progress)
+                                     settings.batch_size, progress=progress, max_tokens=settings.max_tokens)
             fresh[task] = {
                 "metrics": result.to_dict(),
                 "higher_is_better": dict(PERPLEXITY_METRICS_LOWER_IS_BETTER),

@@ -77,10 +77,16 @@ def stream_perplexity(model, stream: torch.Tensor, max_length: int, stride: int 
 
 
 def text_perplexity(model, tokenizer, texts: list[str], max_length: int, stride: int | None = None, batch_size: int = 8,
-                    progress: bool = False) -> PerplexityResult:
-    """Perplexity of `texts` joined into one stream (see the module docstring)."""
-    stream = token_stream(tokenizer, texts)
-    text_bytes = sum(len(text.encode("utf-8")) for text in texts)
+                    progress: bool = False, max_tokens: int | None = None) -> PerplexityResult:
+    """Perplexity of `texts` joined into one stream (see the module docstring); with `max_tokens`,
+    of the stream's first `max_tokens` + 1 tokens only (bits per byte then counts the bytes those
+    tokens decode to)."""
+    stream = token_stream(tokenizer, texts, max_tokens=None if max_tokens is None else max_tokens + 1)
+    if max_tokens is not None and len(stream) > max_tokens + 1:
+        stream = stream[: max_tokens + 1]  # the first token is context only
+        text_bytes = len(tokenizer.decode(stream, skip_special_tokens=True).encode("utf-8"))
+    else:
+        text_bytes = sum(len(text.encode("utf-8")) for text in texts)
     return stream_perplexity(model, stream, max_length, stride, batch_size, text_bytes, progress)
 
 

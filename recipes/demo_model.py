@@ -19,7 +19,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from compress.checkpoint.output import atomic_output_dir
+from compress.checkpoint.output import claim_output
+from compress.errors import CompressError
 from compress.data.corpus import corpus_fingerprint, load_texts
 from compress.data.tokens import token_stream, token_windows
 from compress.evals.perplexity import heldout_perplexity
@@ -35,7 +36,38 @@ def default_recipe_path() -> Path:
 
 
 def load_recipe(path: str | Path | None = None) -> dict:
-    return yaml.safe_load(Path(path or default_recipe_path()).read_text())
+    """The recipe at `path` (default: the packaged one), checked key by key against the default."""
+    default = yaml.safe_load(Path(default_recipe_path()).read_text())
+    if path is None:
+        return default
+    try:
+        recipe = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise CompressError(f"recipe {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"cannot read recipe {path} ({exc})") from None
+    _check_like(default, recipe, f"recipe {path}")
+    return recipe
+
+
+def _check_like(default, given, where: str) -> None:
+    """`given` must have the shape of `default`: the same keys, and values of the same kinds."""
+    if isinstance(default, dict):
+        if not isinstance(given, dict):
+            raise CompressError(f"{where} must be a mapping with keys {', '.join(default)}")
+        missing, unknown = [k for k in default if k not in given], [k for k in given if k not in default]
+        if missing or unknown:
+            raise CompressError(f"{where}: " + (f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}")
+                                + " (compare with recipes/demo_model.yaml)")
+        for key, value in default.items():
+            _check_like(value, given[key], f"{where}: {key}")
+        return
+    numbers = (int, float)
+    same = isinstance(given, numbers) and not isinstance(given, bool) if isinstance(default, numbers) and not isinstance(default, bool) \
+        else isinstance(given, type(default))
+    if not same:
+        raise CompressError(f"{where} must be a {type(default).__name__}, not {given!r}")
 
 
 def build_tokenizer(vocab_size: int, domains: list[str]):
@@ -78,7 +110,18 @@ def _lr_at(step: int, train: dict) -> float:
 
 
 def train(recipe: dict, out_dir: Path, overwrite: bool = False) -> dict:
-    """Train the demo model and write it, with its report, to `out_dir` (atomically)."""
+    """Train the demo model and write it, with its report, to `out_dir` (checked before training,
+    written atomically after)."""
+    with claim_output(out_dir, kind="directory", overwrite=overwrite, what="demo model") as claimed:
+        training, model, tokenizer = _train(recipe)
+        with claimed.write() as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+    return write_report(claimed.path)
+
+
+def _train(recipe: dict):
     train_cfg = recipe["training"]
     torch.manual_seed(recipe["seed"])
     tokenizer = build_tokenizer(recipe["tokenizer"]["vocab_size"], train_cfg["domains"])
@@ -121,11 +164,7 @@ def train(recipe: dict, out_dir: Path, overwrite: bool = False) -> dict:
         "corpus": corpus_fingerprint(),
         "loss_every_100_steps": losses[::100] + [losses[-1]],
     }
-    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    return write_report(out_dir)
+    return training, model, tokenizer
 
 
 def write_report(model_dir: Path) -> dict:

@@ -46,8 +46,58 @@ from compress.stats import RoutingStats
 CLUSTERING = ("greedy", "agglomerative")
 
 
+RECIPE_KEYS = {"tiers": str, "designed_for": dict, "team_size": int, "team_top_k": int, "clustering": str}
+
+
 def default_recipe() -> dict:
     return yaml.safe_load((Path(str(resources.files("compress.recipes"))) / "tiered.yaml").read_text())
+
+
+def load_recipe(path: Path) -> dict:
+    """The default recipe updated by a user's YAML file, every key and type checked."""
+    recipe = default_recipe()
+    try:
+        given = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CompressError(f"recipe {path} is not valid YAML{where} ({getattr(exc, 'problem', None) or 'parse error'})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"cannot read recipe {path} ({exc})") from None
+    if given is None:
+        return recipe
+    if not isinstance(given, dict):
+        raise CompressError(f"recipe {path} must be a YAML mapping of {', '.join(RECIPE_KEYS)}")
+    for key, value in given.items():
+        if key not in RECIPE_KEYS:
+            raise CompressError(f"recipe {path}: unknown key {key!r} (known: {', '.join(RECIPE_KEYS)})")
+        if not isinstance(value, RECIPE_KEYS[key]) or isinstance(value, bool):
+            raise CompressError(f"recipe {path}: {key} must be a {RECIPE_KEYS[key].__name__}, not {value!r}")
+    if "tiers" in given and "designed_for" not in given:
+        recipe.pop("designed_for")  # the user's tiers are for their model as they are
+    return {**recipe, **given}
+
+
+def scaled_tiers(recipe: dict, moe_layers: list[int], num_experts: int, team_size: int) -> str:
+    """The recipe's tiers for this model: unchanged when no ``designed_for`` is given; otherwise each
+    MoE layer takes the tier of the layer at the same relative depth of the model the tiers were
+    designed for, and the same share of the most teams a layer can hold."""
+    designed = recipe.get("designed_for")
+    if not designed:
+        return str(recipe["tiers"])
+    reference_layers = int(designed["moe_layers"])
+    reference = parse_tiers(str(recipe["tiers"]), list(range(reference_layers)))
+    reference_max = int(designed["experts"]) // int(designed["team_size"])
+    most = max(1, num_experts // team_size)
+    teams = [max(1, min(most, round(reference[i * reference_layers // len(moe_layers)] / reference_max * most)))
+             for i in range(len(moe_layers))]
+    parts, start = [], 0
+    for i in range(1, len(teams) + 1):
+        if i == len(teams) or teams[i] != teams[start] or moe_layers[i] != moe_layers[i - 1] + 1:
+            first, last = moe_layers[start], moe_layers[i - 1]
+            parts.append(f"{first}-{last}:{teams[start]}" if last != first else f"{first}:{teams[start]}")
+            start = i
+    return ",".join(parts)
 
 
 def parse_tiers(text: str, moe_layers: list[int]) -> dict[int, int]:
@@ -89,8 +139,6 @@ def greedy_teams(selections: torch.Tensor, coactivation: torch.Tensor, teams: in
 
 
 def agglomerative_teams(selections: torch.Tensor, coactivation: torch.Tensor, teams: int, size: int) -> list[list[int]]:
-    if size & (size - 1):
-        raise CompressError(f"agglomerative clustering pairs clusters, so --team-size must be a power of two (got {size})")
     candidates = sorted(range(len(selections)), key=lambda e: (-int(selections[e]), e))[: teams * size]
     counts = selections.double().clamp(min=1)
     similarity = coactivation.double() / torch.sqrt(counts[:, None] * counts[None, :])
@@ -129,18 +177,26 @@ class TieredLayout:
         return len(next(iter(self.teams.values()))[0])
 
 
-def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> TieredLayout:
+def check_tiers(tiers: dict[int, int], experts_per_layer: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> None:
+    """Refuse a conversion that cannot be built, before any statistics are gathered."""
     if clustering not in CLUSTERING:
         raise CompressError(f"unknown clustering {clustering!r}: choose one of {', '.join(CLUSTERING)}")
-    build = greedy_teams if clustering == "greedy" else agglomerative_teams
-    teams, mixing = {}, {}
+    if clustering == "agglomerative" and team_size & (team_size - 1):
+        raise CompressError(f"agglomerative clustering pairs clusters, so --team-size must be a power of two (got {team_size})")
     for layer, count in tiers.items():
-        experts = stats.num_experts(layer)
+        experts = experts_per_layer[layer]
         if count * team_size > experts:
             raise CompressError(f"layer {layer}: {count} teams × {team_size} experts = {count * team_size}, "
                                 f"more than the {experts} experts it has")
         if not 1 <= team_top_k <= count:
             raise CompressError(f"--team-top-k {team_top_k} must be between 1 and the {count} teams of layer {layer}")
+
+
+def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> TieredLayout:
+    check_tiers(tiers, {layer: stats.num_experts(layer) for layer in tiers}, team_size, team_top_k, clustering)
+    build = greedy_teams if clustering == "greedy" else agglomerative_teams
+    teams, mixing = {}, {}
+    for layer, count in tiers.items():
         s = stats.layers[layer]
         teams[layer] = build(s["selections"], s["coactivation"], count, team_size)
         mixing[layer] = mixing_weights(s["selections"], teams[layer])

@@ -18,7 +18,10 @@ import pytest
 import torch
 import transformers
 
+import compress
+
 transformers.logging.set_verbosity_error()
+compress.register()  # tests load derived checkpoints with plain AutoModelForCausalLM
 
 COMMON = dict(
     vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

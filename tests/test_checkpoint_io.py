@@ -126,11 +126,16 @@ def test_atomic_output_dir(tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         with atomic_output_dir(target):
             pass
+    with pytest.raises(OutputExistsError, match="not a moe-compress output"):  # only our own outputs are replaced
+        with atomic_output_dir(target, overwrite=True):
+            pass
+    (target / "compress.json").write_text('{"tool": "moe-compress"}')
     with pytest.raises(RuntimeError):
         with atomic_output_dir(target, overwrite=True) as staging:
             (staging / "f").write_text("2")
             raise RuntimeError("crash half way")
     assert (target / "f").read_text() == "1"  # the old output survives a failed overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with atomic_output_dir(target, overwrite=True) as staging:
         (staging / "g").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["g"]

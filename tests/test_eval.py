@@ -121,7 +121,8 @@ def test_gate_passes_an_unchanged_model_and_fails_a_heavily_pruned_one(pruned_de
     assert out.startswith("FAIL") and "band: revise" in out and "failing: perplexity:math perplexity" in out
     card = (pruned_demo / "keep2" / "README.md").read_text()
     assert "## Evaluation" in card and "Quality gate: **fail** (revise)" in card
-    assert json.loads((pruned_demo / "keep2" / "compress.json").read_text())["evaluation"]["tasks"]["perplexity:math"]
+    records = json.loads((pruned_demo / "keep2" / "compress.json").read_text())["evaluations"]
+    assert records[-1]["command"] == "gate" and records[-1]["report"]["tasks"]["perplexity:math"]
     assert (demo_model_path() / "README.md").read_text() == card_before  # the base is never written to
 
 
@@ -143,4 +144,4 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     err = cli_error(capsys, "eval", "--model", "demo", "--tasks", "compress_arithmatic")
     assert "unknown task 'compress_arithmatic'" in err and "compress_arithmetic" in err
     assert "no such directory" in cli_error(capsys, "eval", "--model", str(tmp_path / "missing"), "--tasks", "perplexity:math")
-    assert "--limit must be at least 1" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")
+    assert "argument --limit: must be at least 1, not 0" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")

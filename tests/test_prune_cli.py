@@ -132,13 +132,14 @@ def test_bad_input_gives_one_line_errors(math_stats, tmp_path, capsys):
     # the statistics belong to `demo`, whose fingerprint the copy shares
     assert "more than the 16 experts" in _error(capsys, *base, "--keep", "17", "--out", str(tmp_path / "a"))
     assert "at least 1" in _error(capsys, *base, "--keep", "0", "--out", str(tmp_path / "a"))
-    assert "--keep-ratio must be in (0, 1]" in _error(capsys, *base, "--keep-ratio", "1.5", "--out", str(tmp_path / "a"))
+    assert "--keep-ratio: must be in (0, 1]" in _error(capsys, *base, "--keep-ratio", "1.5", "--out", str(tmp_path / "a"))
     assert "is the source model or inside it" in _error(capsys, *base, "--keep", "8", "--out", str(source))
     assert "is the source model or inside it" in _error(capsys, *base, "--keep", "8", "--out", str(source / "pruned"))
     assert "contains the source model" in _error(capsys, *base, "--keep", "8", "--out", str(tmp_path), "--overwrite")
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")  # an empty directory would count as free
     assert "exists: pass --overwrite" in _error(capsys, *base, "--keep", "8", "--out", str(tmp_path / "taken"))
-    assert "unknown criterion 'loudest'" in _error(capsys, *base, "--keep", "8", "--criterion", "loudest", "--out", str(tmp_path / "a"))
+    assert "invalid choice: 'loudest'" in _error(capsys, *base, "--keep", "8", "--criterion", "loudest", "--out", str(tmp_path / "a"))
     assert "say how many experts to keep" in _error(capsys, *base, "--out", str(tmp_path / "a"))
     assert "pass --domain" in _error(capsys, "--model", str(source), "--keep", "8", "--out", str(tmp_path / "a"))
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before

@@ -26,8 +26,12 @@ def derived(tmp_path_factory):
                  "gate-mass", "--out", str(root / "uniform"), "--quiet"]) == 0
     assert main(["prune", "--model", "demo", "--stats", str(root / "math.safetensors"), "--keep", "8", "--budget", "global",
                  "--criterion", "frequency", "--out", str(root / "global"), "--quiet"]) == 0
+    text = root / "notes.txt"
+    text.write_text("Q: What is 2 + 3?\nA: 5\n\nQ: What is 7 + 1?\nA: 8\n" * 20)
+    assert main(["eval", "--model", str(root / "uniform"), "--tasks", f"perplexity:{text}",
+                 "--seq-len", "64", "--dtype", "float32", "--quiet"]) == 0  # a full evaluation
     assert main(["eval", "--model", str(root / "uniform"), "--tasks", "perplexity:math", "--limit", "20",
-                 "--seq-len", "64", "--dtype", "float32", "--quiet"]) == 0
+                 "--seq-len", "64", "--dtype", "float32", "--quiet"]) == 0  # a limited one
     return root
 
 
@@ -51,9 +55,11 @@ def test_dry_run_lists_sufficient_files_and_a_valid_card(derived, capsys, tmp_pa
     assert data.base_model is None  # the demo is not a Hub model; a Hub source would be named here
     assert "## What was removed, and why" in card.text and "![expert usage" in card.text
     assert "## Reproduce" in card.text and "compress prune --model demo" in card.text
-    if name == "uniform":  # `compress eval` results become model-index entries
-        metrics = {result.metric_type: result.metric_value for result in data.eval_results}
-        assert metrics["perplexity"] > 1 and "bits_per_byte" in metrics
+    if name == "uniform":  # full `compress eval` results become model-index entries; limited ones only text
+        metrics = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
+        assert metrics[(f"perplexity:{derived / 'notes.txt'}", "perplexity")] > 1
+        assert not any(task == "perplexity:math" for task, _ in metrics)
+        assert "limited to 20 documents/examples per task: not a full evaluation" in card.text
     else:
         assert "modeling_moe_compress.py" in files
     # The listed files alone are a loadable model.

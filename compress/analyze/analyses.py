@@ -110,7 +110,7 @@ def force(model, tokenizer, prompt: str, experts: dict[int, int], max_new_tokens
 
 
 # --- interventions -----------------------------------------------------------------------------------
-def ablate(model, windows: torch.Tensor, experts: dict[int, list[int]]) -> dict:
+def ablate(model, windows: torch.Tensor, experts: dict[int, list[int]], progress: bool = False) -> dict:
     """Perplexity with the listed experts removed (in memory) against the unablated model."""
     family = family_for_config(model.config)
     num_experts, top_k = family.num_experts(model.config), family.top_k(model.config)
@@ -121,17 +121,18 @@ def ablate(model, windows: torch.Tensor, experts: dict[int, list[int]]) -> dict:
     plan = PrunePlan({"num_experts": num_experts, "top_k": top_k}, kept, min(top_k, min(len(k) for k in kept.values())))
     ablated = copy.deepcopy(model)
     apply_plan_to_model(ablated, plan)
-    result = perplexity_change(window_nll(model, windows), window_nll(ablated, windows))
+    result = perplexity_change(window_nll(model, windows, desc="base" if progress else None),
+                               window_nll(ablated, windows, desc="ablated" if progress else None))
     return {"ablated": {str(layer): sorted(e) for layer, e in experts.items()}, "windows": len(windows), **result}
 
 
-def topk(model, windows: torch.Tensor, ks: list[int]) -> dict:
+def topk(model, windows: torch.Tensor, ks: list[int], progress: bool = False) -> dict:
     """Perplexity at each top-k against the model's own k (the seeds' interference experiment)."""
-    base = window_nll(model, windows)
+    base = window_nll(model, windows, desc="base" if progress else None)
     rows = {}
     for k in ks:
         with top_k_override(model, k):
-            rows[str(k)] = perplexity_change(base, window_nll(model, windows))
+            rows[str(k)] = perplexity_change(base, window_nll(model, windows, desc=f"k={k}" if progress else None))
     return {"model_top_k": family_for_config(model.config).top_k(model.config), "windows": len(windows), "k": rows}
 
 
@@ -227,7 +228,8 @@ def similarity(model, layer: int, windows: torch.Tensor | None = None, threshold
 
 
 # --- probe -------------------------------------------------------------------------------------------
-def predict(model, windows: torch.Tensor, probe_layer: int, steps: int = 300, lr: float = 0.05, seed: int = 0) -> dict:
+def predict(model, windows: torch.Tensor, probe_layer: int, steps: int = 300, lr: float = 0.05, seed: int = 0,
+            progress: bool = False) -> dict:
     """A linear probe from decoder layer `probe_layer`'s output to every later MoE layer's expert
     choices; on held-out tokens (the last fifth of windows): exact top-k set accuracy, precision and
     recall of the predicted top-k, and prefetch efficiency = the share of the experts a token uses
@@ -247,7 +249,9 @@ def predict(model, windows: torch.Tensor, probe_layer: int, steps: int = 300, lr
     torch.manual_seed(seed)
     routing = dict(zip(family.moe_layer_indices(model), out.router_logits))
     per_layer, total_hits, total_used = {}, 0, 0
-    for layer in layers:
+    from tqdm.auto import tqdm
+
+    for layer in tqdm(layers, desc="training probes", unit="layer", disable=not progress):
         _, experts = family.route(routing[layer], model.config, family.router_buffers(model, layer))
         experts = experts.cpu()
         num_experts, k = routing[layer].shape[1], experts.shape[1]

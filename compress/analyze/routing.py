@@ -133,11 +133,14 @@ def bootstrap_interval(values: torch.Tensor, samples: int = 2000, seed: int = 0)
 
 
 @torch.no_grad()
-def window_nll(model, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Mean next-token NLL of each window [N]: the unit the bootstrap resamples."""
+def window_nll(model, windows: torch.Tensor, batch_size: int = 8, desc: str | None = None) -> torch.Tensor:
+    """Mean next-token NLL of each window [N]: the unit the bootstrap resamples (a progress bar
+    named `desc` when given)."""
+    from tqdm.auto import tqdm
+
     device = model.get_input_embeddings().weight.device
     result = []
-    for batch in windows.split(batch_size):
+    for batch in tqdm(windows.split(batch_size), desc=desc, unit="batch", disable=desc is None, leave=False):
         batch = batch.to(device)
         logprobs = torch.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)
         result.append(-logprobs.gather(-1, batch[:, 1:, None]).squeeze(-1).mean(dim=1).cpu())

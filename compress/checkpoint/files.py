@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 CONFIG_FILE = "config.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30  # what transformers' save_pretrained writes by default
 # Copied unchanged into every derived checkpoint.
 SUPPORT_FILES = (
     "generation_config.json",
@@ -29,9 +30,12 @@ def read_config(directory: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}: it is not a Hugging Face model directory")
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not an object: it is not a Hugging Face config")
+    return config
 
 
 def write_config(directory: str | Path, config: dict) -> None:

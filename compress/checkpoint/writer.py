@@ -20,9 +20,8 @@ import torch
 
 from ..errors import CheckpointError
 from .dtypes import SAFETENSORS_DTYPES
+from .files import DEFAULT_MAX_SHARD_BYTES
 from .reader import INDEX_FILE, SINGLE_FILE
-
-DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 
 

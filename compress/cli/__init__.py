@@ -1,23 +1,40 @@
 """`compress`: one command, one module per subcommand.
 
 Each subcommand module defines ``add_parser(subparsers)``, which registers its options and sets
-``run`` as the handler. User mistakes raise `CompressError`: printed on one line, exit code 2.
+``run`` as the handler. Subcommand modules import nothing heavy at the top (no torch, no
+transformers), so ``--help``, ``--version`` and usage errors answer at once.
+
+Exit status (the same for every command):
+
+  0    success
+  1    `compress gate`: the candidate failed the gate
+  2    bad input: one ``error: ...`` line saying what was wrong and what to do
+  3    internal error: one line naming the log file that holds the traceback (``--debug`` prints it)
+  130  interrupted (Ctrl-C or SIGTERM); partial outputs are removed
+
+The work runs in a worker thread while the main thread waits for it, so an interrupt is answered
+within a fraction of a second even while one long matrix product is running: the main thread
+removes every partial output (`checkpoint.output.remove_partial_outputs`) and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
-import logging
 import os
 import shlex
 import signal
 import sys
+import threading
+import traceback
+from pathlib import Path
 
 from .. import __version__
 from ..errors import CompressError
 
 SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "analyze", "train_demo")
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
@@ -28,27 +45,32 @@ MODEL arguments take a local directory, a Hugging Face Hub id (OWNER/NAME; only 
 config and tokenizer files are downloaded) or `demo`, the small trained MoE shipped with the package.
 """
 
+EPILOG = """\
+exit status: 0 success, 1 the quality gate failed, 2 bad input (one line says what to do),
+3 internal error (one line names the log with the traceback; --debug prints it), 130 interrupted.
+"""
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="compress", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+
+class UsageError(CompressError):
+    """The command line itself is wrong (unknown option, missing argument)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as one-line `UsageError`s instead of printed usage."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="compress", description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"moe-compress {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of internal errors (anywhere on the line)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser
-
-
-def _quiet_libraries() -> None:
-    """transformers and huggingface_hub log load-time chatter that hides our one-line results."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    for name in ("huggingface_hub", "lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _interrupt_on_terminate(signum, frame):
@@ -56,20 +78,89 @@ def _interrupt_on_terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _log_dir() -> Path:
+    return Path(os.environ.get("MOE_COMPRESS_CACHE") or Path.home() / ".cache" / "moe-compress") / "logs"
+
+
+def _internal_error(exc: BaseException, argv: list[str], debug: bool) -> int:
+    text = "".join(traceback.format_exception(exc))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log = _log_dir() / f"compress-{stamp}-{os.getpid()}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"moe-compress {__version__}\n{shlex.join(['compress', *argv])}\n\n{text}")
+        where = f"the traceback is in {log}"
+    except OSError:
+        where = "the traceback could not be saved"
+    if debug:
+        print(text, file=sys.stderr, end="")
+    summary = (str(exc).strip().splitlines() or [""])[0][:300]
+    print(f"error: internal error ({type(exc).__name__}{': ' + summary if summary else ''}); {where} "
+          "(rerun with --debug to print it); please report it", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
+
+
+def _run_in_worker(function):
+    """Run `function` in a worker thread; the main thread stays free to answer signals."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = function()
+        except BaseException as exc:  # handed to the main thread, which decides what it means
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="compress-job", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+def _exit_interrupted() -> None:
+    """Remove partial outputs and leave now, whatever the worker thread is in the middle of."""
+    from ..checkpoint.output import remove_partial_outputs
+
+    remove_partial_outputs()
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["compress", *argv])  # recorded in the provenance of derived checkpoints
-    _quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt_on_terminate)
+    debug = "--debug" in argv or bool(os.environ.get("MOE_COMPRESS_DEBUG"))
+    argv = [arg for arg in argv if arg != "--debug"]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    in_main_thread = threading.current_thread() is threading.main_thread()
     try:
-        return args.run(args) or 0
+        args = build_parser().parse_args(argv)
+        args.command_line = shlex.join(["compress", *argv])  # recorded in the provenance of derived checkpoints
+        if not in_main_thread:  # signals cannot be handled here: run in this thread
+            return args.run(args) or EXIT_OK
+        previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate)
+        try:
+            return _run_in_worker(lambda: args.run(args)) or EXIT_OK
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except CompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        if in_main_thread:
+            _exit_interrupted()
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of our output left early (`compress info --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
-        return 0
+        return EXIT_OK
+    except SystemExit:
+        raise
+    except Exception as exc:
+        return _internal_error(exc, argv, debug)

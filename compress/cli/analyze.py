@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import CompressError
+from ..model_loading import DTYPES
+from .options import MODEL_HELP, non_negative_int, positive_float, positive_int
 
 ANALYSES = {
     "trace": "each token's top-k experts, weights, top-1 weight and entropy at every MoE layer (--prompt)",
@@ -21,6 +23,9 @@ ANALYSES = {
     "predict": "probe from an early layer to later layers' experts: accuracy and prefetch efficiency (--probe-layer, --domain)",
 }
 NEEDS_MODEL = {"trace", "context", "dynamics", "force", "ablate", "topk", "similarity", "predict"}
+REQUIRED = {"trace": ("prompt",), "context": ("token", "contexts"), "dynamics": ("prompt",), "force": ("prompt", "expert"),
+            "ablate": ("experts", "domain"), "topk": ("domain",), "predict": ("domain",), "circuits": ("stats",),
+            "specialists": ("stats",)}
 
 EPILOG = "analyses:\n" + "\n".join(f"  {name:<12} {text}" for name, text in ANALYSES.items()) + """
 
@@ -38,33 +43,36 @@ def add_parser(subparsers) -> None:
                                    description="Routing analyses from the research notes, on your model.",
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", metavar="NAME", help="the analysis (listed below)")
-    parser.add_argument("--model", help="local directory, Hub id or `demo`")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--stats", action="append", default=[], help="routing statistics file(s)")
     parser.add_argument("--domain", help="evaluation text: held-out split of a built-in domain (math, code, general)")
-    parser.add_argument("--windows", type=int, default=32, help="windows of --seq-len tokens of --domain text (default: 32)")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per window (default: 128)")
+    parser.add_argument("--windows", type=positive_int, default=32, help="windows of --seq-len tokens of --domain text (default: 32)")
+    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per window (default: 128)")
     parser.add_argument("--prompt", help="text for trace / dynamics / force")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: 32)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default: 32)")
     parser.add_argument("--experts", help='experts to ablate, "LAYER:E[,E];LAYER:E" or "E" for every layer')
     parser.add_argument("--expert", help="expert to force: LAYER:E or E (every layer)")
     parser.add_argument("--k", default="1,2,4,8", help="top-k values for topk (default: 1,2,4,8)")
     parser.add_argument("--layer", type=int, help="layer for similarity (default: the first MoE layer)")
-    parser.add_argument("--threshold", type=float, help="similarity threshold (default 0.9) / specialist share (default 2/domains, at most 0.9)")
-    parser.add_argument("--probe-layer", type=int, default=0, help="decoder layer whose output the probe reads (default: 0)")
+    parser.add_argument("--threshold", type=positive_float, help="similarity threshold (default 0.9) / specialist share (default 2/domains, at most 0.9)")
+    parser.add_argument("--probe-layer", type=non_negative_int, default=0, help="decoder layer whose output the probe reads (default: 0)")
     parser.add_argument("--token", help="the token for context")
     parser.add_argument("--contexts", nargs="+", help="texts containing --token")
-    parser.add_argument("--dtype", default="float32", help="compute dtype (default: float32)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (default: float32)")
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def _model(args):
+    from ..checkpoint.files import read_config
     from ..model_loading import load_model, load_tokenizer
     from ..resolve import resolve_model
 
-    if not args.model:
-        raise CompressError(f"analyze {args.name} needs --model")
     resolved = resolve_model(args.model)
+    positions = read_config(resolved.path).get("max_position_embeddings")
+    if args.name in ("ablate", "topk", "similarity", "predict") and positions and args.seq_len > positions:
+        raise CompressError(f"--seq-len {args.seq_len} is beyond the model's {positions} positions: use {positions} or less")
     return load_model(resolved.path, dtype=args.dtype, device="cpu"), load_tokenizer(resolved.path)
 
 
@@ -87,58 +95,75 @@ def _required(args, *names):
 
 
 def run(args) -> int:
+    import contextlib
+
+    from ..checkpoint.output import claim_output
+
+    from ..data.corpus import DOMAINS
+
+    if args.name not in ANALYSES:
+        raise CompressError(f"unknown analysis {args.name!r}: choose one of {', '.join(ANALYSES)}")
+    if args.name in NEEDS_MODEL and not args.model:
+        raise CompressError(f"analyze {args.name} needs --model")
+    _required(args, *REQUIRED.get(args.name, ()))
+    if args.domain is not None and args.domain not in DOMAINS:
+        raise CompressError(f"--domain {args.domain!r}: the analyses measure on a built-in held-out split ({', '.join(DOMAINS)})")
+    with claim_output(args.json, kind="report", flag="--json", what="results file") if args.json else contextlib.nullcontext() as claimed:
+        result = _analysis(args)
+        if claimed is not None:
+            with claimed.write() as staging:
+                staging.write_text(json.dumps(result, indent=2) + "\n")
+    print(render(args.name, result))
+    return 0
+
+
+def _analysis(args) -> dict:
     from ..analyze import analyses
     from ..analyze.routing import parse_layer_experts
     from ..families import family_for_config
     from ..stats import RoutingStats
 
-    if args.name not in ANALYSES:
-        raise CompressError(f"unknown analysis {args.name!r}: choose one of {', '.join(ANALYSES)}")
+    progress = not args.quiet
     model = tokenizer = None
     if args.name in NEEDS_MODEL:
         model, tokenizer = _model(args)
         family = family_for_config(model.config)
         moe_layers, num_experts = family.moe_layer_indices(model), family.num_experts(model.config)
     if args.name == "trace":
-        _required(args, "prompt")
         result = analyses.trace(model, tokenizer, args.prompt)
     elif args.name == "context":
-        _required(args, "token", "contexts")
         result = analyses.context(model, tokenizer, args.token, args.contexts)
     elif args.name == "dynamics":
-        _required(args, "prompt")
         result = analyses.dynamics(model, tokenizer, args.prompt, args.max_new_tokens)
     elif args.name == "force":
-        _required(args, "prompt", "expert")
         chosen = parse_layer_experts(args.expert, moe_layers, num_experts)
         result = analyses.force(model, tokenizer, args.prompt, {layer: experts[0] for layer, experts in chosen.items()},
                                 args.max_new_tokens)
     elif args.name == "ablate":
-        _required(args, "experts")
-        result = analyses.ablate(model, _windows(args, tokenizer), parse_layer_experts(args.experts, moe_layers, num_experts))
+        result = analyses.ablate(model, _windows(args, tokenizer), parse_layer_experts(args.experts, moe_layers, num_experts),
+                                 progress=progress)
     elif args.name == "topk":
         try:
             ks = [int(k) for k in args.k.split(",")]
         except ValueError:
             raise CompressError(f"--k {args.k!r}: write comma-separated integers, e.g. 1,2,4,8") from None
-        result = analyses.topk(model, _windows(args, tokenizer), ks)
+        if any(not 1 <= k <= num_experts for k in ks):
+            raise CompressError(f"--k {args.k!r}: every k must be between 1 and the {num_experts} experts per layer")
+        result = analyses.topk(model, _windows(args, tokenizer), ks, progress=progress)
     elif args.name == "similarity":
         layer = moe_layers[0] if args.layer is None else args.layer
+        if layer not in moe_layers:
+            raise CompressError(f"--layer {layer} is not a MoE layer of this model (MoE layers: {moe_layers})")
         result = analyses.similarity(model, layer, _windows(args, tokenizer) if args.domain else None, args.threshold or 0.9)
     elif args.name == "predict":
-        result = analyses.predict(model, _windows(args, tokenizer), args.probe_layer)
+        result = analyses.predict(model, _windows(args, tokenizer), args.probe_layer, progress=progress)
     elif args.name == "circuits":
-        _required(args, "stats")
         result = analyses.circuits(RoutingStats.load(args.stats[0]))
     else:  # specialists
-        _required(args, "stats")
         loaded = [RoutingStats.load(path) for path in args.stats]
         result = analyses.specialists({s.metadata.get("domain") or path: s for s, path in zip(loaded, args.stats)},
                                       args.threshold)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(render(args.name, result))
-    return 0
+    return result
 
 
 def render(name: str, result: dict) -> str:

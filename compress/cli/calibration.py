@@ -1,16 +1,16 @@
 """Command-line options shared by the commands that run calibration text through a model
-(`profile`, `prune`): where the text comes from, how it is cut into windows, where the model runs."""
+(`profile`, `prune`, `convert tiered`, `distill`): where the text comes from, how it is cut into
+windows, where the model runs."""
 
 from __future__ import annotations
 
 import sys
 
-from ..data.calibration import calibration_source
-from ..data.tokens import token_stream, token_windows
 from ..errors import CompressError, DataError
-from ..model_loading import DEVICES, DTYPES
+from .options import add_compute_arguments, non_negative_int, positive_int
 
 DEFAULT_SAMPLES = 128
+DEFAULT_SEQ_LEN = 512
 
 
 def add_calibration_arguments(parser, samples_help: str = "windows of --seq-len tokens to profile") -> None:
@@ -22,28 +22,36 @@ def add_calibration_arguments(parser, samples_help: str = "windows of --seq-len 
     )
     group.add_argument("--text-field", help="record field(s) holding the text, comma-separated (default: text)")
     group.add_argument("--split", default="train", help="Hub dataset split (default: train)")
-    group.add_argument("--samples", type=int, help=f"{samples_help} (default: {DEFAULT_SAMPLES}, or as many as the data holds)")
-    group.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
-    group.add_argument("--skip-samples", type=int, default=0, help="windows to skip first, to profile a later shard (default: 0)")
-    group.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
-    group.add_argument("--device", choices=DEVICES, default="auto", help="auto: GPU(s) when present, else CPU (default: auto)")
-    group.add_argument("--dtype", choices=list(DTYPES), default="auto", help="compute dtype (default: the checkpoint's)")
+    group.add_argument("--samples", type=positive_int, help=f"{samples_help} (default: {DEFAULT_SAMPLES}, or as many as the data holds)")
+    group.add_argument("--seq-len", type=positive_int,
+                       help=f"tokens per window (default: {DEFAULT_SEQ_LEN}, or the model's positions when fewer)")
+    group.add_argument("--skip-samples", type=non_negative_int, default=0,
+                       help="windows to skip first, to profile a later shard (default: 0)")
+    group.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
+    add_compute_arguments(group)
 
 
 def check_calibration_arguments(args, config: dict) -> None:
-    for name in ("samples", "seq_len", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise CompressError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.skip_samples < 0:
-        raise CompressError("--skip-samples cannot be negative")
+    """Settle ``--seq-len`` against the model's positions (its default fits every model)."""
     positions = config.get("max_position_embeddings")
-    if positions is not None and args.seq_len > positions:
+    if args.seq_len is None:
+        args.seq_len = min(DEFAULT_SEQ_LEN, positions) if positions else DEFAULT_SEQ_LEN
+    elif positions is not None and args.seq_len > positions:
         raise CompressError(f"--seq-len {args.seq_len} is beyond the model's {positions} positions: use --seq-len {positions} or less")
+
+
+def check_calibration_source(args, builtin_split: str = "calibration"):
+    """The calibration text source for the parsed options, checked before any model is loaded."""
+    from ..data.calibration import calibration_source
+
+    return calibration_source(args.domain, args.dataset, args.text_field, args.split, builtin_split)
 
 
 def calibration_windows(args, tokenizer, builtin_split: str = "calibration"):
     """(token windows [N, seq_len], description of the data) for the parsed options."""
-    source = calibration_source(args.domain, args.dataset, args.text_field, args.split, builtin_split)
+    from ..data.tokens import token_stream, token_windows
+
+    source = check_calibration_source(args, builtin_split)
     samples = args.samples or DEFAULT_SAMPLES
     wanted = args.skip_samples + samples
     stream = token_stream(tokenizer, source.texts, max_tokens=wanted * args.seq_len)

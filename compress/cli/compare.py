@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from pathlib import Path
 
-from .eval import add_eval_arguments, evaluate_named
+from .eval import add_eval_arguments, evaluate_resolved, resolve_and_check, settings_from
 
 EPILOG = """examples:
-  compress compare --base demo --candidate out/demo-math-keep8 --tasks perplexity:math,perplexity:code
+  compress compare --base demo --candidate out/demo-math-keep8 --tasks perplexity:math,perplexity:code --max-tokens 20000
   compress compare --base demo --candidate out/a --candidate out/b --tasks compress_local --plot compare.png
 
 Every metric with its absolute and relative change; results are cached (see `compress eval`).
@@ -31,17 +31,26 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoint.output import claim_output
     from ..evals.compare import metric_changes, plot_comparison
     from ..evals.evaluate import parse_tasks
-    from ..evals.model_card import evaluation_markdown, write_evaluation
+    from ..evals.model_card import evaluation_record, write_evaluation
 
     tasks = parse_tasks(args.tasks)
-    base, base_report = evaluate_named(args.base, args, tasks)
-    changes = {}
-    for spec in args.candidate:
-        candidate, report = evaluate_named(spec, args, tasks)
-        changes[candidate.name] = metric_changes(base_report, report)
-        write_evaluation(candidate.path, report, evaluation_markdown(report, changes[candidate.name], base.name))
+    settings = settings_from(args)
+    base = resolve_and_check(args.base, "--base", settings)
+    candidates = [resolve_and_check(spec, "--candidate", settings) for spec in args.candidate]
+    plot = claim_output(args.plot, kind="report", flag="--plot", what="chart") if args.plot else contextlib.nullcontext()
+    with plot as claimed:
+        base_report = evaluate_resolved(base, args, tasks, settings)
+        changes = {}
+        for candidate in candidates:
+            report = evaluate_resolved(candidate, args, tasks, settings)
+            changes[candidate.name] = metric_changes(base_report, report)
+            write_evaluation(candidate.path, evaluation_record("compare", report, changes[candidate.name], base.name))
+        if claimed is not None:
+            with claimed.write() as staging:
+                plot_comparison(base.name, changes, staging)
     if args.json:
         print(json.dumps({name: [{**c.__dict__, "relative": c.relative} for c in rows] for name, rows in changes.items()}, indent=2))
     else:
@@ -52,6 +61,5 @@ def run(args) -> int:
                 print(f"  {c.task:<30} {c.metric.split(',')[0]:<18} {c.base:>10.4f} {c.candidate:>10.4f} "
                       f"{c.absolute:>+10.4f} {c.relative:>+9.1%}")
     if args.plot:
-        plot_comparison(base.name, changes, Path(args.plot))
-        print(f"chart: {args.plot}")
+        print(f"chart: {claimed.path}")
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..model_info import ModelInfo, describe_model
-from ..resolve import resolve_model
 
 EPILOG = """examples:
   compress info demo
@@ -30,6 +28,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..model_info import describe_model
+    from ..resolve import resolve_model
+
     info = describe_model(resolve_model(args.model, revision=args.revision))
     print(json.dumps(info.to_dict(), indent=2) if args.json else render(info))
     return 0
@@ -61,7 +62,7 @@ def layer_ranges(layers: list[int]) -> str:
     return ", ".join(ranges)
 
 
-def render(info: ModelInfo) -> str:
+def render(info) -> str:
     counts = sorted(set(info.experts_per_layer.values()))
     experts = f"{counts[0]} per MoE layer" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} per MoE layer (non-uniform)"
     p = info.parameters

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
-from pathlib import Path
 
-from ..checkpoint.files import read_config
-from ..errors import CompressError, OutputExistsError
-from ..families import family_for_config
-from ..model_loading import load_model, load_tokenizer
-from ..resolve import resolve_model
-from .calibration import add_calibration_arguments, calibration_windows, check_calibration_arguments
+from .calibration import add_calibration_arguments, calibration_windows, check_calibration_arguments, check_calibration_source
 from .info import human_count
+from .options import MODEL_HELP
 
 EPILOG = """examples:
   compress profile --model demo --domain math --out math.stats.safetensors
@@ -38,23 +34,15 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="local directory, Hub id (OWNER/NAME) or `demo`")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     parser.add_argument("--domain", required=True, help="label of the data (math, code, general are built in)")
     add_calibration_arguments(parser)
     parser.add_argument("--out", required=True, help="statistics file to write (.safetensors)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a statistics file written by moe-compress")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
     parser.set_defaults(run=run)
-
-
-def _check_output(args) -> None:
-    out = Path(args.out)
-    if out.is_dir():
-        raise CompressError(f"--out {out} is a directory: name the statistics file, e.g. {out / 'stats.safetensors'}")
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
 
 
 def _init_distributed():
@@ -72,33 +60,44 @@ def _init_distributed():
 
 
 def run(args) -> int:
+    from ..checkpoint.files import read_config
+    from ..checkpoint.output import claim_output
+    from ..families import family_for_config
+    from ..model_loading import check_checkpoint, load_model, load_tokenizer
+    from ..resolve import resolve_model
     from ..stats.profile import profile, world
+    from ..stats.routing_stats import is_routing_stats_file
 
     resolved = resolve_model(args.model, revision=args.revision)
     config = read_config(resolved.path)
     family_for_config(config)  # dense or unsupported models fail here, before any loading
     check_calibration_arguments(args, config)
-    _check_output(args)
-    tokenizer = load_tokenizer(resolved.path)
-    windows, data = calibration_windows(args, tokenizer)
-    local_rank = _init_distributed()
-    try:
-        model = load_model(resolved.path, dtype=args.dtype, device=args.device, local_rank=local_rank)
-        start = time.perf_counter()
-        stats = profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain,
-                        data=data, progress=not args.quiet)
-        seconds = time.perf_counter() - start
-        rank, world_size = world()
-        if rank != 0:
-            return 0
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stats.save(out)
-    finally:
-        if local_rank is not None:
-            import torch.distributed as dist
+    check_calibration_source(args)
+    check_checkpoint(resolved.path)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    output = claim_output(args.out, kind="file", overwrite=args.overwrite, sources=(resolved.path,),
+                          recognise=is_routing_stats_file, what="statistics file") if main_process else contextlib.nullcontext()
+    with output as claimed:
+        tokenizer = load_tokenizer(resolved.path)
+        windows, data = calibration_windows(args, tokenizer)
+        local_rank = _init_distributed()
+        try:
+            model = load_model(resolved.path, dtype=args.dtype, device=args.device, local_rank=local_rank)
+            start = time.perf_counter()
+            stats = profile(model, windows, batch_size=args.batch_size, model_name=resolved.name, domain=args.domain,
+                            data=data, progress=not args.quiet, skip_samples=args.skip_samples)
+            seconds = time.perf_counter() - start
+            rank, world_size = world()
+            if rank != 0:
+                return 0
+            with claimed.write() as staging:
+                stats.save(staging)
+        finally:
+            if local_rank is not None:
+                import torch.distributed as dist
 
-            dist.destroy_process_group()
+                dist.destroy_process_group()
+    out = claimed.path
     tokens = stats.metadata["tokens"]
     summary = {
         "out": str(out), "model": resolved.name, "domain": args.domain, "data": data, "samples": len(windows),

@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import CompressError, OutputExistsError
-from ..stats import RoutingStats, merge_all
-from ..stats.summary import DEFAULT_COLD_THRESHOLD, divergence, summarize
+from ..errors import CompressError
+from ..stats import DEFAULT_COLD_THRESHOLD
 from .info import human_count, layer_ranges
+from .options import non_negative_float, positive_int
 
 EPILOG = """examples:
   compress stats show math.safetensors
@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
 
     show = actions.add_parser("show", help="per layer: entropy, concentration, cold and top experts")
     show.add_argument("file", metavar="FILE")
-    show.add_argument("--cold-threshold", type=float, default=DEFAULT_COLD_THRESHOLD,
+    show.add_argument("--cold-threshold", type=non_negative_float, default=DEFAULT_COLD_THRESHOLD,
                       help=f"an expert is cold when fewer than this share of tokens route to it (default: {DEFAULT_COLD_THRESHOLD})")
-    show.add_argument("--top", type=int, default=5, help="hottest experts to list per layer (default: 5)")
+    show.add_argument("--top", type=positive_int, default=5, help="hottest experts to list per layer (default: 5)")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
     show.set_defaults(run=run_show)
 
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     merge = actions.add_parser("merge", help="add up statistics of the same model (shards, domains, processes)")
     merge.add_argument("files", metavar="FILE", nargs="+")
     merge.add_argument("-o", "--out", required=True, help="merged statistics file to write")
-    merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    merge.add_argument("--overwrite", action="store_true", help="replace --out if it is a statistics file written by moe-compress")
     merge.set_defaults(run=run_merge)
 
     diff = actions.add_parser("diff", help="per-layer divergence between two domains' expert usage")
@@ -57,13 +57,16 @@ def add_parser(subparsers) -> None:
     diff.set_defaults(run=run_diff)
 
 
-def _header(stats: RoutingStats) -> str:
+def _header(stats) -> str:
     m = stats.metadata
     return (f"{m.get('model')} ({m.get('family')}, top-{m.get('top_k')}) · domain {m.get('domain')} · "
             f"{human_count(m.get('tokens') or 0)} tokens in {m.get('samples')} windows of {m.get('seq_len') or 'mixed'}")
 
 
 def run_show(args) -> int:
+    from ..stats import RoutingStats
+    from ..stats.summary import summarize
+
     stats = RoutingStats.load(args.file)
     summary = summarize(stats, args.cold_threshold, args.top)
     if args.json:
@@ -83,28 +86,42 @@ def run_show(args) -> int:
 
 
 def run_plot(args) -> int:
+    from ..stats import RoutingStats
     from ..stats.plots import plot_stats
 
     stats = RoutingStats.load(args.file)
     if args.layer is not None and args.layer not in stats.layers:
         raise CompressError(f"layer {args.layer} is not a MoE layer of these statistics (MoE layers: {layer_ranges(stats.layer_indices)})")
-    for path in plot_stats(stats, Path(args.out), args.layer):
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"-o {out} is a file: name a directory for the PNG files (they replace earlier plots of the same name)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompressError(f"cannot create -o {out}: {exc.strerror}; choose a writable place") from None
+    for path in plot_stats(stats, out, args.layer):
         print(path)
     return 0
 
 
 def run_merge(args) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    merged = merge_all([RoutingStats.load(path) for path in args.files])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    merged.save(out)
-    print(f"merged {len(args.files)} files: {human_count(merged.metadata['tokens'])} tokens of {merged.metadata['domain']} → {out}")
+    from ..checkpoint.output import claim_output
+    from ..stats import RoutingStats, merge_all
+    from ..stats.routing_stats import is_routing_stats_file
+
+    with claim_output(args.out, kind="file", overwrite=args.overwrite, flag="-o", recognise=is_routing_stats_file,
+                      what="statistics file") as claimed:
+        merged = merge_all([RoutingStats.load(path) for path in args.files], names=args.files)
+        with claimed.write() as staging:
+            merged.save(staging)
+    print(f"merged {len(args.files)} files: {human_count(merged.metadata['tokens'])} tokens of {merged.metadata['domain']} → {claimed.path}")
     return 0
 
 
 def run_diff(args) -> int:
+    from ..stats import RoutingStats
+    from ..stats.summary import divergence
+
     a, b = RoutingStats.load(args.a), RoutingStats.load(args.b)
     result = divergence(a, b)
     if args.json:

@@ -18,6 +18,7 @@ comma-separated, are joined with blank lines into one text per record.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .presets import preset_for
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 DEFAULT_TEXT_FIELD = "text"
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class CalibrationSource:
 
 def calibration_source(
     domain: str, dataset: str | None = None, text_field: str | None = None, split: str = "train",
-    builtin_split: str = "calibration",
+    builtin_split: str = "calibration", flag: str = "--dataset", what: str = "calibration",
 ) -> CalibrationSource:
+    """The texts for `domain` / `dataset`; `flag` and `what` name the option in error messages."""
     if dataset is None:
         if domain not in DOMAINS:
             raise DataError(
@@ -54,23 +57,30 @@ def calibration_source(
         fields = text_field.split(",") if text_field else list(preset.text_fields)
         return _hub_source(preset.repo_id, preset.config, preset.split, fields)
     fields = (text_field or DEFAULT_TEXT_FIELD).split(",")
+    if text_source_kind(dataset, flag) == "file":
+        return _file_source(Path(dataset).expanduser(), fields, flag, what)
+    return _hub_source(dataset, None, split, fields)
+
+
+def text_source_kind(dataset: str, flag: str = "--dataset") -> str:
+    """``"file"`` or ``"hub"``: what a dataset argument names (refused when it is neither)."""
     path = Path(dataset).expanduser()
     if path.exists() or path.suffix in LOCAL_SUFFIXES or dataset.startswith((".", "/", "~")):
-        return _file_source(path, fields)
-    if dataset.count("/") == 1:
-        return _hub_source(dataset, None, split, fields)
-    raise DataError(f"--dataset {dataset!r} is neither an existing file nor a Hub dataset id (OWNER/NAME)")
+        return "file"
+    if HUB_DATASET_ID.match(dataset):
+        return "hub"
+    raise DataError(f"{flag} {dataset!r} is neither an existing file ({', '.join(LOCAL_SUFFIXES)}) nor a Hub dataset id (OWNER/NAME)")
 
 
-def _file_source(path: Path, fields: list[str]) -> CalibrationSource:
+def _file_source(path: Path, fields: list[str], flag: str = "--dataset", what: str = "calibration") -> CalibrationSource:
     if path.is_dir():
-        raise DataError(f"--dataset {path} is a directory: pass one {'/'.join(LOCAL_SUFFIXES)} file")
+        raise DataError(f"{flag} {path} is a directory: pass one {'/'.join(LOCAL_SUFFIXES)} file")
     if not path.is_file():
-        raise DataError(f"calibration file {path} does not exist")
+        raise DataError(f"{what} file {path} does not exist")
     if path.suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"cannot read {path}: calibration files must be {', '.join(LOCAL_SUFFIXES)}")
+        raise DataError(f"cannot read {path}: {what} files must be {', '.join(LOCAL_SUFFIXES)}")
     if path.stat().st_size == 0:
-        raise DataError(f"calibration file {path} is empty")
+        raise DataError(f"{what} file {path} is empty")
     if path.suffix == ".txt":
         return CalibrationSource(f"file: {path}", _text_documents(path))
     records = _parquet_records(path, fields) if path.suffix == ".parquet" else _jsonl_records(path)

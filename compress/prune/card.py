@@ -89,7 +89,7 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
     )
     load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(PATH)" if plan.uniform else
-            "import compress  # registers the per-layer model classes; or pass trust_remote_code=True instead\n"
+            "import compress\ncompress.register()  # the per-layer model classes; or pass trust_remote_code=True instead\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(PATH)")
     picture = f"\n![expert usage and removed experts]({USAGE_PLOT})\n" if statistics else ""

@@ -101,15 +101,25 @@ class PrunePlan:
             temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "the plan") -> "PrunePlan":
-        if data.get("format") != FORMAT:
+    def from_dict(cls, data, where: str = "the plan") -> "PrunePlan":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CompressError(f"{where} is not a prune plan written by `compress prune --plan-only`")
-        try:
-            layers = {int(layer): [int(e) for e in kept] for layer, kept in data["layers"].items()}
-            return cls(source=dict(data["source"]), layers=layers, top_k=int(data["top_k"]),
-                       provenance=dict(data.get("provenance", {})))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CompressError(f"{where} is malformed ({exc!r}): compare it with a plan from --plan-only") from None
+        layers = data.get("layers")
+        if not isinstance(layers, dict) or not all(isinstance(kept, list) for kept in layers.values()):
+            raise CompressError(f'{where}: "layers" must map each MoE layer to a list of expert ids, e.g. {{"0": [0, 3, 5]}}')
+        for layer, kept in layers.items():
+            if not str(layer).isdigit():
+                raise CompressError(f"{where}: layer {layer!r} is not a decoder-layer number")
+            bad = [e for e in kept if not isinstance(e, int) or isinstance(e, bool)]
+            if bad:
+                raise CompressError(f"{where}: layer {layer} names {bad[0]!r}, which is not an expert id (whole numbers from 0)")
+        if not isinstance(data.get("top_k"), int) or isinstance(data.get("top_k"), bool):
+            raise CompressError(f'{where}: "top_k" must be a whole number, not {data.get("top_k")!r}')
+        if not isinstance(data.get("source"), dict):
+            raise CompressError(f'{where}: "source" is missing: compare it with a plan from --plan-only')
+        provenance = data.get("provenance", {})
+        return cls(source=dict(data["source"]), layers={int(layer): list(kept) for layer, kept in layers.items()},
+                   top_k=data["top_k"], provenance=dict(provenance) if isinstance(provenance, dict) else {})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PrunePlan":
@@ -118,6 +128,15 @@ class PrunePlan:
             raise CompressError(f"plan file {path} does not exist")
         try:
             data = json.loads(path.read_text())
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise CompressError(f"plan file {path} is not valid JSON ({exc})") from None
         return cls.from_dict(data, str(path))
+
+
+def is_plan_file(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a plan written by moe-compress."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT

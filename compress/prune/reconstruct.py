@@ -82,33 +82,80 @@ class LayerReconstruction:
         return float(((self._output(mask) - self.full) ** 2).sum())
 
 
-def best_kept_set(layer: LayerReconstruction, keep: int, protected: set[int], groups: int) -> list[int]:
+def removal_path(layer: LayerReconstruction, down_to: int, protected: set[int], groups: int) -> list[tuple[list[int], float]]:
+    """Greedy removal from every expert down to `down_to`: (kept set, error) after each step, each
+    time removing the expert whose loss raises the error least (never a protected one; with
+    group-limited routing only from the groups holding the most experts)."""
     num_experts = layer.logits.shape[1]
     group_size = num_experts // groups
+    kept = list(range(num_experts))
+    path = [(list(kept), 0.0)]
+    while len(kept) > down_to:
+        counts = [sum(1 for e in kept if e // group_size == g) for g in range(groups)]
+        removable = [e for e in kept if e not in protected and counts[e // group_size] == max(counts)]
+        if not removable:
+            break
+        errors = {e: layer.error([x for x in kept if x != e]) for e in removable}
+        removed = min(removable, key=errors.get)
+        kept.remove(removed)
+        path.append((list(kept), errors[removed]))
+    return path
+
+
+def best_kept_set(layer: LayerReconstruction, keep: int, protected: set[int], groups: int) -> list[int]:
+    num_experts = layer.logits.shape[1]
     free = [e for e in range(num_experts) if e not in protected]
     candidates = math.comb(len(free), keep - len(protected))
     if groups == 1 and candidates <= EXHAUSTIVE_LIMIT:
         options = (sorted([*protected, *extra]) for extra in itertools.combinations(free, keep - len(protected)))
         return min(options, key=layer.error)
-    kept = list(range(num_experts))
-    while len(kept) > keep:
-        counts = [sum(1 for e in kept if e // group_size == g) for g in range(groups)]
-        removable = [e for e in kept if e not in protected and counts[e // group_size] == max(counts)]
-        worst = min(removable, key=lambda e: layer.error([x for x in kept if x != e]))
-        kept.remove(worst)
-    return kept
+    return removal_path(layer, keep, protected, groups)[-1][0]
+
+
+def global_kept_sets(paths: dict[int, list[tuple[list[int], float]]], scale: dict[int, float], total: int) -> dict[int, list[int]]:
+    """Per-layer kept sets under a total budget: starting from every expert, repeatedly take the next
+    step of whichever layer's removal path raises its relative error (error / ‖full output‖²) least."""
+    position = {layer: 0 for layer in paths}
+    kept_count = sum(len(path[0][0]) for path in paths.values())
+    while kept_count > total:
+        steps = [((path[position[layer] + 1][1] - path[position[layer]][1]) / scale[layer], layer)
+                 for layer, path in paths.items() if position[layer] + 1 < len(path)]
+        if not steps:
+            break
+        _, layer = min(steps)
+        position[layer] += 1
+        kept_count -= 1
+    return {layer: path[position[layer]][0] for layer, path in paths.items()}
 
 
 def reconstruction_selection(
     model, windows: torch.Tensor, keep: int, *, batch_size: int = 8, protect: dict[int, set[int]] | None = None,
-    groups: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
+    groups: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True, budget: str = "uniform",
+    min_per_layer: int | None = None,
 ) -> dict[int, list[int]]:
-    """Kept expert ids per MoE layer (ascending) that best reconstruct each layer's output."""
+    """Kept expert ids per MoE layer (ascending) that best reconstruct each layer's output.
+
+    ``budget="uniform"`` keeps `keep` experts in every layer; ``"global"`` keeps `keep` × layers in
+    total, at least `min_per_layer` (default: top-k) in each, spending the removals where they cost
+    the least relative error (`global_kept_sets`)."""
     protect = protect or {}
-    if any(len(experts) > keep for experts in protect.values()):
+    if any(len(experts) > keep for experts in protect.values()) and budget == "uniform":
         raise CompressError(f"more experts are protected in a layer than --keep {keep}: keep more or protect fewer")
+    if budget == "global" and groups > 1:
+        raise CompressError("--budget global is not available with group-limited routing (n_group > 1): use --budget uniform")
+    family = family_for_config(model.config)
+    minimum = max(family.top_k(model.config), min_per_layer or 0)
+    if budget == "global" and keep < minimum:
+        raise CompressError(f"--keep {keep} is below the per-layer minimum {minimum} (at least top-k) of a global budget")
     captured = capture_layer_inputs(model, windows, batch_size, max_tokens)
-    kept = {}
+    kept, paths, scale = {}, {}, {}
     for layer, (hidden, logits) in tqdm(captured.items(), desc="reconstruction search", unit="layer", disable=not progress):
-        kept[layer] = sorted(best_kept_set(LayerReconstruction(model, layer, hidden, logits), keep, protect.get(layer, set()), groups))
+        reconstruction = LayerReconstruction(model, layer, hidden, logits)
+        if budget == "uniform":
+            kept[layer] = sorted(best_kept_set(reconstruction, keep, protect.get(layer, set()), groups))
+        else:
+            paths[layer] = removal_path(reconstruction, max(minimum, len(protect.get(layer, ()))), protect.get(layer, set()), groups)
+            scale[layer] = max(float((reconstruction.full ** 2).sum()), 1e-30)
+    if budget == "global":
+        kept = {layer: sorted(ids) for layer, ids in global_kept_sets(paths, scale, keep * len(paths)).items()}
     return kept

@@ -22,11 +22,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import CompressError
+from . import BUDGETS, CRITERIA
 from ..stats import RoutingStats
 
-SCORE_CRITERIA = ("reap", "frequency", "gate-mass", "ean", "random")
-CRITERIA = (*SCORE_CRITERIA, "reconstruct")
-BUDGETS = ("uniform", "global")
 
 
 def expert_scores(stats: RoutingStats, layer: int, criterion: str, seed: int = 0) -> torch.Tensor:

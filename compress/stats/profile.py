@@ -27,9 +27,11 @@ def world() -> tuple[int, int]:
 
 @torch.inference_mode()
 def profile(
-    model, windows: torch.Tensor, *, batch_size: int, model_name: str, domain: str, data: str, progress: bool = True
+    model, windows: torch.Tensor, *, batch_size: int, model_name: str, domain: str, data: str, progress: bool = True,
+    skip_samples: int = 0,
 ) -> RoutingStats:
-    """Routing statistics of `model` over token `windows` [N, L], summed over all processes."""
+    """Routing statistics of `model` over token `windows` [N, L], summed over all processes;
+    `skip_samples` records how many windows of the data came before these (shards of one run)."""
     rank, world_size = world()
     batches = list(windows.split(batch_size))[rank::world_size]
     input_device = model.get_input_embeddings().weight.device
@@ -49,7 +51,8 @@ def profile(
         "family": family.name,
         "top_k": family.top_k(model.config),
     }
-    source = {"domain": domain, "data": data, "samples": windows.shape[0], "seq_len": windows.shape[1], "tokens": windows.numel()}
+    source = {"domain": domain, "data": data, "skip_samples": skip_samples, "samples": windows.shape[0],
+              "seq_len": windows.shape[1], "tokens": windows.numel()}
     stats = collector.stats(metadata_for_sources(model_record, [source]))
     if world_size > 1:
         all_reduce(stats, "cuda" if dist.get_backend() == "nccl" else "cpu")

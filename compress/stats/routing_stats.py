@@ -156,6 +156,17 @@ class RoutingStats:
         return cls(dict(sorted(layers.items())), metadata)
 
 
+def is_routing_stats_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a statistics file written by `compress profile` (read from its header only)."""
+    from ..checkpoint.reader import read_safetensors_header
+
+    try:
+        raw = (read_safetensors_header(Path(path)).get("__metadata__") or {}).get("routing_stats")
+        return json.loads(raw).get("format") == FORMAT if raw else False
+    except (CompressError, ValueError, AttributeError):
+        return False
+
+
 def metadata_for_sources(base: dict, sources: list[dict]) -> dict:
     """Metadata for statistics made of `sources` (one record per profiling run) of the model in `base`."""
     domains = list(dict.fromkeys(source["domain"] for source in sources))
@@ -171,7 +182,18 @@ def metadata_for_sources(base: dict, sources: list[dict]) -> dict:
     }
 
 
-def merge_all(stats: list[RoutingStats]) -> RoutingStats:
+def merge_all(stats: list[RoutingStats], names: list[str] | None = None) -> RoutingStats:
+    """The sum of several statistics of one model; refuses to count the same calibration windows twice."""
+    names = names or [f"input {i + 1}" for i in range(len(stats))]
+    seen: dict[str, str] = {}
+    for name, item in zip(names, stats):
+        for source in item.metadata.get("sources", []):
+            key = json.dumps(source, sort_keys=True)
+            if key in seen:
+                raise CompressError(
+                    f"{name} and {seen[key]} both contain the same profiling run ({source.get('samples')} windows of "
+                    f"{source.get('data')}, skipping {source.get('skip_samples', 0)}): merging would count those tokens twice")
+            seen[key] = name
     merged = stats[0]
     for other in stats[1:]:
         merged = merged.merged_with(other)

@@ -20,9 +20,9 @@ import math
 import torch
 
 from ..errors import CompressError
+from . import DEFAULT_COLD_THRESHOLD
 from .routing_stats import RoutingStats
 
-DEFAULT_COLD_THRESHOLD = 0.01
 
 
 def gini(values: torch.Tensor) -> float:
