@@ -35,6 +35,7 @@ setup(
     package_data={
         "compress": ["demo_model/*"],
         "compress.families": ["definitions/*.json"],
+        "compress.kernels": ["configs/*.json"],
         "compress.recipes": ["*.yaml"],
         "compress.evals.tasks": ["*.yaml"],
     },

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from compress.errors import CompressError
+
 from .alignment import align_block_size
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -114,7 +116,10 @@ def _down_kernel(
 
 @lru_cache(maxsize=None)
 def _configs(file_name: str) -> dict:
+    """A launch-configuration table shipped in `configs/` ({} for a GPU without a tuned table)."""
     path = CONFIG_DIR / file_name
+    if not path.is_file() and file_name == "default.json":
+        raise CompressError(f"the kernels' launch configurations are missing from this installation ({path}): reinstall moe-compress")
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
