@@ -103,6 +103,10 @@ def _transformers_silent():
         transformers.logging.set_verbosity(verbosity)
 
 
+def _tensors(count: int) -> str:
+    return f"{count} tensor{'s' if count != 1 else ''}"
+
+
 def _names(keys, limit: int = 3) -> str:
     keys = sorted(keys)
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
@@ -142,15 +146,15 @@ def check_checkpoint(path) -> None:
     if mismatched:
         key, on_disk, expected = mismatched[0]
         raise CheckpointError(
-            f"{path}: {len(mismatched)} tensors do not have the shape config.json implies (first: {key} is "
+            f"{path}: {_tensors(len(mismatched))} {'does' if len(mismatched) == 1 else 'do'} not have the shape config.json implies (first: {key} is "
             f"{list(on_disk)} on disk, the config says {list(expected)}): config.json does not describe these weights")
     if missing:
         raise CheckpointError(
-            f"{path} is missing {len(missing)} tensors the model needs ({_names(missing)}): transformers would "
-            "initialise them randomly; re-download or re-save the checkpoint")
+            f"{path} is missing {_tensors(len(missing))} the model needs ({_names(missing)}): transformers would "
+            "initialise {'it' if len(missing) == 1 else 'them'} randomly; re-download or re-save the checkpoint")
     if unexpected:
         raise CheckpointError(
-            f"{path} holds {len(unexpected)} tensors its model does not have ({_names(unexpected)}): config.json "
+            f"{path} holds {_tensors(len(unexpected))} its model does not have ({_names(unexpected)}): config.json "
             "does not describe these weights; use the config saved with them")
     if info.get("error_msgs"):
         raise CheckpointError(f"{path}: {info['error_msgs'][0].splitlines()[0]}")

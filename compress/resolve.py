@@ -42,6 +42,10 @@ class ResolvedModel:
     hub_id: str | None = None
 
 
+def _named(flag: str, value: str) -> str:
+    return f"{flag} {value}" if flag else value
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("compress") / "demo_model"))
 
@@ -61,10 +65,10 @@ def resolve_model(spec: str, revision: str | None = None, flag: str = "--model")
     if local.is_dir():
         return ResolvedModel(local.resolve(), str(local))
     if local.exists():
-        raise ModelNotFoundError(f"{flag} {spec} is a file; pass the directory that holds config.json and the weights")
+        raise ModelNotFoundError(f"{_named(flag, spec)} is a file; pass the directory that holds config.json and the weights")
     if not _HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(
-            f"{flag} {spec}: no such directory, and it is not a Hub id (OWNER/NAME); "
+            f"{_named(flag, spec)}: no such directory, and it is not a Hub id (OWNER/NAME); "
             f"pass a model directory, a Hub id, or `{DEMO_NAME}`"
         )
     return ResolvedModel(_download(spec, revision, flag), spec, hub_id=spec)
@@ -84,12 +88,12 @@ def _download(repo_id: str, revision: str | None, flag: str) -> Path:
         ) from exc
     except RepositoryNotFoundError as exc:
         raise ModelNotFoundError(
-            f"{flag} {repo_id}: no such local directory, and no such Hub repository (or it is private: `hf auth login`)"
+            f"{_named(flag, repo_id)}: no such local directory, and no such Hub repository (or it is private: `hf auth login`)"
         ) from exc
     except LocalEntryNotFoundError as exc:
         raise ModelNotFoundError(
-            f"{flag} {repo_id}: not a local directory, and the Hugging Face Hub could not be reached to download it "
+            f"{_named(flag, repo_id)}: not a local directory, and the Hugging Face Hub could not be reached to download it "
             "(offline?); download it elsewhere and pass the directory"
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelNotFoundError(f"{flag} {repo_id}: downloading from the Hub failed ({exc.__class__.__name__}: {exc})") from exc
+        raise ModelNotFoundError(f"{_named(flag, repo_id)}: downloading from the Hub failed ({exc.__class__.__name__}: {exc})") from exc

@@ -31,7 +31,7 @@ def run(args) -> int:
     from ..model_info import describe_model
     from ..resolve import resolve_model
 
-    info = describe_model(resolve_model(args.model, revision=args.revision))
+    info = describe_model(resolve_model(args.model, revision=args.revision, flag=""))
     print(json.dumps(info.to_dict(), indent=2) if args.json else render(info))
     return 0
 
