@@ -145,3 +145,37 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert "unknown task 'compress_arithmatic'" in err and "compress_arithmetic" in err
     assert "no such directory" in cli_error(capsys, "eval", "--model", str(tmp_path / "missing"), "--tasks", "perplexity:math")
     assert "argument --limit: must be at least 1, not 0" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")
+
+
+def test_every_run_is_kept_in_the_card_and_limited_ones_are_marked(pruned_demo, capsys):
+    """A later gate keeps the earlier comparison; limited runs say so."""
+    limited = ["--tasks", "perplexity:math", "--max-tokens", "1000", "--seq-len", "128", "--quiet"]
+    assert main(["compare", "--base", "demo", "--candidate", str(pruned_demo / "keep2"), *limited]) == 0
+    assert main(["gate", "--base", "demo", "--candidate", str(pruned_demo / "keep2"), *limited]) == 1
+    records = json.loads((pruned_demo / "keep2" / "compress.json").read_text())["evaluations"]
+    commands = [(r["command"], r["report"]["settings"]["max_tokens"]) for r in records]
+    assert ("compare", 1000) in commands and ("gate", 1000) in commands
+    card = (pruned_demo / "keep2" / "README.md").read_text()
+    assert "### Comparison against `demo` — **limited to 1,000 tokens per perplexity task: not a full evaluation**" in card
+    assert "### Quality gate against `demo` — **limited to 1,000 tokens" in card
+    assert main(["gate", "--base", "demo", "--candidate", str(pruned_demo / "keep2"), *limited]) == 1  # the same run again
+    again = json.loads((pruned_demo / "keep2" / "compress.json").read_text())["evaluations"]
+    assert len(again) == len(records)  # replaced, not duplicated
+
+
+def test_max_tokens_bounds_perplexity_to_the_first_tokens():
+    from compress.data.corpus import load_texts
+    from compress.data.tokens import token_stream
+
+    path = demo_model_path()
+    model, tokenizer = load_model(path, device="cpu"), load_tokenizer(path)
+    texts = load_texts("code", "heldout")
+    bounded = text_perplexity(model, tokenizer, texts, 64, 32, max_tokens=300)
+    reference = stream_perplexity(model, token_stream(tokenizer, texts[:3])[:301], 64, 32)  # independent: a sliced stream
+    assert bounded.tokens == reference.tokens == 300
+    assert bounded.perplexity == pytest.approx(reference.perplexity, rel=1e-6)
+
+
+def test_compute_is_float32_on_the_cpu_unless_asked_otherwise():
+    assert next(load_model(demo_model_path(), device="cpu").parameters()).dtype == torch.float32  # the checkpoint is bf16
+    assert next(load_model(demo_model_path(), dtype="bfloat16", device="cpu").parameters()).dtype == torch.bfloat16

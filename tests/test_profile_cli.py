@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from conftest import cli_error
 
 from compress.cli import main
 from compress.data.calibration import calibration_source
+from compress.resolve import demo_model_path
 from compress.stats import RoutingStats
 
 FAST = ["--samples", "8", "--seq-len", "64", "--batch-size", "2", "--dtype", "float32", "--quiet"]
@@ -177,3 +179,14 @@ def test_merging_files_of_different_models_is_refused(domain_stats, tmp_path, ca
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     assert "not a readable safetensors statistics file" in cli_error(capsys, "stats", "show", str(tmp_path / "junk.safetensors"))
     assert "does not exist" in cli_error(capsys, "stats", "show", str(tmp_path / "nothing.safetensors"))
+
+
+def test_the_default_window_fits_a_model_with_fewer_positions(tmp_path):
+    source = tmp_path / "short"
+    shutil.copytree(demo_model_path(), source)
+    config = json.loads((source / "config.json").read_text())
+    config["max_position_embeddings"] = 128
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "stats.safetensors"
+    assert main(["profile", "--model", str(source), "--domain", "math", "--samples", "2", "--quiet", "--out", str(out)]) == 0
+    assert RoutingStats.load(out).metadata["seq_len"] == 128  # not the 512 default, which this model cannot take

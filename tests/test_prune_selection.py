@@ -101,3 +101,26 @@ def test_reconstruction_error_and_search(family_name):
         assert layer.error(list(kept)) == pytest.approx(errors[kept], rel=1e-4, abs=1e-7)
     chosen = reconstruction_selection(model, windows, 3, batch_size=2, max_tokens=48, progress=False)
     assert errors[tuple(chosen[0])] == min(errors.values())  # few sets: searched exhaustively
+
+
+def test_global_reconstruction_budget_spends_each_removal_where_the_relative_error_grows_least():
+    from compress.prune.reconstruct import global_kept_sets
+
+    # Two layers' greedy removal paths (kept set, error); layer 1's outputs are 10× larger.
+    paths = {0: [([0, 1, 2, 3], 0.0), ([0, 1, 2], 1.0), ([0, 1], 2.0), ([0], 9.0)],
+             1: [([0, 1, 2, 3], 0.0), ([0, 1, 3], 5.0), ([0, 3], 30.0), ([3], 31.0)]}
+    scale = {0: 1.0, 1: 10.0}
+    # Relative increments: layer 0: 1, 1, 7; layer 1: 0.5, 2.5, 0.1 (the last one is behind a costly step).
+    assert global_kept_sets(paths, scale, 7) == {0: [0, 1, 2, 3], 1: [0, 1, 3]}
+    assert global_kept_sets(paths, scale, 5) == {0: [0, 1], 1: [0, 1, 3]}
+    assert global_kept_sets(paths, scale, 3) == {0: [0, 1], 1: [3]}  # paths are followed, never skipped
+    assert global_kept_sets(paths, scale, 2) == {0: [0], 1: [3]}
+    assert global_kept_sets(paths, scale, 1) == {0: [0], 1: [3]}  # a path's end is its layer's minimum
+
+
+def test_global_reconstruction_keeps_the_budget_and_the_per_layer_minimum():
+    model = build_tiny_model("gpt_oss")
+    windows = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(3))
+    kept = reconstruction_selection(model, windows, 3, batch_size=2, max_tokens=48, progress=False, budget="global")
+    assert sum(len(k) for k in kept.values()) == 3 * len(kept)
+    assert all(len(k) >= 2 for k in kept.values())  # top-k of the tiny model
