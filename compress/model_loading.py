@@ -10,8 +10,10 @@ Only safetensors weights are read. MXFP4 experts are dequantised on load, becaus
 experts implementations (profiling, teams, kernels) work on the fused bf16/fp32 tensors that every
 family shares; the MXFP4 path of transformers swaps in a module with a different interface.
 
-Compute dtype ``auto`` is float32 on the CPU — a bf16 matmul runs 9–28× slower than fp32 on
-common CPUs, for the same perplexity to four digits — and the checkpoint's own dtype on a GPU.
+Compute dtype ``auto`` is float32 on the CPU — on CPUs without native bf16 arithmetic a bf16 matmul
+runs 9–28× slower than fp32, for the same perplexity to four digits (on CPUs with AVX512-BF16 or
+AMX, ``--dtype bfloat16`` can be faster: `benchmarks/cpu_dtype.py`) — and the checkpoint's own
+dtype on a GPU.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .errors import CheckpointError, CompressError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPE_HELP = ("compute dtype; auto: float32 on CPU (bf16 matmuls are 9-28x slower there, same results), "
-              "the checkpoint's dtype on GPU (default: auto)")
+DTYPE_HELP = ("compute dtype; auto: float32 on CPU (bf16 matmuls are 9-28x slower on CPUs without native bf16, "
+              "same results), the checkpoint's dtype on GPU (default: auto)")
 
 
 def prepare_transformers() -> None:
