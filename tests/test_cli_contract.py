@@ -3,6 +3,7 @@ interrupts inside long compute steps, concurrent writers and what killed runs le
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -140,3 +141,18 @@ def test_a_killed_run_leaves_siblings_the_next_run_reports_and_removes(slow_mode
     err = capsys.readouterr().err
     assert f"removed {staging}, left by an interrupted moe-compress run (process {killed.pid})" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.safetensors", "killed.log", "stats.safetensors"]
+
+
+def test_overwriting_each_kind_of_output_leaves_nothing_beside_it(tmp_path, capsys):
+    stats, plan, pruned = tmp_path / "math.safetensors", tmp_path / "plan.json", tmp_path / "pruned"
+    profile = ["profile", "--model", "demo", "--domain", "math", "--samples", "2", "--seq-len", "32", "--quiet", "--out", str(stats)]
+    prune = ["prune", "--model", "demo", "--stats", str(stats), "--keep", "8", "--criterion", "frequency", "--quiet"]
+    for overwrite in ([], ["--overwrite"]):
+        assert main([*profile, *overwrite]) == 0
+        assert main([*prune, "--plan-only", "--out", str(plan), *overwrite]) == 0
+        assert main([*prune, "--out", str(pruned), *overwrite]) == 0
+        assert main(["stats", "merge", str(stats), "-o", str(tmp_path / "merged.safetensors"), *overwrite]) == 0
+        assert main(["eval", "--model", str(pruned), "--tasks", "perplexity:math", "--max-tokens", "64", "--seq-len", "32",
+                     "--quiet", "--json", str(tmp_path / "eval.json")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "math.safetensors", "merged.safetensors", "plan.json", "pruned"]
+    assert json.loads(plan.read_text())["format"] == "moe-compress prune plan"
