@@ -2,7 +2,8 @@
 
 Every error a user can cause by what they pass (a wrong path, a model we do not support, a broken
 file) is a `CompressError`. The CLI prints its message on one line and exits with code 2; anything
-else is a bug and keeps its traceback.
+else is a bug: one line naming the log file that holds its traceback, exit code 3 (see
+`compress.cli` for every exit status).
 """
 
 
