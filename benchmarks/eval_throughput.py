@@ -23,10 +23,9 @@ import time
 
 import torch
 
-from compress.checkpoint.files import read_config
 from compress.evals.evaluate import EvalSettings, evaluate
 from compress.evals.harness import task_manager
-from compress.resolve import resolve_model
+from compress.jobs.source import open_model
 
 
 def main() -> None:
@@ -40,28 +39,28 @@ def main() -> None:
     os.environ["MOE_COMPRESS_CACHE"] = tempfile.mkdtemp()  # never a cached result
     import lm_eval
 
-    resolved = resolve_model(args.model)
-    positions = min(read_config(resolved.path).get("max_position_embeddings") or 2048, 2048)
+    source = open_model(args.model)
+    positions = min(source.raw_config.get("max_position_embeddings") or 2048, 2048)
     manager = task_manager()
     ours, theirs, tokens = [], [], None
     for _ in range(args.repeats):
         start = time.perf_counter()
-        report = evaluate(resolved, ["perplexity:code"], EvalSettings(batch_size=args.batch_size, dtype=args.dtype,
-                                                                      max_length=positions, stride=positions),
+        report = evaluate(source, ["perplexity:code"], EvalSettings(batch_size=args.batch_size, dtype=args.dtype,
+                                                                      seq_len=positions, stride=positions),
                           device=args.device, use_cache=False, progress=False)
         ours.append(time.perf_counter() - start)
         tokens = report["tasks"]["perplexity:code"]["metrics"]["tokens"]
 
         start = time.perf_counter()
         result = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={resolved.path},dtype={args.dtype},device={args.device}",
+            model="hf", model_args=f"pretrained={source.path},dtype={args.dtype},device={args.device}",
             tasks=["compress_code_perplexity"], batch_size=args.batch_size, task_manager=manager,
             log_samples=False, bootstrap_iters=0,
         )
         theirs.append(time.perf_counter() - start)
     ours_bpb = report["tasks"]["perplexity:code"]["metrics"]["bits_per_byte"]
     theirs_bpb = result["results"]["compress_code_perplexity"]["bits_per_byte,none"]
-    print(f"{resolved.name}, {args.dtype}, {args.device}, batch {args.batch_size}, torch {torch.__version__}, "
+    print(f"{source.name}, {args.dtype}, {args.device}, batch {args.batch_size}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; held-out code, {tokens:,} tokens")
     print(f"compress eval perplexity  {min(ours):7.2f} s  {tokens / min(ours):10,.0f} tok/s   bits/byte {ours_bpb:.4f}")
     print(f"lm-eval hf rolling        {min(theirs):7.2f} s  {tokens / min(theirs):10,.0f} tok/s   bits/byte {theirs_bpb:.4f}")

@@ -116,8 +116,8 @@ COPY_SCRIPT = """
 import json, os, sys
 from compress.checkpoint.reader import CheckpointReader
 from compress.families import get_family
-from compress.prune.apply import plan_tensors
-from compress.prune.plan import PrunePlan
+from compress.pruning.apply import plan_tensors
+from compress.pruning.plan import PrunePlan
 source, plan_file, target = sys.argv[1:4]
 reader = CheckpointReader(source)
 tensors = plan_tensors(reader, get_family("gpt_oss"), PrunePlan.load(plan_file), 10**6)

@@ -26,11 +26,11 @@ from compress.data.tokens import token_stream, token_windows
 from compress.evals.perplexity import heldout_perplexity
 from compress.families import family_for_config
 from compress.model_loading import load_model, load_tokenizer
-from compress.prune.apply import apply_plan_to_model
-from compress.prune.plan import PrunePlan
-from compress.prune.reconstruct import reconstruction_selection
-from compress.prune import SCORE_CRITERIA
-from compress.prune.select import select_experts
+from compress.pruning.apply import apply_plan_to_model
+from compress.pruning.plan import PrunePlan
+from compress.pruning.reconstruct import reconstruction_selection
+from compress.pruning import SCORE_CRITERIA
+from compress.pruning.select import select_experts
 from compress.resolve import demo_model_path
 from compress.stats import merge_all
 from compress.stats.profile import profile

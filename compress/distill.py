@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,23 +24,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import CompressError
+from .jobs.options import DistillSettings
 
 LOG_FILE = "distill_log.jsonl"
 CURVE_FILE = "distill_loss.png"
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class DistillSettings:
-    steps: int
-    lr: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    temperature: float = 2.0
-    hidden_weight: float = 0.1
-    hidden_layers: str = "all"  # "all", "none" or comma-separated decoder-layer indices
-    save_every: int = 0  # 0: only at the end
-    seed: int = 0
 
 
 def distillation_loss(student_out, teacher_out, settings: DistillSettings) -> tuple[torch.Tensor, dict]:
@@ -168,7 +155,7 @@ def _save_student(student, tokenizer, out: Path, student_files: Path | None) -> 
     staging.rmdir()
 
 
-def write_card(out: Path, provenance: dict) -> None:
+def distill_card(out: Path, provenance: dict) -> str:
     """The distilled checkpoint's model card: what was trained toward what, on which text, how far."""
     settings, final = provenance["settings"], provenance["final"]
     student_source = ((provenance.get("student_provenance") or {}).get("source") or {}).get("model")
@@ -176,7 +163,7 @@ def write_card(out: Path, provenance: dict) -> None:
     lineage = f" (itself `compress {made_by}` of `{student_source}`)" if made_by and student_source else ""
     load = ("import compress\ncompress.register()  # the project's model classes; or pass trust_remote_code=True instead\n"
             if any(out.glob("modeling_*.py")) else "")
-    (out / "README.md").write_text(f"""---
+    return f"""---
 base_model: {provenance['teacher']}
 library_name: transformers
 tags: [moe, distilled, moe-compress]
@@ -207,7 +194,7 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 ```
 
 Quality is not claimed here: measure it with `compress eval` / `compress compare --base {provenance['teacher']}`.
-""")
+"""
 
 
 def plot_loss_curve(log_path: Path, path: Path) -> None:

@@ -11,11 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .checkpoint.files import read_config
-from .checkpoint.reader import CheckpointReader
 from .errors import CheckpointError
 from .families import MoEFamily, family_for_config
-from .resolve import ResolvedModel
 
 
 @dataclass
@@ -107,56 +104,23 @@ def count_parameters(model, family: MoEFamily, config) -> ParameterCounts:
     return ParameterCounts(total, routed, shared, active, active - (0 if tied else embeddings.numel()))
 
 
-def model_config(path):
-    """The transformers config of the checkpoint at `path` (the project's model types included)."""
-    from transformers import AutoConfig
-
-    from .model_loading import prepare_transformers
-
-    prepare_transformers()
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (ValueError, OSError, KeyError, TypeError, AttributeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"transformers cannot read {path}/config.json ({first}): fix it or use the config saved with the weights") from None
-
-
-def describe_model(resolved: ResolvedModel) -> ModelInfo:
-    """Structure, sizes and format of a checkpoint, after checking its files and tensors (`check_checkpoint`)."""
-    from .model_loading import check_checkpoint
-
-    raw = read_config(resolved.path)
-    family = family_for_config(raw)
-    reader = CheckpointReader(resolved.path)
-    config = model_config(resolved.path)
-    model = meta_model(config)
-    moe_layers = family.moe_layer_indices(model)
-    if not moe_layers:
-        raise CheckpointError(f"{resolved.name}: the config describes no MoE layers (check first_k_dense_replace / mlp_only_layers)")
-    layout = family.detect_layout(reader, moe_layers[0])
-    experts_per_layer = family.count_experts_on_disk(reader, layout, moe_layers)
-    configured = family.experts_per_layer(config, moe_layers)
-    wrong = {layer: count for layer, count in experts_per_layer.items() if count != configured[layer]}
-    if wrong:
-        layer, count = next(iter(wrong.items()))
-        raise CheckpointError(
-            f"{resolved.name}: config.json says {configured[layer]} experts in layer {layer} but its weights hold {count}"
-        )
-    check_checkpoint(resolved.path)
+def describe(source) -> ModelInfo:
+    """Structure, sizes and format of an opened `jobs.SourceModel` (nothing is read again)."""
+    family, reader = source.family, source.reader
     return ModelInfo(
-        name=resolved.name,
-        path=str(resolved.path),
+        name=source.name,
+        path=str(source.path),
         family=family.name,
-        model_type=raw.get("model_type"),
-        architectures=raw.get("architectures") or [],
-        num_layers=len(family.decoder_layers(model)),
-        moe_layers=moe_layers,
-        experts_per_layer=experts_per_layer,
-        top_k=family.top_k(config),
-        shared_experts_per_layer=family.shared_expert_count(config),
-        parameters=count_parameters(model, family, config),
-        key_layout=layout.name,
-        mxfp4=layout.name == "mxfp4",
+        model_type=source.raw_config.get("model_type"),
+        architectures=source.raw_config.get("architectures") or [],
+        num_layers=len(family.decoder_layers(source.meta)),
+        moe_layers=source.moe_layers,
+        experts_per_layer=source.experts_per_layer,
+        top_k=source.top_k,
+        shared_experts_per_layer=family.shared_expert_count(source.config),
+        parameters=count_parameters(source.meta, family, source.config),
+        key_layout=source.layout.name,
+        mxfp4=source.layout.name == "mxfp4",
         shards=len(reader.files),
         checkpoint_bytes=reader.total_bytes,
         tensor_dtypes=dict(sorted(Counter(entry.dtype for entry in reader.entries.values()).items())),

@@ -28,7 +28,7 @@ from .errors import CheckpointError, CompressError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_HELP = ("compute dtype; auto: float32 on CPU (bf16 matmuls are 9-28x slower on CPUs without native bf16, "
-              "same results), the checkpoint's dtype on GPU (default: auto)")
+              "same results), the checkpoint's dtype on GPU")
 
 
 def prepare_transformers() -> None:
@@ -114,19 +114,16 @@ def _names(keys, limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def check_checkpoint(path) -> None:
-    """Refuse a checkpoint whose files are broken or whose tensors do not cover its config exactly:
-    headers first, then missing / unexpected / wrong-shape tensors as transformers sees them."""
+def load_meta_model(path):
+    """(model on the meta device, loading info) as transformers builds them from the checkpoint at
+    `path`: the model class, config and key conversions are transformers' own, no weight is read.
+    The info lists missing, unexpected and wrong-shaped tensors (`check_loading_info`)."""
     from transformers import AutoModelForCausalLM
 
-    from .checkpoint.reader import CheckpointReader
-
-    CheckpointReader(path).close()  # index, shards, headers, file lengths
-    config = read_config(path)
     prepare_transformers()
     try:
         with _transformers_silent():
-            _, info = AutoModelForCausalLM.from_pretrained(
+            return AutoModelForCausalLM.from_pretrained(
                 path, device_map="meta", output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True,
                 **_quantization_options(path))
     except RuntimeError as exc:  # raised after transformers' report, e.g. a per-expert tensor it cannot assemble
@@ -135,6 +132,10 @@ def check_checkpoint(path) -> None:
             "or config.json does not describe its tensors: re-download or re-save it") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"transformers cannot load {path} ({_first_line(exc)})") from None
+
+
+def check_loading_info(path, config: dict, info: dict) -> None:
+    """Refuse a checkpoint whose tensors do not cover its config exactly (missing, unexpected, wrong shape)."""
     layers = int(config.get("num_hidden_layers") or 0)
     beyond_stack = re.compile(r"^model\.layers\.(\d+)\.")
 
@@ -148,12 +149,13 @@ def check_checkpoint(path) -> None:
     if mismatched:
         key, on_disk, expected = mismatched[0]
         raise CheckpointError(
-            f"{path}: {_tensors(len(mismatched))} {'does' if len(mismatched) == 1 else 'do'} not have the shape config.json implies (first: {key} is "
-            f"{list(on_disk)} on disk, the config says {list(expected)}): config.json does not describe these weights")
+            f"{path}: {_tensors(len(mismatched))} {'does' if len(mismatched) == 1 else 'do'} not have the shape config.json "
+            f"implies (first: {key} is {list(on_disk)} on disk, the config says {list(expected)}): config.json does not "
+            "describe these weights")
     if missing:
         raise CheckpointError(
             f"{path} is missing {_tensors(len(missing))} the model needs ({_names(missing)}): transformers would "
-            "initialise {'it' if len(missing) == 1 else 'them'} randomly; re-download or re-save the checkpoint")
+            f"initialise {'it' if len(missing) == 1 else 'them'} randomly; re-download or re-save the checkpoint")
     if unexpected:
         raise CheckpointError(
             f"{path} holds {_tensors(len(unexpected))} its model does not have ({_names(unexpected)}): config.json "
@@ -162,13 +164,27 @@ def check_checkpoint(path) -> None:
         raise CheckpointError(f"{path}: {info['error_msgs'][0].splitlines()[0]}")
 
 
-def load_model(path, dtype: str = "auto", device: str = "auto", local_rank: int | None = None):
-    """The causal LM at `path` in eval mode, validated first, in `dtype` (see `compute_dtype`), placed per `device`."""
+def check_checkpoint(path):
+    """Refuse a checkpoint whose files are broken or whose tensors do not cover its config: headers
+    first, then missing / unexpected / wrong-shape tensors as transformers sees them. Returns the
+    model on the meta device."""
+    from .checkpoint.reader import CheckpointReader
+
+    CheckpointReader(path).close()  # index, shards, headers, file lengths
+    meta, info = load_meta_model(path)
+    check_loading_info(path, read_config(path), info)
+    return meta
+
+
+def load_model(path, dtype: str = "auto", device: str = "auto", local_rank: int | None = None, check: bool = True):
+    """The causal LM at `path` in eval mode, in `dtype` (see `compute_dtype`), placed per `device`;
+    checked first (`check_checkpoint`) unless the caller has done so (a `jobs.SourceModel`)."""
     from transformers import AutoModelForCausalLM
 
     device_map = device_map_for(device, local_rank)
     torch_dtype = compute_dtype(dtype, device_map)
-    check_checkpoint(path)
+    if check:
+        check_checkpoint(path)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, device_map=device_map,
                                                     **_quantization_options(path)).eval()

@@ -1,1 +1,2 @@
-"""Evaluation: perplexity now; the lm-eval bridge and quality gates follow (installed as compress.evals)."""
+"""Evaluation (installed as compress.evals): strided perplexity, the lm-eval bridge with offline tasks,
+comparisons and quality gates, and evaluation results in derived checkpoints' model cards."""

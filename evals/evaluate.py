@@ -27,7 +27,8 @@ from compress import __version__
 from compress.data.calibration import calibration_source, text_source_kind
 from compress.data.corpus import DOMAINS, load_texts
 from compress.errors import CompressError
-from compress.resolve import ResolvedModel
+from compress.jobs.options import option, positive_int
+from compress.model_loading import DTYPE_HELP, DTYPES
 
 PERPLEXITY_PREFIX = "perplexity:"
 PERPLEXITY_METRICS_LOWER_IS_BETTER = {"perplexity": False, "nll": False, "bits_per_byte": False, "tokens": True}
@@ -35,14 +36,16 @@ PERPLEXITY_METRICS_LOWER_IS_BETTER = {"perplexity": False, "nll": False, "bits_p
 
 @dataclass(frozen=True)
 class EvalSettings:
-    limit: int | None = None  # documents / examples per task
-    max_tokens: int | None = None  # tokens scored per perplexity task
-    batch_size: int = 8
-    max_length: int | None = None  # None: the model's positions, at most 2048
-    stride: int | None = None  # None: half of max_length
-    dtype: str = "auto"
-    text_field: str | None = None
-    split: str = "test"
+    """How results are measured (part of each cached result's key); also the commands' flags."""
+
+    limit: int | None = option("documents / examples per task (default: all)", type=positive_int)
+    max_tokens: int | None = option("tokens scored per perplexity task (default: all)", type=positive_int)
+    batch_size: int = option("sequences per forward pass", 8, type=positive_int)
+    seq_len: int | None = option("perplexity window (default: the model's positions, at most 2048)", type=positive_int)
+    stride: int | None = option("perplexity window step, at most --seq-len (default: half the window)", type=positive_int)
+    dtype: str = option(DTYPE_HELP, "auto", choices=DTYPES)
+    text_field: str | None = option("record field(s) of perplexity files / Hub datasets (default: text)")
+    split: str = option("Hub dataset split for perplexity", "test")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -109,31 +112,31 @@ def _perplexity_texts(task: str, settings: EvalSettings) -> tuple[list[str], str
 
 
 def window_length(config: dict, settings: EvalSettings) -> int:
-    """The perplexity window: ``max_length``, or the model's positions up to 2,048."""
-    return settings.max_length or min(config.get("max_position_embeddings") or 2048, 2048)
+    """The perplexity window: ``seq_len``, or the model's positions up to 2,048."""
+    return settings.seq_len or min(config.get("max_position_embeddings") or 2048, 2048)
 
 
 def check_settings(config: dict, settings: EvalSettings) -> None:
     """Refuse settings that do not fit the model, before it is loaded."""
     if settings.limit is not None and settings.limit < 1:
         raise CompressError(f"--limit must be at least 1, not {settings.limit}")
+    if settings.seq_len is not None and settings.seq_len < 2:
+        raise CompressError("--seq-len must be at least 2")
     positions = config.get("max_position_embeddings")
-    if settings.max_length is not None and positions and settings.max_length > positions:
-        raise CompressError(f"--seq-len {settings.max_length} is beyond the model's {positions} positions: use {positions} or less")
+    if settings.seq_len is not None and positions and settings.seq_len > positions:
+        raise CompressError(f"--seq-len {settings.seq_len} is beyond the model's {positions} positions: use {positions} or less")
     length = window_length(config, settings)
     if settings.stride is not None and settings.stride > length:
         raise CompressError(f"--stride {settings.stride} is longer than the perplexity window of {length} tokens "
                             f"(--seq-len): use a stride from 1 to {length}")
 
 
-def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, *, device: str = "auto",
+def evaluate(source, tasks: list[str], settings: EvalSettings, *, device: str = "auto",
              use_cache: bool = True, progress: bool = True, model=None, tokenizer=None) -> dict:
-    """{"model": name, "checkpoint": identity, "settings": …, "tasks": {task: result}}; the model is
-    loaded only when some task is not cached (or passed in already loaded)."""
-    from compress.checkpoint.files import read_config
-
-    check_settings(read_config(resolved.path), settings)
-    identity = checkpoint_identity(resolved.path)
+    """{"model": name, "checkpoint": identity, "settings": …, "tasks": {task: result}} for an opened
+    `jobs.SourceModel`; the model is loaded only when some task is not cached (or passed in loaded)."""
+    check_settings(source.raw_config, settings)
+    identity = checkpoint_identity(source.path)
     results: dict[str, dict] = {}
     for task in tasks:
         cached = _cache_file(identity, task, settings)
@@ -142,10 +145,7 @@ def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, 
     missing = [task for task in tasks if task not in results]
     if missing:
         if model is None:
-            from compress.model_loading import load_model, load_tokenizer
-
-            model = load_model(resolved.path, dtype=settings.dtype, device=device)
-            tokenizer = load_tokenizer(resolved.path)
+            model, tokenizer = source.load(dtype=settings.dtype, device=device), source.tokenizer()
         max_length = window_length(model.config.to_dict(), settings)
         fresh = {}
         for task in [t for t in missing if t.startswith(PERPLEXITY_PREFIX)]:
@@ -167,11 +167,11 @@ def evaluate(resolved: ResolvedModel, tasks: list[str], settings: EvalSettings, 
             from .harness import run_lm_eval
 
             fresh.update(run_lm_eval(model, tokenizer, lm_eval_tasks, limit=settings.limit, batch_size=settings.batch_size,
-                                     max_length=settings.max_length))
+                                     max_length=settings.seq_len))
         for task, result in fresh.items():
             path = _cache_file(identity, task, settings)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2))
             results[task] = result
-    return {"model": resolved.name, "checkpoint": identity, "settings": asdict(settings), "tool_version": __version__,
+    return {"model": source.name, "checkpoint": identity, "settings": asdict(settings), "tool_version": __version__,
             "tasks": {task: results[task] for task in results}}

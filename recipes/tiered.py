@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -39,8 +39,8 @@ from compress.checkpoint.writer import TensorSpec
 from compress.errors import CompressError
 from compress.families import MoEFamily
 from compress.models import modeling_moe_compress, modeling_tiered_moe
-from compress.prune.apply import CheckpointPlan, _Copy, plan_tensors, write_tensors
-from compress.prune.plan import PrunePlan
+from compress.pruning.apply import CheckpointPlan, _Copy, plan_tensors, write_tensors
+from compress.pruning.plan import PrunePlan
 from compress.stats import RoutingStats
 
 CLUSTERING = ("greedy", "agglomerative")
@@ -164,17 +164,106 @@ def mixing_weights(selections: torch.Tensor, teams: list[list[int]]) -> torch.Te
     return torch.where(totals > 0, counts / totals.clamp(min=1e-300), uniform).float()
 
 
-@dataclass
-class TieredLayout:
-    """The conversion of every MoE layer: its teams (original expert ids) and mixing weights."""
+PLAN_FORMAT = "moe-compress tiered plan"
+PLAN_FORMAT_VERSION = 1
+ROUTER_INIT = "mixing-weighted sum of the members' router rows and biases"
 
+
+@dataclass
+class TieredPlan:
+    """The conversion of every MoE layer, as data a person can read and edit: its teams (original
+    expert ids), their mixing weights and the teams chosen per token. Team router rows start as
+    `ROUTER_INIT` (the one rule: teams of one then reproduce the original model exactly).
+
+    The JSON file::
+
+        {"format": "moe-compress tiered plan", "format_version": 1, "source": {…}, "team_top_k": 1,
+         "router_init": "…", "layers": {"0": {"teams": [[3, 7], [1, 2]], "mixing": [[0.6, 0.4], [0.5, 0.5]]}},
+         "provenance": {"clustering": "greedy", "statistics": {…}, "tool_version": "…", "command": "…"}}
+    """
+
+    source: dict
     teams: dict[int, list[list[int]]]
-    mixing: dict[int, torch.Tensor]
+    mixing: dict[int, torch.Tensor]  # [teams, team_size] per layer
     team_top_k: int
+    provenance: dict = field(default_factory=dict)
 
     @property
     def team_size(self) -> int:
         return len(next(iter(self.teams.values()))[0])
+
+    def to_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "format_version": PLAN_FORMAT_VERSION, "source": self.source,
+                "team_top_k": self.team_top_k, "router_init": ROUTER_INIT,
+                "layers": {str(layer): {"teams": teams, "mixing": [[float(w) for w in row] for row in self.mixing[layer].tolist()]}
+                           for layer, teams in sorted(self.teams.items())},
+                "provenance": self.provenance}
+
+    def save(self, path) -> None:
+        import json
+
+        from compress.checkpoint.output import atomic_file
+
+        with atomic_file(Path(path)) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "TieredPlan":
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise CompressError(f"plan file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CompressError(f"plan file {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise CompressError(f"{path} is not a tiered plan written by `compress convert tiered --plan-only`")
+        try:
+            layers = {int(layer): spec for layer, spec in data["layers"].items()}
+            teams = {layer: [[_expert_id(e) for e in team] for team in spec["teams"]] for layer, spec in layers.items()}
+            mixing = {layer: torch.tensor(spec["mixing"], dtype=torch.float32) for layer, spec in layers.items()}
+            plan = cls(dict(data["source"]), teams, mixing, _expert_id(data["team_top_k"]), dict(data.get("provenance") or {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CompressError(f"{path} is malformed ({exc!r}): compare it with a plan from --plan-only") from None
+        if data.get("router_init", ROUTER_INIT) != ROUTER_INIT:
+            raise CompressError(f"{path}: router_init must be {ROUTER_INIT!r}, the one rule the conversion knows")
+        return plan
+
+    def check(self, moe_layers: list[int], experts_per_layer: dict[int, int], fingerprint: str | None = None) -> None:
+        """Refuse a plan that does not fit the model or cannot be built."""
+        if fingerprint is not None and self.source.get("fingerprint") != fingerprint:
+            raise CompressError(f"the plan was made for {self.source.get('model')} (fingerprint {self.source.get('fingerprint')}), "
+                                f"not for this model ({fingerprint}): make a new plan with --plan-only")
+        if sorted(self.teams) != sorted(moe_layers):
+            raise CompressError(f"the plan covers layers {sorted(self.teams)} but the model's MoE layers are {moe_layers}")
+        for layer, teams in self.teams.items():
+            members = [e for team in teams for e in team]
+            if not teams or any(len(team) != self.team_size for team in teams):
+                raise CompressError(f"layer {layer} of the plan needs teams of {self.team_size} experts each")
+            if len(set(members)) != len(members) or any(not 0 <= e < experts_per_layer[layer] for e in members):
+                raise CompressError(f"layer {layer} of the plan names an expert twice or out of range (0..{experts_per_layer[layer] - 1})")
+            if tuple(self.mixing[layer].shape) != (len(teams), self.team_size):
+                raise CompressError(f"layer {layer}: mixing must hold one weight per team member ({len(teams)} × {self.team_size})")
+            if not 1 <= self.team_top_k <= len(teams):
+                raise CompressError(f"team_top_k {self.team_top_k} must be between 1 and the {len(teams)} teams of layer {layer}")
+
+
+def _expert_id(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
+def is_tiered_plan_file(path) -> bool:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
 
 
 def check_tiers(tiers: dict[int, int], experts_per_layer: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> None:
@@ -192,7 +281,8 @@ def check_tiers(tiers: dict[int, int], experts_per_layer: dict[int, int], team_s
             raise CompressError(f"--team-top-k {team_top_k} must be between 1 and the {count} teams of layer {layer}")
 
 
-def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> TieredLayout:
+def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, team_top_k: int, clustering: str,
+                 source: dict | None = None, provenance: dict | None = None) -> TieredPlan:
     check_tiers(tiers, {layer: stats.num_experts(layer) for layer in tiers}, team_size, team_top_k, clustering)
     build = greedy_teams if clustering == "greedy" else agglomerative_teams
     teams, mixing = {}, {}
@@ -200,10 +290,10 @@ def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, tea
         s = stats.layers[layer]
         teams[layer] = build(s["selections"], s["coactivation"], count, team_size)
         mixing[layer] = mixing_weights(s["selections"], teams[layer])
-    return TieredLayout(teams, mixing, team_top_k)
+    return TieredPlan(source or {}, teams, mixing, team_top_k, provenance or {})
 
 
-def tiered_config(config: dict, family: MoEFamily, layout: TieredLayout) -> dict:
+def tiered_config(config: dict, family: MoEFamily, layout: TieredPlan) -> dict:
     base_type = config["model_type"]
     if base_type not in modeling_tiered_moe.CLASSES:
         raise CompressError(f"tiered conversion supports {', '.join(modeling_tiered_moe.CLASSES)}, not {base_type}")
@@ -240,11 +330,11 @@ def _team_rows(teams: list[list[int]], mixing: torch.Tensor):
     return combine
 
 
-def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: TieredLayout, source: dict,
-                        num_layers: int, router_dtype: torch.dtype) -> CheckpointPlan:
+def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: TieredPlan, num_layers: int,
+                        router_dtype: torch.dtype) -> CheckpointPlan:
     """Experts as a prune plan keeping team members in team order; router tensors combined per team."""
     kept = {layer: [e for team in teams for e in team] for layer, teams in layout.teams.items()}
-    plan = PrunePlan(source, kept, layout.team_top_k * layout.team_size)
+    plan = PrunePlan(layout.source, kept, layout.team_top_k * layout.team_size)
     planned = plan_tensors(reader, family, plan, num_layers)
     result = CheckpointPlan(dropped_keys=planned.dropped_keys)
     for copy, spec in zip(planned.copies, planned.specs):
@@ -265,13 +355,13 @@ def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: Tie
     return result
 
 
-def write_tiered_checkpoint(source: Path, staging: Path, family: MoEFamily, layout: TieredLayout, source_record: dict,
-                            max_shard_bytes: int, progress: bool = False) -> None:
+def write_tiered_checkpoint(source: Path, staging: Path, family: MoEFamily, layout: TieredPlan, max_shard_bytes: int,
+                            progress: bool = False) -> None:
     config = read_config(source)
     reader = CheckpointReader(source)
     router_key = next(key for key in reader.keys() if family.classify_key(key).kind == "router" and key.endswith("weight"))
     router_dtype = TORCH_DTYPES[reader.entries[router_key].dtype]
-    tensors = plan_tiered_tensors(reader, family, layout, source_record, int(config.get("num_hidden_layers") or 0), router_dtype)
+    tensors = plan_tiered_tensors(reader, family, layout, int(config.get("num_hidden_layers") or 0), router_dtype)
     new_config = tiered_config(config, family, layout)
     write_tensors(reader, staging, tensors, max_shard_bytes, progress)
     write_config(staging, new_config)
@@ -291,7 +381,7 @@ def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_
     routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}
     fields = {**config.to_dict(), "tiered_layers": {str(l): {"teams": n, "team_size": team_size} for l, n in tiers.items()},
               "team_top_k": team_top_k, "team_routing": {**routing, "renormalize": True}, "moe_layout": family.moe_layout,
-              "num_experts_per_tok": team_top_k * team_size}
+              family.top_k_fields[0]: team_top_k * team_size}
     fields.pop("model_type", None)
     tiered = config_class(**fields)
     model = meta_model(tiered)
@@ -305,3 +395,40 @@ def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_
     embeddings = model.get_input_embeddings().weight.numel()
     active = total - expert_params + active_experts
     return {"total": total, "active": active, "active_excluding_embeddings": active - embeddings}
+
+
+def tiered_card(name: str, plan: TieredPlan, clustering: str, before: int, after) -> str:
+    """The converted checkpoint's model card (`after`: its `model_info.ParameterCounts`)."""
+    rows = "\n".join(
+        f"| {layer} | {len(teams)} | " + "; ".join(
+            "+".join(f"{e}×{w:.2f}" for e, w in zip(team, plan.mixing[layer][t].tolist())) for t, team in enumerate(teams)) + " |"
+        for layer, teams in sorted(plan.teams.items()))
+    return f"""---
+base_model: {name}
+library_name: transformers
+tags: [moe, tiered, moe-compress]
+---
+# {name}, converted to TieredLightweightMoE
+
+Each MoE layer's experts were grouped into teams of {plan.team_size} co-activating experts
+({clustering} clustering on routing statistics); a team's output is the mixing-weighted sum of
+its members' outputs, and a router over teams picks {plan.team_top_k} team(s) per token. Team router
+rows start as the {ROUTER_INIT}. Parameters: {before:,} → {after.total:,}
+({after.active:,} active per token).
+
+**Not evaluated and not distilled**: a converted model loses quality until it is trained with
+`compress distill --teacher {name} --student THIS_DIRECTORY ...`.
+
+| layer | teams | members (original expert id × mixing weight) |
+|---|---|---|
+{rows}
+
+## How to load
+
+```python
+import compress
+compress.register()  # the tiered model classes; or pass trust_remote_code=True instead
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(PATH)
+```
+"""

@@ -13,8 +13,8 @@ from conftest import build_tiny_model, cli_error
 from compress.analyze import analyses
 from compress.cli import main
 from compress.model_loading import load_tokenizer
-from compress.prune.apply import apply_plan_to_model
-from compress.prune.plan import PrunePlan
+from compress.pruning.apply import apply_plan_to_model
+from compress.pruning.plan import PrunePlan
 from compress.resolve import demo_model_path
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
 

@@ -51,7 +51,7 @@ def test_an_internal_error_is_one_line_naming_the_log_and_debug_prints_the_trace
     def broken(resolved):
         raise RuntimeError("something the project did wrong")
 
-    monkeypatch.setattr(compress.model_info, "describe_model", broken)
+    monkeypatch.setattr(compress.model_info, "describe", broken)
     capsys.readouterr()
     assert main(["info", "demo"]) == 3
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@ interruption."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -19,9 +20,8 @@ from conftest import cli_error
 from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.cli import main
-from compress.prune.card import file_sha256
-from compress.prune.plan import PrunePlan
-from compress.prune.select import expert_scores
+from compress.pruning.plan import PrunePlan
+from compress.pruning.select import expert_scores
 from compress.resolve import demo_model_path
 from compress.stats import RoutingStats
 
@@ -49,7 +49,7 @@ def test_main_job_profiles_selects_and_writes_a_stock_checkpoint(tmp_path, capsy
     assert (config["num_local_experts"], config["num_experts_per_tok"], config["model_type"]) == (8, 4, "gpt_oss")
     provenance = json.loads((out / "compress.json").read_text())
     assert provenance["plan"]["provenance"]["criterion"] == "reconstruct"
-    assert provenance["statistics"]["sha256"] == file_sha256(out / "routing_stats.safetensors")
+    assert provenance["statistics"]["sha256"] == "sha256:" + hashlib.sha256((out / "routing_stats.safetensors").read_bytes()).hexdigest()
     stats = RoutingStats.load(out / "routing_stats.safetensors")
     assert stats.metadata["domain"] == "math" and stats.metadata["tokens"] == 16 * 128
     card = (out / "README.md").read_text()

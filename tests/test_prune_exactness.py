@@ -20,8 +20,8 @@ from compress.checkpoint.output import atomic_output_dir
 from compress.checkpoint.reader import CheckpointReader
 from compress.families import family_for_config, get_family
 from compress.model_info import model_fingerprint
-from compress.prune.apply import apply_plan_to_model, write_pruned_checkpoint
-from compress.prune.plan import PrunePlan
+from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
+from compress.pruning.plan import PrunePlan
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 

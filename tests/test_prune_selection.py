@@ -10,9 +10,9 @@ from conftest import build_tiny_model
 
 from compress.errors import CompressError
 from compress.families import get_family
-from compress.prune.plan import PrunePlan
-from compress.prune.reconstruct import LayerReconstruction, capture_layer_inputs, reconstruction_selection
-from compress.prune.select import expert_scores, select_experts
+from compress.pruning.plan import PrunePlan
+from compress.pruning.reconstruct import LayerReconstruction, capture_layer_inputs, reconstruction_selection
+from compress.pruning.select import expert_scores, select_experts
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
 
 
@@ -104,7 +104,7 @@ def test_reconstruction_error_and_search(family_name):
 
 
 def test_global_reconstruction_budget_spends_each_removal_where_the_relative_error_grows_least():
-    from compress.prune.reconstruct import global_kept_sets
+    from compress.pruning.reconstruct import global_kept_sets
 
     # Two layers' greedy removal paths (kept set, error); layer 1's outputs are 10× larger.
     paths = {0: [([0, 1, 2, 3], 0.0), ([0, 1, 2], 1.0), ([0, 1], 2.0), ([0], 9.0)],

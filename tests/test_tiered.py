@@ -52,7 +52,8 @@ def test_conversion_transfers_experts_and_builds_team_routers_from_member_rows(t
     converted = AutoModelForCausalLM.from_pretrained(tmp_path / "tiered", dtype=torch.float32)
     family = get_family("gpt_oss")
     for layer in (0, 1):
-        teams, mixing = provenance["teams"][str(layer)], torch.tensor(provenance["mixing"][str(layer)])
+        planned = provenance["plan"]["layers"][str(layer)]  # the plan, recorded in the provenance
+        teams, mixing = planned["teams"], torch.tensor(planned["mixing"])
         members = [e for team in teams for e in team]
         source_experts, converted_experts = family.experts(model, layer), family.experts(converted, layer)
         for name in family.expert_tensors:

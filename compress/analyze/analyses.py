@@ -15,8 +15,8 @@ import torch
 from ..errors import CompressError
 from ..families import family_for_config
 from ..kernels.reference import routed_expert_outputs
-from ..prune.apply import apply_plan_to_model
-from ..prune.plan import PrunePlan
+from ..pruning.apply import apply_plan_to_model
+from ..pruning.plan import PrunePlan
 from ..stats import RoutingStats
 from .routing import forced_routing, perplexity_change, token_routing, top_k_override, window_nll
 
@@ -204,7 +204,7 @@ def similarity(model, layer: int, windows: torch.Tensor | None = None, threshold
     weight_cosine = flat @ flat.T
     output_cosine = None
     if windows is not None:
-        from ..prune.reconstruct import capture_layer_inputs
+        from ..pruning.reconstruct import capture_layer_inputs
 
         hidden, _ = capture_layer_inputs(model, windows, batch_size=8, max_tokens=max_tokens)[layer]
         count = family.num_experts_in(experts)

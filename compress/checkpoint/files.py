@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 CONFIG_FILE = "config.json"
+PROVENANCE_FILE = "compress.json"  # what moe-compress did: in every checkpoint it writes, and only there
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30  # what transformers' save_pretrained writes by default
 # Copied unchanged into every derived checkpoint.
 SUPPORT_FILES = (

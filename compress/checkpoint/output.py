@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import CompressError, OutputExistsError
-
-PROVENANCE_FILE = "compress.json"
+from .files import PROVENANCE_FILE
 # The target's suffix is repeated at the end, so writers that go by it (matplotlib) still can.
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}(\.[^.]*)?$")
 
@@ -358,6 +357,19 @@ def claim_output(target: str | os.PathLike, *, kind: str = "directory", overwrit
         claimed.release(failed=True)
         raise
     claimed.release(failed=False)
+
+
+def report_directory(target: str | os.PathLike, flag: str = "-o") -> Path:
+    """A directory for report files (plots) that replace earlier ones of the same name: created
+    when missing, refused when it is a file or cannot be created."""
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise CompressError(f"{flag} {path} is a file: name a directory for the report files")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompressError(f"cannot create {flag} {path}: {exc.strerror}; choose a writable place") from None
+    return path
 
 
 def sibling_path(target: Path, kind: str) -> Path:

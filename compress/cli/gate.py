@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .eval import add_eval_arguments, evaluate_resolved, resolve_and_check, settings_from
-from .options import non_negative_float
+from ..evals.evaluate import EvalSettings
+from ..jobs.options import EvaluationOptions, add_options, non_negative_float, options_from
 
 EPILOG = """examples:
   compress gate --base demo --candidate out/demo-math-keep8 --tasks perplexity:math --max-tokens 20000
@@ -20,41 +20,27 @@ when base - candidate exceeds --max-drop. Verdict band by the worst perplexity g
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "gate", help="pass/fail a candidate against its base (exit 0/1)",
-        description="Quality gate: evaluate base and candidate, compare, exit 0 when the candidate passes and 1 when not.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = subparsers.add_parser("gate", help="pass/fail a candidate against its base (exit 0/1)", epilog=EPILOG,
+                                   description="Quality gate: evaluate base and candidate, compare, exit 0 when the candidate passes and 1 when not.",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the reference model")
     parser.add_argument("--candidate", required=True, help="the derived model to judge")
-    add_eval_arguments(parser)
+    add_options(parser, EvaluationOptions)
+    add_options(parser, EvalSettings)
     parser.add_argument("--max-ppl-gap", type=non_negative_float, default=0.05,
                         help="largest relative perplexity increase, 0 or more (default: 0.05)")
     parser.add_argument("--max-drop", type=non_negative_float, default=0.02, help="largest absolute accuracy drop, 0 or more (default: 0.02)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..evals.compare import gate, metric_changes
-    from ..evals.evaluate import parse_tasks
-    from ..evals.model_card import evaluation_record, write_evaluation
+    from ..jobs.evaluate import gate
+    from ..jobs.source import open_model
 
-    tasks = parse_tasks(args.tasks)
-    settings = settings_from(args)
-    base = resolve_and_check(args.base, "--base", settings)
-    candidate = resolve_and_check(args.candidate, "--candidate", settings)
-    base_report = evaluate_resolved(base, args, tasks, settings)
-    report = evaluate_resolved(candidate, args, tasks, settings)
-    changes = metric_changes(base_report, report)
-    verdict = gate(changes, args.max_ppl_gap, args.max_drop)
-    write_evaluation(candidate.path, evaluation_record("gate", report, changes, base.name, verdict))
-    if args.json:
-        print(json.dumps({"passed": verdict.passed, "band": verdict.band, "worst_ppl_gap": verdict.worst_ppl_gap,
-                          "failures": verdict.failures}, indent=2))
-    else:
-        gap = f"worst perplexity gap {verdict.worst_ppl_gap:+.1%}; " if verdict.worst_ppl_gap is not None else ""
-        print(f"{'PASS' if verdict.passed else 'FAIL'}: {candidate.name} vs {base.name}: {gap}band: {verdict.band}")
-        for failure in verdict.failures:
-            print(f"  failing: {failure}")
-    return 0 if verdict.passed else 1
+    base, candidate = open_model(args.base, flag="--base"), open_model(args.candidate, flag="--candidate")
+    result = gate(base, candidate, options_from(EvaluationOptions, args), options_from(EvalSettings, args),
+                  max_ppl_gap=args.max_ppl_gap, max_drop=args.max_drop, progress=not args.quiet)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    return 0 if result.passed else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..jobs.options import MODEL_HELP
 
 EPILOG = """examples:
   compress info demo
@@ -21,62 +22,16 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="local directory, Hub id (OWNER/NAME) or `demo`")
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..model_info import describe_model
-    from ..resolve import resolve_model
+    from ..jobs.source import open_model
+    from ..report import render_info
 
-    info = describe_model(resolve_model(args.model, revision=args.revision, flag=""))
-    print(json.dumps(info.to_dict(), indent=2) if args.json else render(info))
+    info = open_model(args.model, revision=args.revision, flag="").info
+    print(json.dumps(info.to_dict(), indent=2) if args.json else render_info(info))
     return 0
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def layer_ranges(layers: list[int]) -> str:
-    """[0, 1, 2, 5] → "0-2, 5"."""
-    ranges, start = [], None
-    for i, layer in enumerate(layers):
-        if start is None:
-            start = layer
-        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
-            ranges.append(f"{start}-{layer}" if layer != start else str(layer))
-            start = None
-    return ", ".join(ranges)
-
-
-def render(info) -> str:
-    counts = sorted(set(info.experts_per_layer.values()))
-    experts = f"{counts[0]} per MoE layer" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} per MoE layer (non-uniform)"
-    p = info.parameters
-    dtypes = ", ".join(f"{dtype} x{count}" for dtype, count in info.tensor_dtypes.items())
-    shared = f"{info.shared_experts_per_layer} per MoE layer ({human_count(p.shared_experts)} parameters)" if info.shared_experts_per_layer else "none"
-    lines = [
-        f"{info.name}  ({info.family}, {', '.join(info.architectures) or info.model_type})",
-        f"  path        {info.path}",
-        f"  layers      {info.num_layers}; MoE layers: {layer_ranges(info.moe_layers)} ({len(info.moe_layers)})",
-        f"  experts     {experts}, top-{info.top_k} per token",
-        f"  shared      {shared}",
-        f"  parameters  {human_count(p.total)} total, {human_count(p.active)} active "
-        f"({human_count(p.active_excluding_embeddings)} without input embeddings), {human_count(p.routed_experts)} in routed experts",
-        f"  on disk     {human_bytes(info.checkpoint_bytes)} in {info.shards} shard{'s' if info.shards > 1 else ''}; "
-        f"expert keys: {info.key_layout}; MXFP4: {'yes' if info.mxfp4 else 'no'}; tensors: {dtypes}",
-    ]
-    return "\n".join(lines)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import CompressError
+from ..jobs.options import non_negative_float, positive_int
 from ..stats import DEFAULT_COLD_THRESHOLD
-from .info import human_count, layer_ranges
-from .options import non_negative_float, positive_int
 
 EPILOG = """examples:
   compress stats show math.safetensors
@@ -21,91 +19,58 @@ EPILOG = """examples:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "stats",
-        help="show, plot, merge or compare routing statistics files",
-        description="Read, draw, combine and compare the routing statistics written by `compress profile`.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = subparsers.add_parser("stats", help="show, plot, merge or compare routing statistics files", epilog=EPILOG,
+                                   description="Read, draw, combine and compare the routing statistics written by `compress profile`.",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
-
     show = actions.add_parser("show", help="per layer: entropy, concentration, cold and top experts")
     show.add_argument("file", metavar="FILE")
     show.add_argument("--cold-threshold", type=non_negative_float, default=DEFAULT_COLD_THRESHOLD,
                       help=f"an expert is cold when fewer than this share of tokens route to it (default: {DEFAULT_COLD_THRESHOLD})")
     show.add_argument("--top", type=positive_int, default=5, help="hottest experts to list per layer (default: 5)")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
-    show.set_defaults(run=run_show)
-
     plot = actions.add_parser("plot", help="PNG heatmaps: usage, REAP saliency, co-activation, transitions")
     plot.add_argument("file", metavar="FILE")
-    plot.add_argument("-o", "--out", required=True, help="directory for the PNG files")
+    plot.add_argument("-o", "--out", required=True, help="directory for the PNG files (they replace earlier plots of the same name)")
     plot.add_argument("--layer", type=int, help="decoder layer for the co-activation and transition maps (default: the middle MoE layer)")
-    plot.set_defaults(run=run_plot)
-
     merge = actions.add_parser("merge", help="add up statistics of the same model (shards, domains, processes)")
     merge.add_argument("files", metavar="FILE", nargs="+")
     merge.add_argument("-o", "--out", required=True, help="merged statistics file to write")
     merge.add_argument("--overwrite", action="store_true", help="replace --out if it is a statistics file written by moe-compress")
-    merge.set_defaults(run=run_merge)
-
     diff = actions.add_parser("diff", help="per-layer divergence between two domains' expert usage")
     diff.add_argument("a", metavar="A")
     diff.add_argument("b", metavar="B")
     diff.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    diff.set_defaults(run=run_diff)
-
-
-def _header(stats) -> str:
-    m = stats.metadata
-    return (f"{m.get('model')} ({m.get('family')}, top-{m.get('top_k')}) · domain {m.get('domain')} · "
-            f"{human_count(m.get('tokens') or 0)} tokens in {m.get('samples')} windows of {m.get('seq_len') or 'mixed'}")
+    for action, run in ((show, run_show), (plot, run_plot), (merge, run_merge), (diff, run_diff)):
+        action.set_defaults(run=run)
 
 
 def run_show(args) -> int:
     from ..stats import RoutingStats
-    from ..stats.summary import summarize
+    from ..stats.summary import render_summary, summarize
 
     stats = RoutingStats.load(args.file)
     summary = summarize(stats, args.cold_threshold, args.top)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(_header(stats))
-    print(f"cold (< {args.cold_threshold:.1%} of tokens): {summary['cold_experts_total']} of {summary['experts_total']} experts")
-    print(f"{'layer':>5}  {'entropy':>7}  {'/ln E':>5}  {'gini':>5}  {'cold':>4}  top experts (share of tokens)")
-    for layer in summary["layers"]:
-        top = ", ".join(f"{t['expert']} {t['usage_rate']:.1%}" for t in layer["top_experts"])
-        print(f"{layer['layer']:>5}  {layer['entropy_nats']:>7.3f}  {layer['entropy_normalized']:>5.2f}  "
-              f"{layer['gini']:>5.2f}  {len(layer['cold_experts']):>4}  {top}")
-    cold = {layer["layer"]: layer["cold_experts"] for layer in summary["layers"] if layer["cold_experts"]}
-    for layer, experts in cold.items():
-        print(f"cold in layer {layer}: {layer_ranges(experts)}")
+    print(json.dumps(summary, indent=2) if args.json else render_summary(stats, summary, args.cold_threshold))
     return 0
 
 
 def run_plot(args) -> int:
+    from ..checkpoint.output import report_directory
+    from ..report import layer_ranges
     from ..stats import RoutingStats
     from ..stats.plots import plot_stats
 
     stats = RoutingStats.load(args.file)
     if args.layer is not None and args.layer not in stats.layers:
         raise CompressError(f"layer {args.layer} is not a MoE layer of these statistics (MoE layers: {layer_ranges(stats.layer_indices)})")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CompressError(f"-o {out} is a file: name a directory for the PNG files (they replace earlier plots of the same name)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CompressError(f"cannot create -o {out}: {exc.strerror}; choose a writable place") from None
-    for path in plot_stats(stats, out, args.layer):
-        print(path)
+    print("\n".join(str(path) for path in plot_stats(stats, report_directory(args.out), args.layer)))
     return 0
 
 
 def run_merge(args) -> int:
     from ..checkpoint.output import claim_output
+    from ..report import human_count
     from ..stats import RoutingStats, merge_all
     from ..stats.routing_stats import is_routing_stats_file
 
@@ -120,17 +85,9 @@ def run_merge(args) -> int:
 
 def run_diff(args) -> int:
     from ..stats import RoutingStats
-    from ..stats.summary import divergence
+    from ..stats.summary import divergence, render_divergence
 
     a, b = RoutingStats.load(args.a), RoutingStats.load(args.b)
     result = divergence(a, b)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"A: {_header(a)}\nB: {_header(b)}")
-    print(f"mean Jensen-Shannon divergence of expert usage: {result['mean_js_divergence_bits']:.4f} bits (0 = same, 1 = disjoint)")
-    print(f"{'layer':>5}  {'JS bits':>7}  experts whose usage moved most (B - A, share of tokens)")
-    for layer in result["layers"]:
-        moved = ", ".join(f"{m['expert']} {m['usage_rate_change']:+.1%}" for m in layer["most_shifted"])
-        print(f"{layer['layer']:>5}  {layer['js_divergence_bits']:>7.4f}  {moved}")
+    print(json.dumps(result, indent=2) if args.json else render_divergence(a, b, result))
     return 0

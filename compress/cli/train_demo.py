@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import positive_int
+from ..jobs.options import positive_int
 
 EPILOG = """examples:
   compress train-demo --out out/demo_model                  (about 35 minutes on 2 CPU cores)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib import resources
 
 from ..errors import UnsupportedModelError
+from .derived import split_model_type
 from .family import CheckpointLayout, KeyRole, MoEFamily, config_value
 
 # Config fields that hold an expert count in some MoE architecture, ours or not: a config with one
@@ -39,10 +40,12 @@ def get_family(name: str) -> MoEFamily:
 
 
 def family_for_config(config) -> MoEFamily:
-    """The family of a transformers config object or raw config.json dict; clear errors otherwise."""
+    """The family of a transformers config object or raw config.json dict (the project's derived
+    model types belong to their base family); clear errors otherwise."""
     model_type = config_value(config, "model_type")
+    base, _ = split_model_type(model_type)
     for family in all_families().values():
-        if model_type in family.model_types:
+        if base in family.model_types:
             return family
     supported = ", ".join(all_families())
     if any(config_value(config, name) for name in _ANY_EXPERT_COUNT_FIELDS):

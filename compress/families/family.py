@@ -146,10 +146,14 @@ class MoEFamily:
         return int(config_value(config, self.shared_experts_field) or 0)
 
     def experts_per_layer(self, config, moe_layers: list[int]) -> dict[int, int]:
-        """Experts in each MoE layer: the config's count, or a non-uniform model's per-layer counts."""
+        """Experts in each MoE layer: the config's count, a non-uniform model's per-layer counts, or a
+        tiered model's teams × team size."""
         per_layer = config_value(config, "experts_per_layer")
         if per_layer:
             return {int(layer): int(count) for layer, count in per_layer.items()}
+        tiered = config_value(config, "tiered_layers")
+        if tiered:
+            return {int(layer): int(spec["teams"]) * int(spec["team_size"]) for layer, spec in tiered.items()}
         return {layer: self.num_experts(config) for layer in moe_layers}
 
     def routing_groups(self, config) -> int:
@@ -173,7 +177,7 @@ class MoEFamily:
     def route(self, logits: torch.Tensor, config, router_buffers: dict | None = None):
         """(top-k weights, top-k expert ids) from raw router logits [T, E], as the family's router computes them."""
         options = {k: v for k, v in self.routing.items() if k != "function"}
-        return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, **options)
+        return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, self.top_k(config), **options)
 
     def routing_distribution(self, logits: torch.Tensor) -> torch.Tensor:
         """The router's preference over all experts [T, E] from raw logits (rows sum to 1)."""

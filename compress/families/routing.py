@@ -5,9 +5,9 @@ Each function reproduces, from the raw router logits that transformers returns w
 definitions name one of them (``"routing": {"function": ...}``) with its options, so statistics,
 pruning checks and analyses never need the router module itself.
 
-Signature of every function: ``fn(logits [T, E], config, router_buffers, **options)`` where
+Signature of every function: ``fn(logits [T, E], config, router_buffers, top_k, **options)`` where
 ``router_buffers`` holds non-parameter router state such as DeepSeek-V3's
-``e_score_correction_bias``.
+``e_score_correction_bias`` and ``top_k`` is read through the family's config aliases.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import torch
 RoutingFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def topk_then_softmax(logits: torch.Tensor, config, router_buffers: dict, **_) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_then_softmax(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """gpt-oss: top-k on the logits (router bias included), softmax over the k values only."""
-    values, index = torch.topk(logits, config.num_experts_per_tok, dim=-1)
+    values, index = torch.topk(logits, top_k, dim=-1)
     return torch.softmax(values, dim=-1, dtype=values.dtype), index
 
 
 def softmax_then_topk(
-    logits: torch.Tensor, config, router_buffers: dict, *, renormalize, cast_to_logits_dtype: bool
+    logits: torch.Tensor, config, router_buffers: dict, top_k: int, *, renormalize, cast_to_logits_dtype: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixtral, Qwen-MoE, OLMoE: fp32 softmax over all experts, top-k, optional renormalisation.
 
@@ -36,7 +36,7 @@ def softmax_then_topk(
     if isinstance(renormalize, str):
         renormalize = bool(getattr(config, renormalize, False))
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    weights, index = torch.topk(probs, config.num_experts_per_tok, dim=-1)
+    weights, index = torch.topk(probs, top_k, dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     if cast_to_logits_dtype:
@@ -44,7 +44,7 @@ def softmax_then_topk(
     return weights, index
 
 
-def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, **_) -> tuple[torch.Tensor, torch.Tensor]:
+def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3: sigmoid scores, correction bias for the choice only, group-limited top-k.
 
     The best ``topk_group`` of ``n_group`` groups (scored by the sum of their two best biased
@@ -60,7 +60,7 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, **_) 
     group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
     expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
     choice = choice.masked_fill(~expert_mask.bool(), float("-inf"))
-    index = torch.topk(choice, k=config.num_experts_per_tok, dim=-1, sorted=False)[1]
+    index = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, index)
     if config.norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)

@@ -38,22 +38,33 @@ from transformers import (
 MODEL_TYPE_SUFFIX = "_moe_compress"
 
 
+def slice_tensors(module: torch.nn.Module, tensors: dict, index: list[int]) -> None:
+    """Keep rows `index` (in that order) of each tensor {name: dim} of `module` along its dim."""
+    index = torch.tensor(index, dtype=torch.long)
+    for name, dim in tensors.items():
+        old = getattr(module, name)
+        if old is None:
+            continue
+        new = old.detach().index_select(dim, index.to(old.device))
+        if isinstance(old, torch.nn.Parameter):
+            setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module.register_buffer(name, new)
+
+
 def keep_experts(decoder_layer: torch.nn.Module, kept: list[int], layout: dict, top_k: int) -> None:
     """Cut one decoder layer's router and experts to the experts `kept` (original ids, in order)."""
-    index = torch.tensor(kept, dtype=torch.long)
-    for path, tensors in ((layout["experts"], layout["expert_tensors"]), (layout["router"], layout["router_tensors"])):
-        module = decoder_layer.get_submodule(path)
-        for name, dim in tensors.items():
-            old = getattr(module, name)
-            new = old.detach().index_select(dim, index.to(old.device))
-            if isinstance(old, torch.nn.Parameter):
-                setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
-            else:
-                module.register_buffer(name, new)
+    slice_tensors(decoder_layer.get_submodule(layout["experts"]), layout["expert_tensors"], kept)
+    slice_tensors(decoder_layer.get_submodule(layout["router"]), layout["router_tensors"], kept)
+    set_counts(decoder_layer, layout, len(kept), top_k)
+
+
+def set_counts(decoder_layer: torch.nn.Module, layout: dict, num_experts: int, top_k: int) -> None:
+    """The expert count and top-k that the MoE block, router and experts modules keep as attributes."""
     for path in (layout["moe"], layout["router"], layout["experts"]):
         module = decoder_layer.get_submodule(path)
         if hasattr(module, "num_experts"):
-            module.num_experts = len(kept)
+            module.num_experts = num_experts
         if hasattr(module, "top_k"):
             module.top_k = top_k
 
@@ -68,63 +79,36 @@ class _PerLayerExperts:
             keep_experts(layers[int(layer)], list(range(count)), config.moe_layout, config.num_experts_per_tok)
 
 
-class GptOssMoECompressConfig(GptOssConfig):
-    model_type = "gpt_oss" + MODEL_TYPE_SUFFIX
-
-
-class GptOssMoECompressForCausalLM(_PerLayerExperts, GptOssForCausalLM):
-    config_class = GptOssMoECompressConfig
-
-
-class MixtralMoECompressConfig(MixtralConfig):
-    model_type = "mixtral" + MODEL_TYPE_SUFFIX
-
-
-class MixtralMoECompressForCausalLM(_PerLayerExperts, MixtralForCausalLM):
-    config_class = MixtralMoECompressConfig
-
-
-class Qwen2MoeMoECompressConfig(Qwen2MoeConfig):
-    model_type = "qwen2_moe" + MODEL_TYPE_SUFFIX
-
-
-class Qwen2MoeMoECompressForCausalLM(_PerLayerExperts, Qwen2MoeForCausalLM):
-    config_class = Qwen2MoeMoECompressConfig
-
-
-class Qwen3MoeMoECompressConfig(Qwen3MoeConfig):
-    model_type = "qwen3_moe" + MODEL_TYPE_SUFFIX
-
-
-class Qwen3MoeMoECompressForCausalLM(_PerLayerExperts, Qwen3MoeForCausalLM):
-    config_class = Qwen3MoeMoECompressConfig
-
-
-class OlmoeMoECompressConfig(OlmoeConfig):
-    model_type = "olmoe" + MODEL_TYPE_SUFFIX
-
-
-class OlmoeMoECompressForCausalLM(_PerLayerExperts, OlmoeForCausalLM):
-    config_class = OlmoeMoECompressConfig
-
-
-class DeepseekV3MoECompressConfig(DeepseekV3Config):
-    model_type = "deepseek_v3" + MODEL_TYPE_SUFFIX
-
-
-class DeepseekV3MoECompressForCausalLM(_PerLayerExperts, DeepseekV3ForCausalLM):
-    config_class = DeepseekV3MoECompressConfig
-
-
-# base model_type → (config class, causal LM class)
-CLASSES = {
-    "gpt_oss": (GptOssMoECompressConfig, GptOssMoECompressForCausalLM),
-    "mixtral": (MixtralMoECompressConfig, MixtralMoECompressForCausalLM),
-    "qwen2_moe": (Qwen2MoeMoECompressConfig, Qwen2MoeMoECompressForCausalLM),
-    "qwen3_moe": (Qwen3MoeMoECompressConfig, Qwen3MoeMoECompressForCausalLM),
-    "olmoe": (OlmoeMoECompressConfig, OlmoeMoECompressForCausalLM),
-    "deepseek_v3": (DeepseekV3MoECompressConfig, DeepseekV3MoECompressForCausalLM),
+# The stock classes every derived family starts from: base model_type → (class-name prefix, config
+# class, causal LM class). Both model files derive their classes from this one table.
+BASES = {
+    "gpt_oss": ("GptOss", GptOssConfig, GptOssForCausalLM),
+    "mixtral": ("Mixtral", MixtralConfig, MixtralForCausalLM),
+    "qwen2_moe": ("Qwen2Moe", Qwen2MoeConfig, Qwen2MoeForCausalLM),
+    "qwen3_moe": ("Qwen3Moe", Qwen3MoeConfig, Qwen3MoeForCausalLM),
+    "olmoe": ("Olmoe", OlmoeConfig, OlmoeForCausalLM),
+    "deepseek_v3": ("DeepseekV3", DeepseekV3Config, DeepseekV3ForCausalLM),
 }
+
+
+def derive_classes(namespace: dict, bases: list[str], suffix: str, name: str, mixin: type) -> dict:
+    """For each base family, a config class with model_type ``<base><suffix>`` and a causal LM
+    class with `mixin` in front, named ``<Prefix><name>Config`` / ``<Prefix><name>ForCausalLM`` and
+    placed in `namespace` (a module's globals, so ``auto_map`` can name them)."""
+    classes = {}
+    for base in bases:
+        prefix, config_base, model_base = BASES[base]
+        config_name, model_name = f"{prefix}{name}Config", f"{prefix}{name}ForCausalLM"
+        module = namespace["__name__"]
+        config_class = type(config_name, (config_base,), {"model_type": base + suffix, "__module__": module, "__qualname__": config_name})
+        model_class = type(model_name, (mixin, model_base), {"config_class": config_class, "__module__": module, "__qualname__": model_name})
+        namespace[config_name], namespace[model_name] = config_class, model_class
+        classes[base] = (config_class, model_class)
+    return classes
+
+
+# base model_type → (config class, causal LM class): GptOssMoECompressConfig, GptOssMoECompressForCausalLM, ...
+CLASSES = derive_classes(globals(), list(BASES), MODEL_TYPE_SUFFIX, "MoECompress", _PerLayerExperts)
 
 
 def share_weight_conversions(classes: dict) -> None:

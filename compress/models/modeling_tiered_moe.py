@@ -23,20 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    GptOssConfig,
-    GptOssForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-    OlmoeConfig,
-    OlmoeForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
-)
-
-from .modeling_moe_compress import keep_experts, share_weight_conversions
+from .modeling_moe_compress import derive_classes, keep_experts, set_counts, share_weight_conversions, slice_tensors
 
 MODEL_TYPE_SUFFIX = "_tiered"
 
@@ -80,6 +67,17 @@ def install_teams(decoder_layer: nn.Module, teams: int, team_size: int, config) 
     return router
 
 
+def keep_teams(decoder_layer: nn.Module, teams: list[int], team_size: int, layout: dict, team_top_k: int) -> None:
+    """Cut one tiered layer to the teams `teams` (original team ids, in order): their members'
+    experts and their rows of the team router (weight, bias, mixing)."""
+    members = [t * team_size + m for t in teams for m in range(team_size)]
+    slice_tensors(decoder_layer.get_submodule(layout["experts"]), layout["expert_tensors"], members)
+    router = decoder_layer.get_submodule(layout["router"])
+    slice_tensors(router, {"weight": 0, "bias": 0, "mixing": 0}, teams)
+    set_counts(decoder_layer, layout, len(members), team_top_k * team_size)
+    router.teams, router.top_k = len(teams), team_top_k
+
+
 class _TieredTeams:
     """Mixin: after the stock model is built, turn each layer of ``config.tiered_layers`` into teams."""
 
@@ -90,53 +88,9 @@ class _TieredTeams:
             install_teams(layers[int(layer)], spec["teams"], spec["team_size"], config)
 
 
-class GptOssTieredConfig(GptOssConfig):
-    model_type = "gpt_oss" + MODEL_TYPE_SUFFIX
-
-
-class GptOssTieredForCausalLM(_TieredTeams, GptOssForCausalLM):
-    config_class = GptOssTieredConfig
-
-
-class MixtralTieredConfig(MixtralConfig):
-    model_type = "mixtral" + MODEL_TYPE_SUFFIX
-
-
-class MixtralTieredForCausalLM(_TieredTeams, MixtralForCausalLM):
-    config_class = MixtralTieredConfig
-
-
-class Qwen2MoeTieredConfig(Qwen2MoeConfig):
-    model_type = "qwen2_moe" + MODEL_TYPE_SUFFIX
-
-
-class Qwen2MoeTieredForCausalLM(_TieredTeams, Qwen2MoeForCausalLM):
-    config_class = Qwen2MoeTieredConfig
-
-
-class Qwen3MoeTieredConfig(Qwen3MoeConfig):
-    model_type = "qwen3_moe" + MODEL_TYPE_SUFFIX
-
-
-class Qwen3MoeTieredForCausalLM(_TieredTeams, Qwen3MoeForCausalLM):
-    config_class = Qwen3MoeTieredConfig
-
-
-class OlmoeTieredConfig(OlmoeConfig):
-    model_type = "olmoe" + MODEL_TYPE_SUFFIX
-
-
-class OlmoeTieredForCausalLM(_TieredTeams, OlmoeForCausalLM):
-    config_class = OlmoeTieredConfig
-
-
-# base model_type → (config class, causal LM class)
-CLASSES = {
-    "gpt_oss": (GptOssTieredConfig, GptOssTieredForCausalLM),
-    "mixtral": (MixtralTieredConfig, MixtralTieredForCausalLM),
-    "qwen2_moe": (Qwen2MoeTieredConfig, Qwen2MoeTieredForCausalLM),
-    "qwen3_moe": (Qwen3MoeTieredConfig, Qwen3MoeTieredForCausalLM),
-    "olmoe": (OlmoeTieredConfig, OlmoeTieredForCausalLM),
-}
+# base model_type → (config class, causal LM class): GptOssTieredConfig, GptOssTieredForCausalLM, ...
+# DeepSeek-V3 is left out: its group-limited routing has no team equivalent.
+CLASSES = derive_classes(globals(), ["gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"], MODEL_TYPE_SUFFIX,
+                         "Tiered", _TieredTeams)
 
 share_weight_conversions(CLASSES)

@@ -32,7 +32,7 @@ def plot_layer_heatmaps(panels: dict[str, torch.Tensor], layers: list[int], path
     width = min(4 + experts / 8, 16) if len(panels) == 1 else 4 * len(panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.2 + 0.35 * len(layers)), sharey=True,
                              constrained_layout=True, squeeze=False)
-    vmax = max(float(values.max()) for values in panels.values()) or 1.0
+    vmax = max(float(values.nan_to_num(0.0).max()) for values in panels.values()) or 1.0
     for ax, (name, values) in zip(axes[0], panels.items()):
         image = ax.imshow(values.double().numpy(), cmap="viridis", vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
         ax.set_title(name)
@@ -63,9 +63,19 @@ def _plot_matrix(matrix: torch.Tensor, path: Path, *, title: str, xlabel: str, y
     plt.close(fig)
 
 
+def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer rows as one [layers, most experts] matrix; a layer with fewer experts (a non-uniform
+    or tiered model) is padded with NaN, which the heatmaps leave blank."""
+    matrix = torch.full((len(rows), max(len(row) for row in rows)), float("nan"), dtype=torch.float64)
+    for index, row in enumerate(rows):
+        matrix[index, : len(row)] = row.double()
+    return matrix
+
+
 def _usage_rates(stats: RoutingStats) -> torch.Tensor:
     """[layers, E]: the share of tokens routed to each expert."""
-    return stats.stacked("selections").double() / stats.stacked("tokens").clamp(min=1).double().unsqueeze(1)
+    return _padded([s["selections"].double() / s["tokens"].clamp(min=1).double() for s in
+                    (stats.layers[layer] for layer in stats.layer_indices)])
 
 
 def _row_normalized(matrix: torch.Tensor) -> torch.Tensor:
@@ -89,8 +99,7 @@ def plot_stats(stats: RoutingStats, out_dir: Path, layer: int | None = None) -> 
     written.append(path)
 
     # Saliency scales differ a lot between layers and pruning compares experts within a layer.
-    saliency = torch.stack([reap_saliency(stats, index) for index in layers])
-    saliency = saliency / saliency.amax(dim=1, keepdim=True).clamp(min=1e-30)
+    saliency = _padded([reap_saliency(stats, index) / reap_saliency(stats, index).amax().clamp(min=1e-30) for index in layers])
     path = out_dir / "reap.png"
     plot_layer_heatmaps({name: saliency}, layers, path, label="REAP saliency / the layer's highest",
                         title="REAP saliency (mean g·‖f(x)‖ over routed tokens), per layer")
@@ -123,7 +132,7 @@ def plot_pruning(stats: RoutingStats, kept: dict[int, list[int]], path: Path) ->
     experts = usage.shape[1]
     fig, ax = plt.subplots(figsize=(min(4 + experts / 8, 16), 1.4 + 0.35 * len(layers)), constrained_layout=True)
     image = ax.imshow(usage.numpy(), cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")
-    removed = [(e, row) for row, layer in enumerate(layers) for e in range(experts) if e not in set(kept[layer])]
+    removed = [(e, row) for row, layer in enumerate(layers) for e in range(stats.num_experts(layer)) if e not in set(kept[layer])]
     if removed:
         xs, ys = zip(*removed)
         ax.scatter(xs, ys, marker="x", color="red", s=max(8, 400 / experts), linewidths=1.2, label="removed")

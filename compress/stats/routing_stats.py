@@ -29,6 +29,7 @@ The file is plain safetensors: tensors ``layers.<layer>.<name>`` plus one metada
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .. import __version__
 from ..checkpoint.output import atomic_file
@@ -117,17 +118,24 @@ class RoutingStats:
         return RoutingStats(layers, metadata_for_sources(self.metadata, sources))
 
     # --- file ------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the safetensors file atomically."""
-        path = Path(path)
+    def to_bytes(self) -> bytes:
+        """The safetensors file's exact bytes (the same inputs always give the same bytes)."""
         tensors = {
             f"layers.{layer}.{name}": tensor.detach().cpu().contiguous()
             for layer, stats in self.layers.items()
             for name, tensor in stats.items()
         }
         metadata = {"routing_stats": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **self.metadata})}
-        with atomic_file(path) as temporary:
-            save_file(tensors, str(temporary), metadata=metadata)
+        return save(tensors, metadata=metadata)
+
+    def sha256(self) -> str:
+        """The hash of the file these statistics are saved as (recorded in plans and provenance)."""
+        return "sha256:" + hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the safetensors file atomically."""
+        with atomic_file(Path(path)) as temporary:
+            temporary.write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingStats":

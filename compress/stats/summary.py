@@ -119,3 +119,40 @@ def divergence(a: RoutingStats, b: RoutingStats, top: int = 3) -> dict:
         "mean_js_divergence_bits": round(sum(values) / len(values), 4),
         "layers": layers,
     }
+
+
+# --- text for `compress stats` ---------------------------------------------------------------------
+def header(stats: RoutingStats) -> str:
+    """One line naming what the statistics were measured on."""
+    from ..report import human_count
+
+    m = stats.metadata
+    return (f"{m.get('model')} ({m.get('family')}, top-{m.get('top_k')}) · domain {m.get('domain')} · "
+            f"{human_count(m.get('tokens') or 0)} tokens in {m.get('samples')} windows of {m.get('seq_len') or 'mixed'}")
+
+
+def render_summary(stats: RoutingStats, summary: dict, cold_threshold: float) -> str:
+    """The `compress stats show` table of `summarize`'s result."""
+    from ..report import layer_ranges
+
+    lines = [header(stats),
+             f"cold (< {cold_threshold:.1%} of tokens): {summary['cold_experts_total']} of {summary['experts_total']} experts",
+             f"{'layer':>5}  {'entropy':>7}  {'/ln E':>5}  {'gini':>5}  {'cold':>4}  top experts (share of tokens)"]
+    for layer in summary["layers"]:
+        top = ", ".join(f"{t['expert']} {t['usage_rate']:.1%}" for t in layer["top_experts"])
+        lines.append(f"{layer['layer']:>5}  {layer['entropy_nats']:>7.3f}  {layer['entropy_normalized']:>5.2f}  "
+                     f"{layer['gini']:>5.2f}  {len(layer['cold_experts']):>4}  {top}")
+    lines += [f"cold in layer {layer['layer']}: {layer_ranges(layer['cold_experts'])}" for layer in summary["layers"]
+              if layer["cold_experts"]]
+    return "\n".join(lines)
+
+
+def render_divergence(a: RoutingStats, b: RoutingStats, result: dict) -> str:
+    """The `compress stats diff` table of `divergence`'s result."""
+    lines = [f"A: {header(a)}", f"B: {header(b)}",
+             f"mean Jensen-Shannon divergence of expert usage: {result['mean_js_divergence_bits']:.4f} bits (0 = same, 1 = disjoint)",
+             f"{'layer':>5}  {'JS bits':>7}  experts whose usage moved most (B - A, share of tokens)"]
+    for layer in result["layers"]:
+        moved = ", ".join(f"{m['expert']} {m['usage_rate_change']:+.1%}" for m in layer["most_shifted"])
+        lines.append(f"{layer['layer']:>5}  {layer['js_divergence_bits']:>7.4f}  {moved}")
+    return "\n".join(lines)

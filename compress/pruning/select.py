@@ -103,3 +103,16 @@ def select_experts(
     for _, layer, e in sorted(candidates, key=lambda c: (-c[0], c[1], c[2]))[: max(remaining, 0)]:
         kept[layer].add(e)
     return {layer: sorted(experts) for layer, experts in kept.items()}
+
+
+def team_statistics(stats: RoutingStats, team_sizes: dict[int, int]) -> RoutingStats:
+    """Statistics of a tiered model's teams: each team's counts and sums are its members' (team t
+    holds experts t·S … t·S+S-1), so every criterion ranks teams as it ranks experts."""
+    from ..stats.routing_stats import COUNT_STATS, FLOAT_STATS
+
+    layers = {}
+    for layer, size in team_sizes.items():
+        s = stats.layers[layer]
+        layers[layer] = {"tokens": s["tokens"], "entropy_sum": s["entropy_sum"],
+                         **{name: s[name].reshape(-1, size).sum(dim=1) for name in (*COUNT_STATS, *FLOAT_STATS)}}
+    return RoutingStats(layers, stats.metadata)

@@ -32,45 +32,63 @@ from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
 from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
-from ..models import modeling_moe_compress
-from ..models.modeling_moe_compress import MODEL_TYPE_SUFFIX, keep_experts
+from ..families.derived import MODELING_FILES, PER_LAYER, TIERED, split_model_type
+from ..models import modeling_moe_compress, modeling_tiered_moe
 from .plan import PrunePlan
 
-MODELING_FILE = "modeling_moe_compress.py"
+# Fields only the project's per-layer classes read; a plan that ends uniform drops them again.
+PER_LAYER_FIELDS = ("experts_per_layer", "moe_layout", "auto_map")
 
 
 def apply_plan_to_model(model, plan: PrunePlan) -> None:
-    """Prune a loaded model in place: slice each planned layer's experts and router, update the config."""
+    """Prune a loaded model in place: slice each planned layer's experts and router (a tiered
+    model's teams), update the config."""
     family = family_for_config(model.config)
     layers = family.decoder_layers(model)
-    for layer, kept in plan.layers.items():
-        keep_experts(layers[layer], kept, family.moe_layout, plan.top_k)
-    counts = plan.experts_per_layer
+    if plan.teams is not None:
+        tiered = model.config.tiered_layers
+        team_top_k = min(model.config.team_top_k, min(len(kept) for kept in plan.teams.values()))
+        for layer, kept in plan.teams.items():
+            modeling_tiered_moe.keep_teams(layers[layer], kept, tiered[str(layer)]["team_size"], family.moe_layout, team_top_k)
+        model.config.tiered_layers = _kept_tiers(tiered, plan)
+        model.config.team_top_k = team_top_k
+    else:
+        for layer, kept in plan.layers.items():
+            modeling_moe_compress.keep_experts(layers[layer], kept, family.moe_layout, plan.top_k)
+        if not plan.uniform:
+            model.config.experts_per_layer = {str(layer): count for layer, count in plan.experts_per_layer.items()}
+            model.config.moe_layout = family.moe_layout
     for name in family.num_experts_fields:
         if getattr(model.config, name, None) is not None:
-            setattr(model.config, name, max(counts.values()))
+            setattr(model.config, name, max(plan.experts_per_layer.values()))
     for name in family.top_k_fields:
         setattr(model.config, name, plan.top_k)
-    if not plan.uniform:
-        model.config.experts_per_layer = {str(layer): count for layer, count in counts.items()}
-        model.config.moe_layout = family.moe_layout
+
+
+def _kept_tiers(tiered_layers: dict, plan: PrunePlan) -> dict:
+    return {str(layer): {**tiered_layers[str(layer)], "teams": len(kept)} for layer, kept in sorted(plan.teams.items())}
 
 
 def pruned_config(config: dict, family: MoEFamily, plan: PrunePlan) -> dict:
-    """config.json of the pruned checkpoint: counts and top-k rewritten (every alias); a non-uniform
-    plan also switches to the project's per-layer model classes."""
-    counts = plan.experts_per_layer
-    config = family.rewrite_config(config, num_experts=max(counts.values()), top_k=plan.top_k)
+    """config.json of the pruned checkpoint: counts and top-k rewritten (every alias). A non-uniform
+    plan uses the project's per-layer model classes; a uniform one of a per-layer source goes back
+    to the stock classes; a tiered source stays tiered with the kept teams."""
+    base, kind = split_model_type(config["model_type"])
+    config = family.rewrite_config(config, num_experts=max(plan.experts_per_layer.values()), top_k=plan.top_k)
+    if kind == TIERED:
+        team_top_k = min(config["team_top_k"], min(len(kept) for kept in plan.teams.values()))
+        return {**config, "tiered_layers": _kept_tiers(config["tiered_layers"], plan), "team_top_k": team_top_k}
+    config = {key: value for key, value in config.items() if key not in PER_LAYER_FIELDS}
     if plan.uniform:
-        return config
-    base_type = config["model_type"].removesuffix(MODEL_TYPE_SUFFIX)
-    config_class, model_class = modeling_moe_compress.CLASSES[base_type]
-    module = MODELING_FILE.removesuffix(".py")
+        stock_model_class = modeling_moe_compress.BASES[base][2]
+        return {**config, "model_type": base, "architectures": [stock_model_class.__name__]} if kind == PER_LAYER else config
+    config_class, model_class = modeling_moe_compress.CLASSES[base]
+    module = MODELING_FILES[PER_LAYER].removesuffix(".py")
     config.update({
         "model_type": config_class.model_type,
         "architectures": [model_class.__name__],
         "auto_map": {"AutoConfig": f"{module}.{config_class.__name__}", "AutoModelForCausalLM": f"{module}.{model_class.__name__}"},
-        "experts_per_layer": {str(layer): count for layer, count in sorted(counts.items())},
+        "experts_per_layer": {str(layer): count for layer, count in sorted(plan.experts_per_layer.items())},
         "moe_layout": family.moe_layout,
     })
     return config
@@ -110,7 +128,11 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
         copy = _Copy(key, key)
         if role.kind != "other" and role.layer not in plan.layers:
             raise CompressError(f"{key} holds experts of layer {role.layer}, which the plan does not cover")
-        if role.kind in ("experts", "router"):
+        team_layer = _team_router_layer(key, family, plan)
+        if team_layer is not None:  # a tiered layer's router rows are teams, not experts
+            copy.experts, copy.dim = plan.teams[team_layer], 0
+            shape[0] = len(copy.experts)
+        elif role.kind in ("experts", "router"):
             copy.experts, copy.dim = plan.layers[role.layer], role.expert_dim
             shape[role.expert_dim] = len(copy.experts)
         elif role.kind == "expert":
@@ -121,6 +143,15 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
         result.copies.append(copy)
         result.specs.append(TensorSpec(copy.new_key, TORCH_DTYPES[entry.dtype], tuple(shape)))
     return result
+
+
+def _team_router_layer(key: str, family: MoEFamily, plan: PrunePlan) -> int | None:
+    """The layer whose team router holds `key` (weight, bias, mixing), for team plans; else None."""
+    if plan.teams is None:
+        return None
+    router = re.escape(family.modules["layers"]) + r"\.(\d+)\." + re.escape(family.modules["router"]) + r"\.(weight|bias|mixing)$"
+    match = re.match(router, key)
+    return int(match[1]) if match and int(match[1]) in plan.teams else None
 
 
 def write_pruned_checkpoint(
@@ -137,8 +168,10 @@ def write_pruned_checkpoint(
     write_tensors(reader, staging, tensors, max_shard_bytes, progress)
     write_config(staging, pruned_config(config, family, plan))
     copy_support_files(source, staging)
-    if not plan.uniform:
-        shutil.copyfile(modeling_moe_compress.__file__, staging / MODELING_FILE)
+    _, kind = split_model_type(read_config(staging)["model_type"])
+    modules = {PER_LAYER: [modeling_moe_compress], TIERED: [modeling_moe_compress, modeling_tiered_moe]}.get(kind, [])
+    for module in modules:  # the model code the checkpoint names in auto_map, for trust_remote_code
+        shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
     return tensors
 
 

@@ -1,62 +1,15 @@
-"""What a pruned checkpoint says about itself: ``compress.json`` (provenance, for machines) and a
-model card ``README.md`` (for people), plus the expert-usage picture the card shows."""
+"""The model card of a pruned checkpoint (``README.md``, for people; `jobs.provenance` writes it with
+``compress.json``), and the expert-usage picture it shows."""
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
-from pathlib import Path
-
 from .. import __version__
+from ..families.derived import split_model_type
+from ..jobs.provenance import STATS_FILE
 from ..model_info import ModelInfo
-from ..publish import card_license
-from ..stats import RoutingStats
 from .plan import PrunePlan
 
-PROVENANCE_FILE = "compress.json"
-CARD_FILE = "README.md"
-STATS_FILE = "routing_stats.safetensors"
 USAGE_PLOT = "expert_usage.png"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
-def write_provenance(directory: Path, plan: PrunePlan, before: ModelInfo, after: ModelInfo, stats: RoutingStats | None,
-                     command: str | None = None) -> dict:
-    """Write the statistics used (if any), their picture, compress.json and the model card."""
-    statistics = None
-    if stats is not None:
-        stats.save(directory / STATS_FILE)
-        from ..stats.plots import plot_pruning
-
-        plot_pruning(stats, plan.layers, directory / USAGE_PLOT)
-        statistics = {
-            "file": STATS_FILE,
-            "sha256": file_sha256(directory / STATS_FILE),
-            **{key: stats.metadata.get(key) for key in ("domain", "samples", "seq_len", "tokens")},
-            "data": [source["data"] for source in stats.metadata.get("sources", [])],
-        }
-    provenance = {
-        "tool": "moe-compress",
-        "tool_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "operation": "prune",
-        "source": {"model": before.name, "fingerprint": plan.source.get("fingerprint"), "license": card_license(Path(before.path))},
-        "command": command,
-        "plan": plan.to_dict(),
-        "statistics": statistics,
-        "parameters": {"before": before.parameters.__dict__, "after": after.parameters.__dict__},
-    }
-    (directory / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    (directory / CARD_FILE).write_text(model_card(plan, before, after, statistics))
-    return provenance
 
 
 def _millions(n: int) -> str:
@@ -70,6 +23,8 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
     kept_text = (f"{next(iter(counts.values()))} of {source['num_experts']} experts in every MoE layer" if plan.uniform
                  else f"{min(counts.values())}–{max(counts.values())} of {source['num_experts']} experts per MoE layer "
                       f"({sum(counts.values())} in total, a global budget)")
+    if plan.teams is not None:
+        kept_text += f" (whole teams: {', '.join(f'layer {layer} keeps teams {kept}' for layer, kept in sorted(plan.teams.items()))})"
     top_k_text = (f"top-k stays {plan.top_k}" if plan.top_k == source["top_k"]
                   else f"top-k lowered from {source['top_k']} to {plan.top_k} (fewer experts kept than were routed per token)")
     why = {
@@ -87,9 +42,10 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
         f"| {layer} | {len(kept)} | {', '.join(map(str, kept))} | {', '.join(map(str, plan.removed(layer))) or '—'} |"
         for layer, kept in sorted(plan.layers.items())
     )
+    stock = split_model_type(after.model_type)[1] is None
     load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(PATH)" if plan.uniform else
-            "import compress\ncompress.register()  # the per-layer model classes; or pass trust_remote_code=True instead\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)" if stock else
+            "import compress\ncompress.register()  # the project's model classes; or pass trust_remote_code=True instead\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(PATH)")
     picture = f"\n![expert usage and removed experts]({USAGE_PLOT})\n" if statistics else ""

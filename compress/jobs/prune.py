@@ -1,0 +1,255 @@
+"""The pruning job: check the request, make the plan (profiling when needed), write the checkpoint.
+
+``prune`` is what ``compress prune`` and ``compress.pruning(...)`` run: every option is checked
+against the opened source before any work, the output is claimed before profiling starts, and the
+result carries the plan, the statistics and the before/after descriptions. `make_plan` and
+`write` are its two halves, for notebooks that try several plans on one set of statistics.
+
+A tiered source is pruned by whole teams: the statistics are summed over each team's members
+(`select.team_statistics`) and ``keep`` counts teams.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CompressError
+from ..families.derived import TIERED
+from .calibration import settle
+from .options import CalibrationOptions, OutputOptions, SelectionOptions
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    plan: object  # `pruning.PrunePlan`
+    stats: object | None  # `stats.RoutingStats`
+    out: Path
+    before: object  # `model_info.ModelInfo`
+    after: object | None  # None for a plan-only run
+    seconds: float
+
+    def to_dict(self) -> dict:
+        if self.after is None:
+            return {"out": str(self.out), "plan": self.plan.to_dict()}
+        b, a = self.before.parameters, self.after.parameters
+        return {"out": str(self.out), "criterion": self.plan.provenance.get("criterion"),
+                "experts_per_layer": self.plan.experts_per_layer,
+                "top_k": {"before": self.plan.source["top_k"], "after": self.plan.top_k},
+                "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
+                "bytes": self.after.checkpoint_bytes, "shards": self.after.shards, "seconds": round(self.seconds, 2)}
+
+    def summary(self) -> str:
+        from ..report import human_bytes, human_count
+
+        plan = self.plan
+        if self.after is None:
+            return f"plan: keep {kept_text(plan)} (criterion {plan.provenance.get('criterion')}) → {self.out}"
+        b, a = self.before.parameters, self.after.parameters
+        note = (f"note: top-k lowered from {plan.source['top_k']} to {plan.top_k}: fewer experts are kept than were routed "
+                "per token\n" if plan.top_k != plan.source["top_k"] else "")
+        return (f"{note}kept {kept_text(plan)} ({plan.provenance.get('criterion')}); parameters {human_count(b.total)} → "
+                f"{human_count(a.total)}, active {human_count(b.active)} → {human_count(a.active)}; "
+                f"{human_bytes(self.after.checkpoint_bytes)} in {self.after.shards} shard{'s' if self.after.shards > 1 else ''}; "
+                f"{self.seconds:.1f} s → {self.out}")
+
+
+def kept_text(plan) -> str:
+    counts, total = plan.experts_per_layer, plan.source["num_experts"]
+    if plan.uniform:
+        return f"{next(iter(counts.values()))} of {total} experts in each of {len(counts)} MoE layers"
+    return f"{sum(counts.values())} of {total * len(counts)} experts ({min(counts.values())}-{max(counts.values())} per layer)"
+
+
+# --- checking ------------------------------------------------------------------------------------
+def _team_sizes(source) -> dict[int, int] | None:
+    if source.derived != TIERED:
+        return None
+    return {int(layer): int(spec["team_size"]) for layer, spec in source.config.tiered_layers.items()}
+
+
+def _units(source) -> dict[int, int]:
+    """What a plan keeps per layer: experts, or a tiered source's teams."""
+    sizes = _team_sizes(source)
+    return source.experts_per_layer if sizes is None else {layer: source.experts_per_layer[layer] // sizes[layer] for layer in sizes}
+
+
+def keep_count(selection: SelectionOptions, source) -> int:
+    units = _units(source)
+    what = "teams" if source.derived == TIERED else "experts"
+    if selection.keep is None and selection.keep_ratio is None:
+        raise CompressError(f"say how many {what} to keep: --keep N or --keep-ratio R")
+    if selection.keep_ratio is not None:
+        return max(1, round(selection.keep_ratio * min(units.values())))
+    if selection.keep > min(units.values()):
+        raise CompressError(f"--keep {selection.keep} is more than the {min(units.values())} {what} per layer this model has")
+    return selection.keep
+
+
+def protected(specs, source) -> dict[int, set[int]]:
+    protect: dict[int, set[int]] = {}
+    for spec in specs:
+        layer_text, _, ids_text = spec.partition(":")
+        try:
+            layers = source.moe_layers if layer_text == "all" else [int(layer_text)]
+            ids = {int(e) for e in ids_text.split(",")}
+        except ValueError:
+            raise CompressError(f"--protect {spec!r}: write LAYER:EXPERT[,EXPERT...] or all:EXPERT[,...], e.g. 3:5,7") from None
+        for layer in layers:
+            if layer not in source.moe_layers:
+                raise CompressError(f"--protect {spec!r}: layer {layer} is not a MoE layer ({source.moe_layers})")
+            count = _units(source)[layer]
+            if any(not 0 <= e < count for e in ids):
+                raise CompressError(f"--protect {spec!r}: {'team' if source.derived == TIERED else 'expert'} ids run from 0 to {count - 1}")
+            protect.setdefault(layer, set()).update(ids)
+    return protect
+
+
+def checked_statistics(stats, source):
+    """Statistics (a file, or `RoutingStats`), refused when they were measured on another model."""
+    from ..stats.routing_stats import RoutingStats
+
+    where = "the statistics" if isinstance(stats, RoutingStats) else str(stats)
+    stats = stats if isinstance(stats, RoutingStats) else RoutingStats.load(stats)
+    if stats.metadata.get("fingerprint") != source.fingerprint:
+        raise CompressError(
+            f"{where} was measured on {stats.metadata.get('model')}, a different model than {source.name} "
+            f"(fingerprints {stats.metadata.get('fingerprint')} vs {source.fingerprint}): profile this model")
+    return stats
+
+
+def _needs_calibration(selection: SelectionOptions, stats) -> bool:
+    return stats is None or selection.criterion == "reconstruct"
+
+
+def check_request(source, selection: SelectionOptions, calibration: CalibrationOptions | None, stats):
+    """Refuse option mistakes before any work; returns the calibration options settled for `source`
+    (None when the plan needs no calibration text)."""
+    keep_count(selection, source)
+    protected(selection.protect, source)
+    if not _needs_calibration(selection, stats):
+        return None
+    if calibration is None or calibration.domain is None:
+        raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
+                            "(math, code, general or your own with --dataset)")
+    return settle(calibration, source)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: CalibrationOptions | None = None,
+              command: str | None = None, progress: bool = True):
+    """(plan, statistics) for `source`: profiles on `calibration` text when there are no statistics
+    (or the criterion is ``reconstruct``, which searches on calibration tokens)."""
+    from ..pruning.plan import PrunePlan, team_plan_layers
+    from ..pruning.select import select_experts, team_statistics
+    from .profile import collect
+    from .provenance import plan_provenance
+
+    stats = checked_statistics(stats, source) if stats is not None else None
+    calibration = check_request(source, selection, calibration, stats)
+    keep, protect, sizes = keep_count(selection, source), protected(selection.protect, source), _team_sizes(source)
+    groups = source.family.routing_groups(source.config)
+    if sizes is not None and selection.criterion == "reconstruct":
+        raise CompressError("--criterion reconstruct searches expert sets through the family's router, but a tiered model "
+                            "routes teams: choose a score criterion (reap, frequency, gate-mass, ean, random)")
+    if _needs_calibration(selection, stats):
+        model, windows, profiled = collect(source, calibration, progress=progress)
+        stats = stats or profiled
+    if selection.criterion == "reconstruct":
+        from ..pruning.reconstruct import reconstruction_selection
+
+        layers = reconstruction_selection(model, windows, keep, batch_size=calibration.batch_size, protect=protect, groups=groups,
+                                          progress=progress, budget=selection.budget, min_per_layer=selection.min_per_layer)
+        teams = None
+    else:
+        ranked = stats if sizes is None else team_statistics(stats, sizes)
+        top_k = source.top_k if sizes is None else source.config.team_top_k
+        chosen = select_experts(ranked, selection.criterion, keep, budget=selection.budget, top_k=top_k,
+                                min_per_layer=selection.min_per_layer, protect=protect, groups=groups, seed=selection.seed)
+        teams, layers = (None, chosen) if sizes is None else (chosen, team_plan_layers(chosen, sizes))
+    if teams is None:
+        top_k = min(source.top_k, min(len(kept) for kept in layers.values()))
+    else:
+        top_k = min(source.config.team_top_k, min(len(kept) for kept in teams.values())) * max(sizes.values())
+    provenance = plan_provenance(command, stats, criterion=selection.criterion, budget=selection.budget, keep=keep,
+                                 protect={str(layer): sorted(e) for layer, e in protect.items()},
+                                 **({"seed": selection.seed} if selection.criterion == "random" else {}))
+    plan = PrunePlan(plan_source(source), layers, top_k, provenance, teams)
+    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint, groups)
+    return plan, stats
+
+
+def plan_source(source) -> dict:
+    return {"model": source.name, "fingerprint": source.fingerprint, "family": source.family.name,
+            "num_experts": source.num_experts, "top_k": source.top_k,
+            "experts_per_layer": {str(layer): count for layer, count in source.experts_per_layer.items()}}
+
+
+def load_plan(plan, source):
+    """A plan (a file, or a `PrunePlan`), checked against `source`."""
+    from ..pruning.plan import PrunePlan
+
+    where = "the plan" if isinstance(plan, PrunePlan) else str(plan)
+    plan = plan if isinstance(plan, PrunePlan) else PrunePlan.load(plan)
+    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
+               source.family.routing_groups(source.config))
+    if (plan.teams is not None) != (source.derived == TIERED):
+        raise CompressError(f"{where} is {'a team' if plan.teams is not None else 'an expert'} plan but {source.name} "
+                            f"{'is' if source.derived == TIERED else 'is not'} a tiered model: make a new plan with --plan-only")
+    plan.provenance.setdefault("criterion", "plan")
+    return plan
+
+
+# --- writing -------------------------------------------------------------------------------------
+def write(source, plan, staging: Path, *, stats=None, command: str | None = None, progress: bool = True,
+          max_shard_size: int | None = None):
+    """Write the pruned checkpoint of `plan` into `staging` (a claimed output's staging directory),
+    with its statistics, expert-usage picture, compress.json and card; returns its description."""
+    from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
+    from ..pruning.apply import write_pruned_checkpoint
+    from ..pruning.card import USAGE_PLOT, model_card
+    from ..stats.plots import plot_pruning
+    from .provenance import source_record, statistics_record, write_provenance
+
+    write_pruned_checkpoint(source.path, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
+    after = describe_written(staging)
+    if stats is not None:
+        plot_pruning(stats, plan.layers, staging / USAGE_PLOT)
+    write_provenance(staging, operation="prune", source=source_record(source), command=command, stats=stats,
+                     plan=plan.to_dict(), card=model_card(plan, source.info, after, statistics_record(stats)),
+                     parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__})
+    return after
+
+
+def describe_written(staging: Path):
+    """The description of a checkpoint just written (reading it back checks it as a source)."""
+    from .source import open_model
+
+    return open_model(str(staging), flag="").info
+
+
+def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
+          stats=None, plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True) -> PruneResult:
+    """The whole pruning job (see the module docstring); `plan_only` writes the plan to ``output.out``.
+    `stats` and `plan` are files (from `compress profile` / ``--plan-only``) or the objects themselves."""
+    from ..checkpoint.output import claim_output
+    from ..pruning.plan import is_plan_file
+
+    start = time.perf_counter()
+    kind, what, recognise = ("file", "plan file", is_plan_file) if plan_only else ("directory", "pruned model", None)
+    with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
+                      what=what) as claimed:
+        stats = checked_statistics(stats, source) if stats is not None else None
+        if plan is not None:
+            plan = load_plan(plan, source)
+        else:
+            plan, stats = make_plan(source, selection, stats=stats, calibration=calibration, command=command, progress=progress)
+        with claimed.write() as staging:
+            if plan_only:
+                plan.save(staging)
+                after = None
+            else:
+                after = write(source, plan, staging, stats=stats, command=command, progress=progress,
+                              max_shard_size=output.max_shard_size)
+    return PruneResult(plan, stats, claimed.path, source.info, after, time.perf_counter() - start)
