@@ -42,7 +42,7 @@ setup(
     },
     install_requires=[
         "torch>=2.6",
-        "transformers>=5.0,<6",
+        "transformers>=5.23,<5.25",  # the releases the suite has run on; it uses transformers internals
         "safetensors>=0.4",
         "huggingface_hub>=0.30",
         "accelerate>=1.0",
@@ -55,7 +55,8 @@ setup(
         "kernels": ["triton>=3.0"],
         "eval": ["lm-eval>=0.4.5"],
         "data": ["datasets>=3.0", "pyarrow>=14"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5", "triton>=3.0; platform_system == 'Linux'"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5", "triton>=3.0; platform_system == 'Linux'",
+                "ruff>=0.17,<0.18"],
     },
     entry_points={"console_scripts": ["compress=compress.cli:main"]},
 )

@@ -31,7 +31,8 @@ def shapes():
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
     for experts in (32, 16, 8):
-        yield f"gpt-oss-20b E={experts} k=4", 4, GptOssExperts(GptOssConfig(hidden_size=2880, intermediate_size=2880, num_local_experts=experts))
+        yield f"gpt-oss-20b E={experts} k=4", 4, GptOssExperts(GptOssConfig(hidden_size=2880, intermediate_size=2880,
+                                                                            num_local_experts=experts))
     yield "Qwen3-30B-A3B E=128 k=8", 8, Qwen3MoeExperts(Qwen3MoeConfig(hidden_size=2048, moe_intermediate_size=768, num_experts=128))
 
 
@@ -63,8 +64,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("not measured on GPU: no CUDA device is visible (this benchmark only runs on a GPU)")
         return
-    import compress  # noqa: F401  (registers compress_triton)
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    import compress  # noqa: F401  (registers compress_triton)
 
     try:
         from vllm.model_executor.layers.fused_moe import fused_experts as vllm_fused_experts

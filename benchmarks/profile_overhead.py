@@ -59,7 +59,8 @@ def main() -> None:
                 profiled.append(profiled_time)
     ratio = statistics.median(profiled) / statistics.median(plain)
     tokens = args.batch_size * args.seq_len
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"demo model, {args.batch_size}×{args.seq_len} tokens, {args.dtype}, {where}, torch {torch.__version__}")
     print(f"plain forward    {statistics.median(plain) * 1e3:8.1f} ms  ({tokens / statistics.median(plain):,.0f} tok/s)")
     print(f"profile forward  {statistics.median(profiled) * 1e3:8.1f} ms  ({tokens / statistics.median(profiled):,.0f} tok/s)")

@@ -69,7 +69,8 @@ def gpt_oss_20b_config(layers: int) -> dict:
         "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True, "attention_dropout": 0.0,
         "eos_token_id": 200002, "pad_token_id": 199999, "experts_per_token": 4, "num_experts_per_tok": 4,
         "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": HIDDEN, "initializer_range": 0.02,
-        "intermediate_size": INTERMEDIATE, "layer_types": ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
+        "intermediate_size": INTERMEDIATE,
+        "layer_types": ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
         "max_position_embeddings": 131072, "num_attention_heads": HEADS, "num_hidden_layers": layers,
         "num_key_value_heads": KV_HEADS, "num_local_experts": EXPERTS, "output_router_logits": False,
         "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
@@ -167,7 +168,8 @@ def main() -> None:
     plan_file.write_text(json.dumps(plan))
     # Make the plan's fingerprint match the synthetic model, as --plan-only would.
     fingerprint = subprocess.run(
-        [sys.executable, "-c", "import sys; from transformers import AutoConfig; from compress.model_info import meta_model, model_fingerprint;"
+        [sys.executable, "-c", "import sys; from transformers import AutoConfig; "
+         "from compress.model_info import meta_model, model_fingerprint;"
          "print(model_fingerprint(meta_model(AutoConfig.from_pretrained(sys.argv[1]))))", str(source)],
         capture_output=True, text=True, check=True).stdout.strip()
     plan["source"]["fingerprint"] = fingerprint

@@ -26,10 +26,10 @@ from compress.data.tokens import token_stream, token_windows
 from compress.evals.perplexity import heldout_perplexity
 from compress.families import family_for_config
 from compress.model_loading import load_model, load_tokenizer
+from compress.pruning import SCORE_CRITERIA
 from compress.pruning.apply import apply_plan_to_model
 from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import reconstruction_selection
-from compress.pruning import SCORE_CRITERIA
 from compress.pruning.select import select_experts
 from compress.resolve import demo_model_path
 from compress.stats import merge_all
@@ -66,7 +66,8 @@ def main() -> None:
         pruned = model
         if layers is not None:
             pruned = copy.deepcopy(model)
-            apply_plan_to_model(pruned, PrunePlan({"num_experts": 16, "top_k": top_k}, layers, min(top_k, len(next(iter(layers.values()))))))
+            apply_plan_to_model(pruned, PrunePlan({"num_experts": 16, "top_k": top_k}, layers,
+                                                  min(top_k, len(next(iter(layers.values()))))))
         return {d: heldout_perplexity(pruned, tokenizer, heldout[d], args.seq_len, args.heldout_windows) for d in domains}
 
     def evaluate(criterion: str, calibration: str, keep: int, domains=DOMAINS) -> dict[str, float]:

@@ -30,7 +30,8 @@ def main() -> None:
     path = demo_model_path()
     model, tokenizer = load_model(path, dtype="float32", device="cpu"), load_tokenizer(path)
     calibration = {d: token_windows(token_stream(tokenizer, load_texts(d, "calibration")), 128, 120) for d in DOMAINS}
-    stats = {d: profile(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False) for d, w in calibration.items()}
+    stats = {d: profile(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False)
+             for d, w in calibration.items()}
     heldout = {d: token_windows(token_stream(tokenizer, load_texts(d, "heldout")), 128, 64) for d in DOMAINS}
 
     print("1. cold experts (< 1% of tokens routed to the expert), of 96:")
@@ -40,7 +41,8 @@ def main() -> None:
     print("2. top-k 1 vs the model's 4 (held-out perplexity change, 95% bootstrap CI over 64 windows):")
     for domain, windows in heldout.items():
         r = analyses.topk(model, windows, [1])["k"]["1"]
-        print(f"   {domain}: {r['base_perplexity']:.2f} → {r['perplexity']:.2f} ({r['change']:+.1%}, CI {r['change_95ci'][0]:+.1%} .. {r['change_95ci'][1]:+.1%})")
+        print(f"   {domain}: {r['base_perplexity']:.2f} → {r['perplexity']:.2f} "
+              f"({r['change']:+.1%}, CI {r['change_95ci'][0]:+.1%} .. {r['change_95ci'][1]:+.1%})")
     print("3. circuits (math statistics):")
     c = analyses.circuits(stats["math"])
     print(f"   mean adjacent-layer alignment {c['mean_alignment']:.3f} (uniform 1/16 = {c['uniform_baseline']:.3f}); "

@@ -15,7 +15,6 @@ import itertools
 import json
 
 import torch
-
 from moe_kernel import expert_dims, shapes, time_ms
 
 SEARCH = {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)}

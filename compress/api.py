@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .jobs.options import (CalibrationOptions, EvaluationOptions, OutputOptions, SelectionOptions, TieredOptions)
+from .jobs.options import CalibrationOptions, EvaluationOptions, OutputOptions, SelectionOptions, TieredOptions
 from .jobs.source import SourceModel, open_model
 
 

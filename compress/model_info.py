@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .errors import CheckpointError
 from .families import MoEFamily, family_for_config
 
 

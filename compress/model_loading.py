@@ -77,7 +77,8 @@ def load_tokenizer(path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path} has no usable tokenizer ({_first_line(exc)}): copy the tokenizer files of its source model") from None
+        raise CheckpointError(f"{path} has no usable tokenizer ({_first_line(exc)}): "
+                              "copy the tokenizer files of its source model") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -72,7 +72,8 @@ def _hub_id(name: str | None) -> str | None:
 def _source_of(provenance: dict) -> dict:
     """The original model: a distilled student's provenance points through its student's."""
     if provenance.get("operation") == "distill":
-        return {"model": provenance.get("teacher"), "license": ((provenance.get("student_provenance") or {}).get("source") or {}).get("license")}
+        return {"model": provenance.get("teacher"),
+                "license": ((provenance.get("student_provenance") or {}).get("source") or {}).get("license")}
     return provenance.get("source") or {}
 
 

@@ -35,7 +35,8 @@ def render_info(info) -> str:
     experts = f"{counts[0]} per MoE layer" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} per MoE layer (non-uniform)"
     p = info.parameters
     dtypes = ", ".join(f"{dtype} x{count}" for dtype, count in info.tensor_dtypes.items())
-    shared = f"{info.shared_experts_per_layer} per MoE layer ({human_count(p.shared_experts)} parameters)" if info.shared_experts_per_layer else "none"
+    shared = (f"{info.shared_experts_per_layer} per MoE layer ({human_count(p.shared_experts)} parameters)"
+              if info.shared_experts_per_layer else "none")
     lines = [
         f"{info.name}  ({info.family}, {', '.join(info.architectures) or info.model_type})",
         f"  path        {info.path}",

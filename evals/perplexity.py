@@ -59,7 +59,7 @@ def stream_perplexity(model, stream: torch.Tensor, max_length: int, stride: int 
     for window in windows:
         groups.setdefault(window[1] - window[0], []).append(window)
     bar = tqdm(total=len(windows), unit="window", desc="perplexity", disable=not progress)
-    for length, group in groups.items():
+    for group in groups.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
             ids = torch.stack([stream[begin:end] for begin, end, _ in chunk]).to(device)

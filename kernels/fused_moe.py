@@ -20,7 +20,7 @@ Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on CP
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -114,7 +114,7 @@ def _down_kernel(
     tl.store(out_ptr + pairs[:, None] * stride_om + offs_n[None, :] * stride_on, acc, mask=valid[:, None] & (offs_n[None, :] < N))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _configs(file_name: str) -> dict:
     """A launch-configuration table shipped in `configs/` ({} for a GPU without a tuned table)."""
     path = CONFIG_DIR / file_name

@@ -20,9 +20,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from compress.checkpoint.output import claim_output
-from compress.errors import CompressError
 from compress.data.corpus import corpus_fingerprint, load_texts
 from compress.data.tokens import token_stream, token_windows
+from compress.errors import CompressError
 from compress.evals.perplexity import heldout_perplexity
 from compress.stats.profile import profile
 from compress.stats.summary import domain_divergence_table

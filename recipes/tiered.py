@@ -208,7 +208,7 @@ class TieredPlan:
             temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path) -> "TieredPlan":
+    def load(cls, path) -> TieredPlan:
         import json
 
         path = Path(path)
@@ -312,7 +312,8 @@ def tiered_config(config: dict, family: MoEFamily, layout: TieredPlan) -> dict:
         "model_type": config_class.model_type,
         "architectures": [model_class.__name__],
         "auto_map": {"AutoConfig": f"{module}.{config_class.__name__}", "AutoModelForCausalLM": f"{module}.{model_class.__name__}"},
-        "tiered_layers": {str(layer): {"teams": len(teams), "team_size": layout.team_size} for layer, teams in sorted(layout.teams.items())},
+        "tiered_layers": {str(layer): {"teams": len(teams), "team_size": layout.team_size}
+                          for layer, teams in sorted(layout.teams.items())},
         "team_top_k": layout.team_top_k,
         "team_routing": routing,
         "moe_layout": family.moe_layout,
@@ -379,7 +380,7 @@ def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_
     base_type = config.model_type
     config_class, _ = modeling_tiered_moe.CLASSES[base_type]
     routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}
-    fields = {**config.to_dict(), "tiered_layers": {str(l): {"teams": n, "team_size": team_size} for l, n in tiers.items()},
+    fields = {**config.to_dict(), "tiered_layers": {str(layer): {"teams": n, "team_size": team_size} for layer, n in tiers.items()},
               "team_top_k": team_top_k, "team_routing": {**routing, "renormalize": True}, "moe_layout": family.moe_layout,
               family.top_k_fields[0]: team_top_k * team_size}
     fields.pop("model_type", None)

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_model, cli_error
 
 from compress.analyze import analyses
 from compress.cli import main
@@ -17,6 +16,7 @@ from compress.pruning.apply import apply_plan_to_model
 from compress.pruning.plan import PrunePlan
 from compress.resolve import demo_model_path
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
+from conftest import build_tiny_model, cli_error
 
 FORCED = {2: 10.0, 5: 9.0}  # router bias: every token picks experts 2 and 5, weights softmax(10, 9)
 

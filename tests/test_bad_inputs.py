@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,10 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import build_tiny_model
-
 from compress.cli import main
 from compress.resolve import demo_model_path
+from conftest import build_tiny_model
 
 FAST = ["--samples", "4", "--seq-len", "64", "--quiet"]
 
@@ -130,9 +128,12 @@ CASES = [
     ("profile-missing-weight", "profile --model {missing} --domain math --out {root}/x.safetensors", "is missing 1 tensor the model needs"),
     ("prune-missing-weight", "prune --model {missing} --domain math --keep 8 --out {root}/x", "is missing 1 tensor the model needs"),
     ("eval-missing-weight", "eval --model {missing} --tasks perplexity:math", "is missing 1 tensor the model needs"),
-    ("compare-base-missing-weight", "compare --base {missing} --candidate {pruned} --tasks perplexity:math", "is missing 1 tensor the model needs"),
-    ("compare-candidate-missing-weight", "compare --base {src} --candidate {missing} --tasks perplexity:math", "is missing 1 tensor the model needs"),
-    ("gate-candidate-missing-weight", "gate --base {src} --candidate {missing} --tasks perplexity:math", "is missing 1 tensor the model needs"),
+    ("compare-base-missing-weight", "compare --base {missing} --candidate {pruned} --tasks perplexity:math",
+     "is missing 1 tensor the model needs"),
+    ("compare-candidate-missing-weight", "compare --base {src} --candidate {missing} --tasks perplexity:math",
+     "is missing 1 tensor the model needs"),
+    ("gate-candidate-missing-weight", "gate --base {src} --candidate {missing} --tasks perplexity:math",
+     "is missing 1 tensor the model needs"),
     ("analyze-missing-weight", "analyze trace --model {missing} --prompt hi", "is missing 1 tensor the model needs"),
     ("convert-missing-weight", "convert tiered --model {missing} --stats {stats} --out {root}/x", "is missing 1 tensor the model needs"),
     ("distill-teacher-missing-weight", "distill --teacher {missing} --student {pruned} --domain math --steps 1 --out {root}/x",
@@ -176,11 +177,13 @@ CASES = [
      "--max-ppl-gap: must be 0 or more"),
     ("gate-negative-drop", "gate --base {src} --candidate {pruned} --tasks perplexity:math --max-drop -1", "--max-drop: must be 0 or more"),
     ("prune-plan-float-expert-id", "prune --model {src} --plan {root}/plan-float.json --out {root}/x", "0.5, which is not an expert id"),
-    ("stats-merge-the-same-file-twice", "stats merge {stats} {stats} -o {root}/twice.safetensors", "merging would count those tokens twice"),
+    ("stats-merge-the-same-file-twice", "stats merge {stats} {stats} -o {root}/twice.safetensors",
+     "merging would count those tokens twice"),
     ("prune-max-shard-size-zero", "prune --model {src} --stats {stats} --keep 8 --max-shard-size 0 --out {root}/x",
      "--max-shard-size: must be at least 1"),
     # --- misleading messages ---------------------------------------------------------------------------
-    ("eval-unknown-perplexity-text", "eval --model {src} --tasks perplexity:klingon", "'perplexity:klingon': 'klingon' is not a built-in domain"),
+    ("eval-unknown-perplexity-text", "eval --model {src} --tasks perplexity:klingon",
+     "'perplexity:klingon': 'klingon' is not a built-in domain"),
     ("gate-missing-candidate", "gate --base {src} --candidate {root}/nope --tasks perplexity:math", "--candidate"),
     ("compare-missing-candidate", "compare --base {src} --candidate {root}/nope --tasks perplexity:math", "--candidate"),
     ("distill-missing-student", "distill --teacher {src} --student {root}/nope --domain math --steps 1 --out {root}/x", "--student"),
@@ -193,7 +196,8 @@ CASES = [
     ("info-a-file", "info {notes}", "is a file"),
     ("info-dense-model", "info {dense}", "is a dense model"),
     ("prune-dense-model", "prune --model {dense} --keep 2 --domain math --out {root}/x", "is a dense model"),
-    ("profile-unknown-domain", "profile --model {src} --domain klingon --out {root}/x.safetensors", "no built-in corpus for domain 'klingon'"),
+    ("profile-unknown-domain", "profile --model {src} --domain klingon --out {root}/x.safetensors",
+     "no built-in corpus for domain 'klingon'"),
     ("profile-missing-dataset", "profile --model {src} --domain law --dataset {root}/cases.jsonl --out {root}/x.safetensors",
      "calibration file"),
     ("profile-zero-samples", "profile --model {src} --domain math --samples 0 --out {root}/x.safetensors", "--samples: must be at least 1"),
@@ -210,9 +214,12 @@ CASES = [
     ("stats-plot-bad-layer", "stats plot {stats} -o {root}/plots --layer 99", "layer 99 is not a MoE layer"),
     ("prune-keep-too-many", "prune --model {src} --stats {stats} --keep 17 --out {root}/x", "more than the 16 experts"),
     ("prune-keep-ratio-zero", "prune --model {src} --stats {stats} --keep-ratio 0 --out {root}/x", "--keep-ratio: must be greater than 0"),
-    ("prune-unknown-criterion", "prune --model {src} --stats {stats} --keep 8 --criterion loudest --out {root}/x", "invalid choice: 'loudest'"),
-    ("prune-protect-bad-layer", "prune --model {src} --stats {stats} --keep 8 --protect 99:1 --out {root}/x", "layer 99 is not a MoE layer"),
-    ("prune-protect-bad-expert", "prune --model {src} --stats {stats} --keep 8 --protect 0:99 --out {root}/x", "expert ids run from 0 to 15"),
+    ("prune-unknown-criterion", "prune --model {src} --stats {stats} --keep 8 --criterion loudest --out {root}/x",
+     "invalid choice: 'loudest'"),
+    ("prune-protect-bad-layer", "prune --model {src} --stats {stats} --keep 8 --protect 99:1 --out {root}/x",
+     "layer 99 is not a MoE layer"),
+    ("prune-protect-bad-expert", "prune --model {src} --stats {stats} --keep 8 --protect 0:99 --out {root}/x",
+     "expert ids run from 0 to 15"),
     ("prune-protect-garbage", "prune --model {src} --stats {stats} --keep 8 --protect everything --out {root}/x", "write LAYER:EXPERT"),
     ("prune-missing-plan", "prune --model {src} --plan {root}/nope.json --out {root}/x", "does not exist"),
     ("prune-plan-broken-json", "prune --model {src} --plan {root}/plan-broken.json --out {root}/x", "is not valid JSON"),
@@ -223,18 +230,22 @@ CASES = [
     ("prune-global-below-top-k", "prune --model {src} --stats {stats} --keep 2 --budget global --criterion frequency --out {root}/x",
      "below the per-layer minimum"),
     ("convert-bad-tiers", "convert tiered --model {src} --stats {stats} --tiers everything --out {root}/x", "--tiers"),
-    ("convert-zero-team-size", "convert tiered --model {src} --stats {stats} --team-size 0 --out {root}/x", "--team-size: must be at least 1"),
+    ("convert-zero-team-size", "convert tiered --model {src} --stats {stats} --team-size 0 --out {root}/x",
+     "--team-size: must be at least 1"),
     ("convert-too-many-teams", "convert tiered --model {src} --stats {stats} --tiers 0-5:9 --team-size 2 --out {root}/x",
      "more than the 16 experts"),
-    ("convert-agglomerative-odd-teams", "convert tiered --model {src} --stats {stats} --clustering agglomerative --team-size 3 --out {root}/x",
+    ("convert-agglomerative-odd-teams",
+     "convert tiered --model {src} --stats {stats} --clustering agglomerative --team-size 3 --out {root}/x",
      "power of two"),
     ("convert-missing-recipe", "convert tiered --model {src} --stats {stats} --recipe {root}/nope.yaml --out {root}/x", "does not exist"),
-    ("distill-zero-steps", "distill --teacher {src} --student {pruned} --domain math --steps 0 --out {root}/x", "--steps: must be at least 1"),
+    ("distill-zero-steps", "distill --teacher {src} --student {pruned} --domain math --steps 0 --out {root}/x",
+     "--steps: must be at least 1"),
     ("distill-bad-hidden-layers", "distill --teacher {src} --student {pruned} --domain math --steps 1 --hidden-layers 99 --out {root}/x",
      "--hidden-layers"),
     ("distill-resume-nothing", "distill --teacher {src} --student {pruned} --domain math --steps 1 --resume --out {root}/x",
      "holds no checkpoint"),
-    ("distill-resume-and-overwrite", "distill --teacher {src} --student {pruned} --domain math --steps 1 --resume --overwrite --out {root}/x",
+    ("distill-resume-and-overwrite",
+     "distill --teacher {src} --student {pruned} --domain math --steps 1 --resume --overwrite --out {root}/x",
      "pass one of them"),
     ("distill-existing-output", "distill --teacher {src} --student {pruned} --domain math --steps 1 --out {root}/someone-elses",
      "pass --resume"),
@@ -242,7 +253,8 @@ CASES = [
     ("eval-unknown-lm-eval-task", "eval --model {src} --tasks compress_arithmatic", "did you mean"),
     ("eval-seq-len-one", "eval --model {src} --tasks perplexity:math --seq-len 1", "--seq-len must be at least 2"),
     ("eval-json-into-a-directory", "eval --model {src} --tasks perplexity:math --json {root}/user-dir", "is a directory"),
-    ("compare-plot-under-a-file", "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {notes}/c.png", "which is a file"),
+    ("compare-plot-under-a-file", "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {notes}/c.png",
+     "which is a file"),
     ("analyze-unknown", "analyze tea-leaves --model {src}", "unknown analysis 'tea-leaves'"),
     ("analyze-trace-without-prompt", "analyze trace --model {src}", "needs --prompt"),
     ("analyze-ablate-bad-layer", "analyze ablate --model {src} --experts 99:1 --domain math", "layer 99 is not a MoE layer"),

@@ -73,7 +73,8 @@ def test_no_top_level_kernels_or_evals_module_is_installed(tmp_path):
     compress.kernels (checked from another directory, so the source tree is not on sys.path)."""
     probe = (
         "import importlib.util as u; "
-        "print([u.find_spec(n) is not None for n in ('compress.kernels', 'compress.recipes', 'compress.evals', 'kernels', 'evals', 'recipes')])"
+        "print([u.find_spec(n) is not None for n in "
+        "('compress.kernels', 'compress.recipes', 'compress.evals', 'kernels', 'evals', 'recipes')])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip() == "[True, True, True, False, False, False]", result.stderr

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from compress.cli import main
 from compress.data.corpus import load_texts
 from compress.recipes.demo_model import build_model, selection_counts
-from compress.stats.summary import domain_divergence_table
 from compress.resolve import demo_model_path
+from compress.stats.summary import domain_divergence_table
 
 DOMAINS = ("math", "code", "general")
 

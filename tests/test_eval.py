@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny_model, cli_error
 
 from compress.cli import main
 from compress.evals.perplexity import stream_perplexity, text_perplexity
 from compress.model_loading import load_model, load_tokenizer
 from compress.resolve import demo_model_path
+from conftest import build_tiny_model, cli_error
 
 
 def _reference_perplexity(model, stream: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
@@ -144,7 +144,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     err = cli_error(capsys, "eval", "--model", "demo", "--tasks", "compress_arithmatic")
     assert "unknown task 'compress_arithmatic'" in err and "compress_arithmetic" in err
     assert "no such directory" in cli_error(capsys, "eval", "--model", str(tmp_path / "missing"), "--tasks", "perplexity:math")
-    assert "argument --limit: must be at least 1, not 0" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--limit", "0")
+    assert "argument --limit: must be at least 1, not 0" in cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math",
+                                                                      "--limit", "0")
 
 
 def test_every_run_is_kept_in_the_card_and_limited_ones_are_marked(pruned_demo, capsys):

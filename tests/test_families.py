@@ -11,7 +11,6 @@ from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.errors import UnsupportedModelError
 from compress.families import all_families, family_for_config, get_family
-
 from conftest import FAMILIES, build_tiny_model, tiny_config
 
 

@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM, GptOssConfig, GraniteMoeConfig, L
 from compress.cli import main
 from compress.families import get_family
 from compress.model_info import count_parameters, meta_model
-
 from conftest import FAMILIES, tiny_config
 
 

@@ -19,15 +19,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from compress.kernels import fused_moe  # noqa: E402  (conftest sets TRITON_INTERPRET=1 before any Triton import)
-
-from conftest import build_tiny_model  # noqa: E402
 from transformers import GptOssConfig, MixtralConfig  # noqa: E402
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts  # noqa: E402
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts  # noqa: E402
 
+from compress.kernels import fused_moe  # noqa: E402  (conftest sets TRITON_INTERPRET=1 before any Triton import)
 from compress.kernels.alignment import align_block_size  # noqa: E402
 from compress.kernels.experts import kernel_layout  # noqa: E402
+from conftest import build_tiny_model  # noqa: E402
 
 HIDDEN, INTERMEDIATE = 32, 48  # not multiples of the 16-wide tiles in every dimension: masks are exercised
 
@@ -100,9 +99,9 @@ def test_whole_models_give_eager_logits_with_the_kernel(family_name, monkeypatch
 
 
 def test_team_routing_runs_through_the_kernel(tmp_path):
-    import compress  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import compress  # noqa: F401
     from compress.cli import main
     from compress.stats.profile import profile
 
@@ -140,7 +139,8 @@ for cls, cfg in ((MixtralExperts, MixtralConfig), (GptOssExperts, GptOssConfig))
         w = torch.softmax(torch.randn(tokens, k, device="cuda"), -1).to(torch.bfloat16)
         ref = m(x, idx, w).float()
         out = fused_experts(x, idx, w, m.gate_up_proj, m.down_proj, getattr(m, "gate_up_proj_bias", None),
-                            getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702), getattr(m, "limit", 7.0)).float()
+                            getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702),
+                            getattr(m, "limit", 7.0)).float()
         err = ((out - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
         assert err < 3e-2, (cls.__name__, tokens, k, e, err)
 print("ok")

@@ -14,7 +14,6 @@ from compress.checkpoint.mxfp4 import dequantize, quantize, write_mxfp4_checkpoi
 from compress.checkpoint.reader import CheckpointReader
 from compress.errors import CheckpointError
 from compress.families import get_family
-
 from conftest import build_tiny_model
 
 E2M1_MAGNITUDES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]

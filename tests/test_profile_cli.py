@@ -12,12 +12,11 @@ import sys
 import pytest
 import torch
 
-from conftest import cli_error
-
 from compress.cli import main
 from compress.data.calibration import calibration_source
 from compress.resolve import demo_model_path
 from compress.stats import RoutingStats
+from conftest import cli_error
 
 FAST = ["--samples", "8", "--seq-len", "64", "--batch-size", "2", "--dtype", "float32", "--quiet"]
 
@@ -165,9 +164,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
 
 
 def test_merging_files_of_different_models_is_refused(domain_stats, tmp_path, capsys):
-    from conftest import build_tiny_model, cli_error
-
     from compress.stats.profile import profile
+    from conftest import build_tiny_model, cli_error
 
     tiny = profile(build_tiny_model("gpt_oss"), torch.randint(3, 64, (2, 8)), batch_size=2, model_name="tiny",
                    domain="math", data="random", progress=False)

@@ -15,8 +15,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import cli_error
-
 from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.cli import main
@@ -24,6 +22,7 @@ from compress.pruning.plan import PrunePlan
 from compress.pruning.select import expert_scores
 from compress.resolve import demo_model_path
 from compress.stats import RoutingStats
+from conftest import cli_error
 
 FAST = ["--samples", "8", "--seq-len", "64", "--dtype", "float32", "--quiet"]
 

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -22,6 +21,7 @@ from compress.families import family_for_config, get_family
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
+from conftest import FAMILIES, build_tiny_model
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 

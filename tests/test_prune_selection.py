@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-from conftest import build_tiny_model
 
 from compress.errors import CompressError
 from compress.families import get_family
@@ -14,6 +13,7 @@ from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import LayerReconstruction, capture_layer_inputs, reconstruction_selection
 from compress.pruning.select import expert_scores, select_experts
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
+from conftest import build_tiny_model
 
 
 def _stats(selections: dict[int, list[int]], reap: dict[int, list[float]] | None = None) -> RoutingStats:

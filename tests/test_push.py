@@ -12,9 +12,8 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
-from conftest import cli_error
-
 from compress.cli import main
+from conftest import cli_error
 
 
 @pytest.fixture(scope="module")

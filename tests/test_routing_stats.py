@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_model
 
 from compress.errors import CompressError
 from compress.families import get_family
@@ -22,6 +21,7 @@ from compress.stats import RoutingStats, RoutingStatsCollector
 from compress.stats.profile import profile
 from compress.stats.routing_stats import FIXED_POINT_STEP, merge_all
 from compress.stats.summary import gini, js_divergence
+from conftest import FAMILIES, build_tiny_model
 
 BATCH, LENGTH = 3, 10
 

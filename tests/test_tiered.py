@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny_model
 from transformers import AutoModelForCausalLM
 
 from compress.checkpoint.reader import CheckpointReader
@@ -17,6 +16,7 @@ from compress.distill import DistillSettings, distillation_loss
 from compress.families import get_family
 from compress.recipes.tiered import agglomerative_teams, greedy_teams, mixing_weights
 from compress.stats.profile import profile
+from conftest import build_tiny_model
 
 INPUT = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(11))
 

@@ -61,10 +61,10 @@ def _windows(name: str, options, tokenizer):
 
 
 def _analysis(name: str, options, progress: bool) -> dict:
-    from . import analyses
-    from .routing import parse_layer_experts
     from ..families import family_for_config
     from ..stats import RoutingStats
+    from . import analyses
+    from .routing import parse_layer_experts
 
     model = tokenizer = None
     if name in NEEDS_MODEL:
@@ -149,9 +149,9 @@ def render(name: str, result: dict) -> str:
                   for layer, r in result["layers"].items()]
         lines.append(f"mean overlap {result['mean_consecutive_jaccard']:.3f}, mean handoffs {result['mean_handoffs_per_token']:.2f}")
     elif name == "context":
-        lines += [f"  {o['context']!r} @ {o['position']}: " + "  ".join(f"L{l}:{e}" for l, e in o["experts"].items())
+        lines += [f"  {o['context']!r} @ {o['position']}: " + "  ".join(f"L{layer}:{e}" for layer, e in o["experts"].items())
                   for o in result["occurrences"]]
-        lines.append("mean overlap by layer: " + ", ".join(f"L{l} {v:.2f}" for l, v in result["mean_jaccard_by_layer"].items()))
+        lines.append("mean overlap by layer: " + ", ".join(f"L{layer} {v:.2f}" for layer, v in result["mean_jaccard_by_layer"].items()))
     elif name == "force":
         lines.append(f"forced {result['forced']}\n  normal: {result['normal']!r}\n  forced: {result['text']!r}")
     return "\n".join(lines)

@@ -35,12 +35,13 @@ import shutil
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import CompressError, OutputExistsError
 from .files import PROVENANCE_FILE
+
 # The target's suffix is repeated at the end, so writers that go by it (matplotlib) still can.
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}(\.[^.]*)?$")
 
@@ -134,7 +135,8 @@ def check_output_path(target: str | os.PathLike, *, kind: str, overwrite: bool =
     special = {Path("/"): "the root directory", Path.home().resolve(): "your home directory",
                Path.cwd().resolve(): "the current directory"}
     if path in special and kind == "directory":
-        raise CompressError(f"{_describe(Path(text), flag)} is {special[path]}: name a new directory for the {what}, e.g. ./{what.split()[0]}")
+        raise CompressError(f"{_describe(Path(text), flag)} is {special[path]}: "
+                            f"name a new directory for the {what}, e.g. ./{what.split()[0]}")
     for source in sources:
         source = Path(source).resolve()
         if path == source or source in path.parents:
@@ -181,7 +183,7 @@ class ClaimedOutput:
         self._token: int | None = None
 
     # --- claiming --------------------------------------------------------------------------------
-    def acquire(self) -> "ClaimedOutput":
+    def acquire(self) -> ClaimedOutput:
         self._make_parents()
         self._lock()
         self._token = _register(self.release)
@@ -200,7 +202,8 @@ class ClaimedOutput:
                 self._created.append(directory)
         except OSError as exc:
             self._remove_created()
-            raise CompressError(f"cannot create {self.flag} {self.path}: {exc.strerror} ({exc.filename}); choose a writable place") from None
+            raise CompressError(f"cannot create {self.flag} {self.path}: {exc.strerror} ({exc.filename}); "
+                                "choose a writable place") from None
 
     def _lock(self) -> None:
         lock_path = self.path.parent / f".{self.path.name}.lock"

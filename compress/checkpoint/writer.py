@@ -24,7 +24,6 @@ from .files import DEFAULT_MAX_SHARD_BYTES
 from .reader import INDEX_FILE, SINGLE_FILE
 
 
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One output tensor as declared before writing."""
@@ -123,7 +122,7 @@ class ShardedCheckpointWriter:
             }
             (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
-    def __enter__(self) -> "ShardedCheckpointWriter":
+    def __enter__(self) -> ShardedCheckpointWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

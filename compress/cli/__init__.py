@@ -12,29 +12,34 @@ Exit status (the same for every command):
   3    internal error: one line naming the log file that holds the traceback (``--debug`` prints it)
   130  interrupted (Ctrl-C or SIGTERM); partial outputs are removed
 
-The work runs in a worker thread while the main thread waits for it, so an interrupt is answered
-within a fraction of a second even while one long matrix product is running: the main thread
-removes every partial output (`checkpoint.output.remove_partial_outputs`) and exits.
+The work runs in a worker thread while the main thread waits for it (`compress.process`), so an
+interrupt is answered within a fraction of a second even while one long matrix product runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import os
 import shlex
 import signal
 import sys
 import threading
-import traceback
-from pathlib import Path
 
 from .. import __version__
 from ..errors import CompressError
+from ..process import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    exit_interrupted,
+    internal_error,
+    interrupt_on_terminate,
+    one_line,
+    run_in_worker,
+)
 
 SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "analyze", "train_demo")
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
@@ -73,66 +78,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _interrupt_on_terminate(signum, frame):
-    # `kill` stops us like Ctrl-C, so half-written outputs are removed on the way out.
-    raise KeyboardInterrupt
-
-
-def one_line(exc: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-
-
-def _log_dir() -> Path:
-    return Path(os.environ.get("MOE_COMPRESS_CACHE") or Path.home() / ".cache" / "moe-compress") / "logs"
-
-
-def _internal_error(exc: BaseException, argv: list[str], debug: bool) -> int:
-    text = "".join(traceback.format_exception(exc))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log = _log_dir() / f"compress-{stamp}-{os.getpid()}.log"
-    try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"moe-compress {__version__}\n{shlex.join(['compress', *argv])}\n\n{text}")
-        where = f"the traceback is in {log}"
-    except OSError:
-        where = "the traceback could not be saved"
-    if debug:
-        print(text, file=sys.stderr, end="")
-    summary = (str(exc).strip().splitlines() or [""])[0][:300]
-    print(f"error: internal error ({type(exc).__name__}{': ' + summary if summary else ''}); {where} "
-          "(rerun with --debug to print it); please report it", file=sys.stderr)
-    return EXIT_INTERNAL_ERROR
-
-
-def _run_in_worker(function):
-    """Run `function` in a worker thread; the main thread stays free to answer signals."""
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["result"] = function()
-        except BaseException as exc:  # handed to the main thread, which decides what it means
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name="compress-job", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
-
-
-def _exit_interrupted() -> None:
-    """Remove partial outputs and leave now, whatever the worker thread is in the middle of."""
-    from ..checkpoint.output import remove_partial_outputs
-
-    remove_partial_outputs()
-    print("interrupted", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(EXIT_INTERRUPTED)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or bool(os.environ.get("MOE_COMPRESS_DEBUG"))
@@ -144,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = shlex.join(["compress", *argv])  # recorded in the provenance of derived checkpoints
         if not in_main_thread:  # signals cannot be handled here: run in this thread
             return args.run(args) or EXIT_OK
-        previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate)
+        previous = signal.signal(signal.SIGTERM, interrupt_on_terminate)
         try:
-            return _run_in_worker(lambda: args.run(args)) or EXIT_OK
+            return run_in_worker(lambda: args.run(args)) or EXIT_OK
         finally:
             signal.signal(signal.SIGTERM, previous)
     except CompressError as exc:
@@ -154,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         if in_main_thread:
-            _exit_interrupted()
+            exit_interrupted()
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of our output left early (`compress info --json | head`)
@@ -163,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:
         raise
     except Exception as exc:
-        return _internal_error(exc, argv, debug)
+        return internal_error(exc, argv, debug)

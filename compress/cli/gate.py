@@ -21,7 +21,8 @@ when base - candidate exceeds --max-drop. Verdict band by the worst perplexity g
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("gate", help="pass/fail a candidate against its base (exit 0/1)", epilog=EPILOG,
-                                   description="Quality gate: evaluate base and candidate, compare, exit 0 when the candidate passes and 1 when not.",
+                                   description="Quality gate: evaluate base and candidate, compare, "
+                                               "exit 0 when the candidate passes and 1 when not.",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the reference model")
     parser.add_argument("--candidate", required=True, help="the derived model to judge")
@@ -29,7 +30,8 @@ def add_parser(subparsers) -> None:
     add_options(parser, EvalSettings)
     parser.add_argument("--max-ppl-gap", type=non_negative_float, default=0.05,
                         help="largest relative perplexity increase, 0 or more (default: 0.05)")
-    parser.add_argument("--max-drop", type=non_negative_float, default=0.02, help="largest absolute accuracy drop, 0 or more (default: 0.02)")
+    parser.add_argument("--max-drop", type=non_negative_float, default=0.02,
+                        help="largest absolute accuracy drop, 0 or more (default: 0.02)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)

@@ -79,7 +79,8 @@ def run_merge(args) -> int:
         merged = merge_all([RoutingStats.load(path) for path in args.files], names=args.files)
         with claimed.write() as staging:
             merged.save(staging)
-    print(f"merged {len(args.files)} files: {human_count(merged.metadata['tokens'])} tokens of {merged.metadata['domain']} → {claimed.path}")
+    print(f"merged {len(args.files)} files: {human_count(merged.metadata['tokens'])} tokens of "
+          f"{merged.metadata['domain']} → {claimed.path}")
     return 0
 
 

@@ -10,8 +10,9 @@ without the Hub:
 
 Splits are disjoint: generated problems use a different seed per split, stdlib files and prose
 chunks are assigned to a split by a hash of their name (a document always lands in the same
-split), and a later split drops any text an earlier one already has. The code and prose depend on the Python version that runs them; `corpus_fingerprint` names
-it so statistics files can record where their text came from.
+split), and a later split drops any text an earlier one already has. The code and prose depend on
+the Python version that runs them; `corpus_fingerprint` names it so statistics files can record
+where their text came from.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import hashlib
 import random
 import sys
 import sysconfig
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import DataError
@@ -44,7 +45,7 @@ def load_texts(domain: str, split: str) -> list[str]:
     return list(_deduplicated(domain, split))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _deduplicated(domain: str, split: str) -> tuple[str, ...]:
     """A split without the documents that an earlier split (train, then calibration) already has.
 
@@ -73,7 +74,7 @@ def _split_of(name: str) -> str:
     return SPLITS[-1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code(split: str) -> tuple[str, ...]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(stdlib.glob("*.py"))
@@ -90,7 +91,7 @@ def _code(split: str) -> tuple[str, ...]:
     return tuple(texts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _general(split: str) -> tuple[str, ...]:
     try:
         from pydoc_data.topics import topics
@@ -120,7 +121,7 @@ def _paragraph_chunks(text: str, max_chars: int) -> list[str]:
     return chunks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _math(split: str) -> tuple[str, ...]:
     rng = random.Random(f"moe-compress/math/{split}")
     return tuple(_math_problem(rng) for _ in range(_MATH_PROBLEMS[split]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from ..errors import UnsupportedModelError
@@ -20,7 +20,7 @@ from .family import CheckpointLayout, KeyRole, MoEFamily, config_value
 _ANY_EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_families() -> dict[str, MoEFamily]:
     families = {}
     for entry in sorted(resources.files(__name__).joinpath("definitions").iterdir(), key=lambda p: p.name):

@@ -101,7 +101,7 @@ class MoEFamily:
     _key_patterns: list = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
-    def from_definition(cls, data: dict) -> "MoEFamily":
+    def from_definition(cls, data: dict) -> MoEFamily:
         layouts = {name: CheckpointLayout(name=name, **spec) for name, spec in data["checkpoint_layouts"].items()}
         family = cls(
             name=data["name"],

@@ -12,7 +12,7 @@ Signature of every function: ``fn(logits [T, E], config, router_buffers, top_k, 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -2,10 +2,10 @@
 into the checkpoints that need them and named in ``auto_map``): per-layer expert counts
 (`modeling_moe_compress`) and tiered teams of experts (`modeling_tiered_moe`)."""
 
-from functools import lru_cache
+from functools import cache
 
 
-@lru_cache(maxsize=None)
+@cache
 def register_model_classes() -> None:
     """Register both model-class files with the Auto classes and the kernels' experts implementation (once)."""
     from ..kernels import experts

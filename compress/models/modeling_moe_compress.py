@@ -101,7 +101,8 @@ def derive_classes(namespace: dict, bases: list[str], suffix: str, name: str, mi
         config_name, model_name = f"{prefix}{name}Config", f"{prefix}{name}ForCausalLM"
         module = namespace["__name__"]
         config_class = type(config_name, (config_base,), {"model_type": base + suffix, "__module__": module, "__qualname__": config_name})
-        model_class = type(model_name, (mixin, model_base), {"config_class": config_class, "__module__": module, "__qualname__": model_name})
+        model_class = type(model_name, (mixin, model_base),
+                           {"config_class": config_class, "__module__": module, "__qualname__": model_name})
         namespace[config_name], namespace[model_name] = config_class, model_class
         classes[base] = (config_class, model_class)
     return classes

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .modeling_moe_compress import derive_classes, keep_experts, set_counts, share_weight_conversions, slice_tensors
 
 MODEL_TYPE_SUFFIX = "_tiered"

@@ -120,7 +120,7 @@ class PrunePlan:
             temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data, where: str = "the plan") -> "PrunePlan":
+    def from_dict(cls, data, where: str = "the plan") -> PrunePlan:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CompressError(f"{where} is not a prune plan written by `compress prune --plan-only`")
         layers = _id_lists(data.get("layers"), where, "layers", "expert")
@@ -134,7 +134,7 @@ class PrunePlan:
                    provenance=dict(provenance) if isinstance(provenance, dict) else {}, teams=teams)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PrunePlan":
+    def load(cls, path: str | os.PathLike) -> PrunePlan:
         path = Path(path)
         if not path.is_file():
             raise CompressError(f"plan file {path} does not exist")

@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import CompressError
-from . import BUDGETS, CRITERIA
 from ..stats import RoutingStats
-
+from . import BUDGETS, CRITERIA
 
 
 def expert_scores(stats: RoutingStats, layer: int, criterion: str, seed: int = 0) -> torch.Tensor:

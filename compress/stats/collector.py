@@ -49,7 +49,7 @@ class RoutingStatsCollector:
         self._previous_selection: torch.Tensor | None = None  # [T, E'] of the previous MoE layer
 
     # --- installing ------------------------------------------------------------------------------
-    def __enter__(self) -> "RoutingStatsCollector":
+    def __enter__(self) -> RoutingStatsCollector:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
         ALL_EXPERTS_FUNCTIONS.register(PROFILING_IMPLEMENTATION, profiling_experts_forward)

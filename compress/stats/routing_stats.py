@@ -102,7 +102,7 @@ class RoutingStats:
         return torch.stack([self.layers[layer][name] for layer in self.layer_indices])
 
     # --- combining -------------------------------------------------------------------------------
-    def merged_with(self, other: "RoutingStats") -> "RoutingStats":
+    def merged_with(self, other: RoutingStats) -> RoutingStats:
         """The sum of two statistics of the same model (refuses different fingerprints)."""
         if self.metadata.get("fingerprint") != other.metadata.get("fingerprint"):
             raise CompressError(
@@ -138,7 +138,7 @@ class RoutingStats:
             temporary.write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RoutingStats":
+    def load(cls, path: str | os.PathLike) -> RoutingStats:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"statistics file {path} does not exist: create one with `compress profile`")

@@ -24,7 +24,6 @@ from . import DEFAULT_COLD_THRESHOLD
 from .routing_stats import RoutingStats
 
 
-
 def gini(values: torch.Tensor) -> float:
     """Gini coefficient of non-negative values (0 when all equal or all zero)."""
     x = values.double().sort().values
