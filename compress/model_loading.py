@@ -85,10 +85,10 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def _quantization_options(path) -> dict:
+def _quantization_options(config: dict) -> dict:
     from transformers import Mxfp4Config
 
-    if (read_config(path).get("quantization_config") or {}).get("quant_method") == "mxfp4":
+    if (config.get("quantization_config") or {}).get("quant_method") == "mxfp4":
         return {"quantization_config": Mxfp4Config(dequantize=True)}
     return {}
 
@@ -115,9 +115,10 @@ def _names(keys, limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def load_meta_model(path):
+def load_meta_model(path, config: dict):
     """(model on the meta device, loading info) as transformers builds them from the checkpoint at
-    `path`: the model class, config and key conversions are transformers' own, no weight is read.
+    `path` (whose config.json is `config`): the model class, config and key conversions are
+    transformers' own, no weight is read.
     The info lists missing, unexpected and wrong-shaped tensors (`check_loading_info`)."""
     from transformers import AutoModelForCausalLM
 
@@ -126,7 +127,7 @@ def load_meta_model(path):
         with _transformers_silent():
             return AutoModelForCausalLM.from_pretrained(
                 path, device_map="meta", output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True,
-                **_quantization_options(path))
+                **_quantization_options(config))
     except RuntimeError as exc:  # raised after transformers' report, e.g. a per-expert tensor it cannot assemble
         raise CheckpointError(
             f"{path}: transformers cannot assemble its weights ({_first_line(exc)}); the checkpoint is incomplete "
@@ -172,22 +173,25 @@ def check_checkpoint(path):
     from .checkpoint.reader import CheckpointReader
 
     CheckpointReader(path).close()  # index, shards, headers, file lengths
-    meta, info = load_meta_model(path)
-    check_loading_info(path, read_config(path), info)
+    config = read_config(path)
+    meta, info = load_meta_model(path, config)
+    check_loading_info(path, config, info)
     return meta
 
 
-def load_model(path, dtype: str = "auto", device: str = "auto", local_rank: int | None = None, check: bool = True):
-    """The causal LM at `path` in eval mode, in `dtype` (see `compute_dtype`), placed per `device`;
-    checked first (`check_checkpoint`) unless the caller has done so (a `jobs.SourceModel`)."""
+def load_model(path, dtype: str = "auto", device: str = "auto", local_rank: int | None = None, config: dict | None = None):
+    """The causal LM at `path` in eval mode, in `dtype` (see `compute_dtype`), placed per `device`.
+    Checked first (`check_checkpoint`) unless the caller passes its already checked `config` (a
+    `jobs.SourceModel` does)."""
     from transformers import AutoModelForCausalLM
 
     device_map = device_map_for(device, local_rank)
     torch_dtype = compute_dtype(dtype, device_map)
-    if check:
+    if config is None:
         check_checkpoint(path)
+        config = read_config(path)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, device_map=device_map,
-                                                    **_quantization_options(path)).eval()
+                                                    **_quantization_options(config)).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"transformers cannot load {path} ({_first_line(exc)})") from None

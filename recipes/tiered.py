@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 import yaml
 
 from compress.checkpoint.dtypes import TORCH_DTYPES
-from compress.checkpoint.files import copy_support_files, read_config, write_config
+from compress.checkpoint.files import write_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.checkpoint.writer import TensorSpec
 from compress.errors import CompressError
 from compress.families import MoEFamily
-from compress.models import modeling_moe_compress, modeling_tiered_moe
-from compress.pruning.apply import CheckpointPlan, _Copy, plan_tensors, write_tensors
+from compress.models import modeling_tiered_moe
+from compress.pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, plan_tensors, write_tensors
 from compress.pruning.plan import PrunePlan
 from compress.stats import RoutingStats
 
@@ -356,19 +355,16 @@ def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: Tie
     return result
 
 
-def write_tiered_checkpoint(source: Path, staging: Path, family: MoEFamily, layout: TieredPlan, max_shard_bytes: int,
-                            progress: bool = False) -> None:
-    config = read_config(source)
-    reader = CheckpointReader(source)
+def write_tiered_checkpoint(source, staging: Path, plan: TieredPlan, max_shard_bytes: int, progress: bool = False) -> None:
+    """Write the converted checkpoint of `plan` from `source` (an opened `jobs.SourceModel`) into `staging`."""
+    config, family, reader = source.raw_config, source.family, source.reader
     router_key = next(key for key in reader.keys() if family.classify_key(key).kind == "router" and key.endswith("weight"))
     router_dtype = TORCH_DTYPES[reader.entries[router_key].dtype]
-    tensors = plan_tiered_tensors(reader, family, layout, int(config.get("num_hidden_layers") or 0), router_dtype)
-    new_config = tiered_config(config, family, layout)
+    tensors = plan_tiered_tensors(reader, family, plan, int(config.get("num_hidden_layers") or 0), router_dtype)
+    new_config = tiered_config(config, family, plan)
     write_tensors(reader, staging, tensors, max_shard_bytes, progress)
     write_config(staging, new_config)
-    copy_support_files(source, staging)
-    for module in (modeling_moe_compress, modeling_tiered_moe):
-        shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
+    copy_modeling_files(source.path, staging, new_config)
 
 
 def tiered_parameter_counts(config, tiers: dict[int, int], team_size: int, team_top_k: int) -> dict:

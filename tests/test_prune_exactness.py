@@ -18,6 +18,7 @@ from compress.checkpoint.mxfp4 import write_mxfp4_checkpoint
 from compress.checkpoint.output import atomic_output_dir
 from compress.checkpoint.reader import CheckpointReader
 from compress.families import family_for_config, get_family
+from compress.jobs.source import open_model
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
@@ -69,7 +70,7 @@ def _pruned_logits(directory) -> torch.Tensor:
 
 def _prune(source, target, plan) -> None:
     with atomic_output_dir(target) as staging:
-        write_pruned_checkpoint(source, staging, plan, max_shard_bytes=40_000)
+        write_pruned_checkpoint(open_model(str(source)), staging, plan, max_shard_bytes=40_000)
 
 
 def _uniform_kept(family_name: str, layers: list[int]) -> dict[int, list[int]]:

@@ -1,19 +1,10 @@
 """`compress`: one command, one module per subcommand.
 
 Each subcommand module defines ``add_parser(subparsers)``, which registers its options and sets
-``run`` as the handler. Subcommand modules import nothing heavy at the top (no torch, no
-transformers), so ``--help``, ``--version`` and usage errors answer at once.
-
-Exit status (the same for every command):
-
-  0    success
-  1    `compress gate`: the candidate failed the gate
-  2    bad input: one ``error: ...`` line saying what was wrong and what to do
-  3    internal error: one line naming the log file that holds the traceback (``--debug`` prints it)
-  130  interrupted (Ctrl-C or SIGTERM); partial outputs are removed
-
-The work runs in a worker thread while the main thread waits for it (`compress.process`), so an
-interrupt is answered within a fraction of a second even while one long matrix product runs.
+``run`` as the handler; it imports nothing heavy at the top (no torch, no transformers), so
+``--help``, ``--version`` and usage errors answer at once. `compress.process` runs the handler
+(in a worker thread, so interrupts are answered at once) and maps outcomes to the exit status
+that `EPILOG` lists.
 """
 
 from __future__ import annotations

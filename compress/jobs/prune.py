@@ -212,7 +212,7 @@ def write(source, plan, staging: Path, *, stats=None, command: str | None = None
     from ..stats.plots import plot_pruning
     from .provenance import source_record, statistics_record, write_provenance
 
-    write_pruned_checkpoint(source.path, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
+    write_pruned_checkpoint(source, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
     after = describe_written(staging)
     if stats is not None:
         plot_pruning(stats, plan.layers, staging / USAGE_PLOT)

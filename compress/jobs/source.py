@@ -58,7 +58,7 @@ class SourceModel:
         """The model with its weights, in eval mode (already checked when opened)."""
         from ..model_loading import load_model
 
-        return load_model(self.path, dtype=dtype, device=device, local_rank=local_rank, check=False)
+        return load_model(self.path, dtype=dtype, device=device, local_rank=local_rank, config=self.raw_config)
 
     def tokenizer(self):
         from ..model_loading import load_tokenizer
@@ -76,7 +76,7 @@ def open_model(spec: str, revision: str | None = None, flag: str = "--model") ->
     raw = read_config(resolved.path)
     family = family_for_config(raw)
     reader = CheckpointReader(resolved.path)
-    meta, loading = load_meta_model(resolved.path)
+    meta, loading = load_meta_model(resolved.path, raw)
     config = meta.config
     moe_layers = family.moe_layer_indices(meta)
     if not moe_layers:

@@ -116,7 +116,7 @@ def write(source, plan, staging: Path, *, stats=None, command: str | None = None
     from .provenance import source_record, write_provenance
     from .prune import describe_written
 
-    write_tiered_checkpoint(source.path, staging, source.family, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
+    write_tiered_checkpoint(source, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
     after = describe_written(staging)
     before = source.info.parameters
     write_provenance(staging, operation="convert tiered", source=source_record(source), command=command, stats=stats,

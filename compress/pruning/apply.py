@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint.dtypes import TORCH_DTYPES
-from ..checkpoint.files import copy_support_files, read_config, write_config
+from ..checkpoint.files import copy_support_files, write_config
 from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
 from ..errors import CompressError
@@ -155,24 +155,28 @@ def _team_router_layer(key: str, family: MoEFamily, plan: PrunePlan) -> int | No
 
 
 def write_pruned_checkpoint(
-    source: str | Path, staging: str | Path, plan: PrunePlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    progress: bool = False,
+    source, staging: str | Path, plan: PrunePlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = False,
 ) -> CheckpointPlan:
-    """Write the pruned weights, config and support files of `source` into `staging` (an
-    `atomic_output_dir`), with a progress bar in bytes when `progress`."""
-    source, staging = Path(source), Path(staging)
-    config = read_config(source)
-    family = family_for_config(config)
-    reader = CheckpointReader(source)
+    """Write the pruned weights, config and support files of `source` (an opened `jobs.SourceModel`,
+    whose config, headers and family are reused) into `staging` (a claimed output's staging
+    directory), with a progress bar in bytes when `progress`."""
+    staging = Path(staging)
+    config, family, reader = source.raw_config, source.family, source.reader
     tensors = plan_tensors(reader, family, plan, int(config.get("num_hidden_layers") or 0))
     write_tensors(reader, staging, tensors, max_shard_bytes, progress)
-    write_config(staging, pruned_config(config, family, plan))
-    copy_support_files(source, staging)
-    _, kind = split_model_type(read_config(staging)["model_type"])
-    modules = {PER_LAYER: [modeling_moe_compress], TIERED: [modeling_moe_compress, modeling_tiered_moe]}.get(kind, [])
-    for module in modules:  # the model code the checkpoint names in auto_map, for trust_remote_code
-        shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
+    written = pruned_config(config, family, plan)
+    write_config(staging, written)
+    copy_modeling_files(source.path, staging, written)
     return tensors
+
+
+def copy_modeling_files(source: Path, staging: Path, config: dict) -> None:
+    """Tokenizer and other support files of `source`, plus the model code a derived `config` names
+    in ``auto_map`` (for ``trust_remote_code`` where moe-compress is not installed)."""
+    copy_support_files(source, staging)
+    _, kind = split_model_type(config["model_type"])
+    for module in {PER_LAYER: [modeling_moe_compress], TIERED: [modeling_moe_compress, modeling_tiered_moe]}.get(kind, []):
+        shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
 
 
 def write_tensors(reader: CheckpointReader, staging: Path, tensors: CheckpointPlan, max_shard_bytes: int, progress: bool) -> None:
