@@ -22,7 +22,8 @@ def token_stream(tokenizer, texts: Iterable[str], max_tokens: int | None = None)
         chunk = list(itertools.islice(texts, _TOKENIZE_CHUNK))
         if not chunk:
             break
-        for encoded in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+        # verbose=False: texts longer than the model are expected here; they are cut into windows later
+        for encoded in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             ids.extend(encoded)
             ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)

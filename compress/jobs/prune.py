@@ -57,6 +57,9 @@ class PruneResult:
 
 def kept_text(plan) -> str:
     counts, total = plan.experts_per_layer, plan.source["num_experts"]
+    if plan.teams is not None:
+        teams = {len(kept) for kept in plan.teams.values()}
+        return f"{'-'.join(map(str, sorted(teams)))} whole teams ({min(counts.values())}-{max(counts.values())} experts) per layer"
     if plan.uniform:
         return f"{next(iter(counts.values()))} of {total} experts in each of {len(counts)} MoE layers"
     return f"{sum(counts.values())} of {total * len(counts)} experts ({min(counts.values())}-{max(counts.values())} per layer)"
