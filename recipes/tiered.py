@@ -39,7 +39,7 @@ from compress.errors import CompressError
 from compress.families import MoEFamily
 from compress.models import modeling_tiered_moe
 from compress.pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, plan_tensors, write_tensors
-from compress.pruning.plan import PrunePlan
+from compress.pruning.plan import PrunePlan, plan_file_format, read_plan_file, save_plan_file
 from compress.stats import RoutingStats
 
 CLUSTERING = ("greedy", "agglomerative")
@@ -199,24 +199,11 @@ class TieredPlan:
                 "provenance": self.provenance}
 
     def save(self, path) -> None:
-        import json
-
-        from compress.checkpoint.output import atomic_file
-
-        with atomic_file(Path(path)) as temporary:
-            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        save_plan_file(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> TieredPlan:
-        import json
-
-        path = Path(path)
-        if not path.is_file():
-            raise CompressError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CompressError(f"plan file {path} is not valid JSON ({exc})") from None
+        data = read_plan_file(path)
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise CompressError(f"{path} is not a tiered plan written by `compress convert tiered --plan-only`")
         try:
@@ -256,13 +243,7 @@ def _expert_id(value) -> int:
 
 
 def is_tiered_plan_file(path) -> bool:
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
+    return plan_file_format(path) == PLAN_FORMAT
 
 
 def check_tiers(tiers: dict[int, int], experts_per_layer: dict[int, int], team_size: int, team_top_k: int, clustering: str) -> None:

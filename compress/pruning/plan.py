@@ -114,10 +114,7 @@ class PrunePlan:
         return data
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as temporary:
-            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        save_plan_file(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data, where: str = "the plan") -> PrunePlan:
@@ -135,14 +132,7 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrunePlan:
-        path = Path(path)
-        if not path.is_file():
-            raise CompressError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CompressError(f"plan file {path} is not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_plan_file(path), str(path))
 
 
 def _id_lists(value, where: str, key: str, what: str) -> dict[int, list[int]]:
@@ -159,13 +149,35 @@ def _id_lists(value, where: str, key: str, what: str) -> dict[int, list[int]]:
     return {int(layer): list(ids) for layer, ids in value.items()}
 
 
-def is_plan_file(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a plan written by moe-compress."""
+# --- plan files (prune plans here, tiered plans in recipes/tiered.py) ----------------------------------
+def read_plan_file(path: str | os.PathLike):
+    """The JSON of a plan file (refused when missing or not JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"plan file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CompressError(f"plan file {path} is not valid JSON ({exc})") from None
+
+
+def save_plan_file(path: str | os.PathLike, data: dict) -> None:
+    with atomic_file(Path(path)) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def plan_file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` a JSON plan file declares (None for anything else)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
+def is_plan_file(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a prune plan written by moe-compress."""
+    return plan_file_format(path) == FORMAT
 
 
 def team_plan_layers(teams: dict[int, list[int]], team_size: dict[int, int]) -> dict[int, list[int]]:
