@@ -33,14 +33,20 @@ QUANTIZED_PARAMS = ("gate_up_proj", "down_proj")
 MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
 
 
+_BYTE_VALUES = torch.tensor([[FP4_VALUES[byte & 0x0F], FP4_VALUES[byte >> 4]] for byte in range(256)])  # [256, 2]
+
+
 def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """``_blocks [..., G, 16]`` and ``_scales [..., G]`` → values ``[..., G*32]`` (the "out" orientation)."""
+    """``_blocks [..., G, 16]`` and ``_scales [..., G]`` → values ``[..., G*32]`` (the "out" orientation).
+
+    Exact in any dtype with at least bf16's exponent range (an FP4 value times a power of two has
+    two significant bits). One table lookup per byte gives both of its values; the E8M0 scale
+    2**(s-127) is assembled directly as float32 exponent bits."""
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_VALUES // 2:
         raise CheckpointError(f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match")
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    blocks = blocks.to(torch.int64)
-    values = torch.stack((lut[blocks & 0x0F], lut[blocks >> 4]), dim=-1).flatten(-2)  # [..., G, 32]
-    values = torch.ldexp(values, scales.to(torch.int32)[..., None] - 127)
+    values = _BYTE_VALUES[blocks.to(torch.int64)].flatten(-3 if blocks.dim() >= 2 else -2)  # [..., G*32]
+    scale = (scales.to(torch.int32) << 23).view(torch.float32)  # 2**(s-127); s = 0 gives 0 (a denormal 2**-127)
+    values = values.view(*scales.shape, BLOCK_VALUES).mul_(scale[..., None])
     return values.flatten(-2).to(dtype)
 
 

@@ -362,6 +362,14 @@ def claim_output(target: str | os.PathLike, *, kind: str = "directory", overwrit
     claimed.release(failed=False)
 
 
+def ensure_free_space(directory: Path, needed: int) -> None:
+    """Refuse to start writing `needed` bytes into `directory` when its filesystem has less free."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CompressError(f"the output needs {needed / 1e9:.2f} GB but {directory.parent} has only {free / 1e9:.2f} GB free: "
+                            "free some space or write somewhere else")
+
+
 def report_directory(target: str | os.PathLike, flag: str = "-o") -> Path:
     """A directory for report files (plots) that replace earlier ones of the same name: created
     when missing, refused when it is a file or cannot be created."""

@@ -146,22 +146,26 @@ class CheckpointReader:
         except KeyError:
             raise CheckpointError(f"tensor {key!r} is not in the checkpoint at {self.directory}") from None
 
-    def _read_into(self, buffer: memoryview, file: str, offset: int) -> None:
-        if file not in self._descriptors:
-            self._descriptors[file] = os.open(self.directory / file, os.O_RDONLY)
-        done = 0
-        while done < len(buffer):  # a single pread may return less than asked for
-            count = os.preadv(self._descriptors[file], [buffer[done:]], offset + done)
-            if count == 0:
-                raise CheckpointError(f"{self.directory / file} ended early: it was truncated while being read")
-            done += count
+    def _read_into(self, buffer: memoryview, file: str, offset: int, key: str) -> None:
+        try:
+            if file not in self._descriptors:
+                self._descriptors[file] = os.open(self.directory / file, os.O_RDONLY)
+            done = 0
+            while done < len(buffer):  # a single pread may return less than asked for
+                count = os.preadv(self._descriptors[file], [buffer[done:]], offset + done)
+                if count == 0:
+                    raise CheckpointError(f"tensor {key} cannot be read: {self.directory / file} ended early (truncated "
+                                          "while in use?); re-download or re-save the checkpoint")
+                done += count
+        except OSError as exc:
+            raise CheckpointError(f"tensor {key} cannot be read from {self.directory / file} ({exc.strerror})") from None
 
-    def _tensor(self, entry: TensorEntry, shape: tuple[int, ...], runs: list[tuple[int, int]]) -> torch.Tensor:
+    def _tensor(self, key: str, entry: TensorEntry, shape: tuple[int, ...], runs: list[tuple[int, int]]) -> torch.Tensor:
         """A tensor of `shape` filled from the byte ranges `runs` (offset, length) of `entry`'s file."""
         data = bytearray(sum(length for _, length in runs))
         view, position = memoryview(data), 0
         for offset, length in runs:
-            self._read_into(view[position : position + length], entry.file, offset)
+            self._read_into(view[position : position + length], entry.file, offset, key)
             position += length
         dtype = TORCH_DTYPES[entry.dtype]
         if not data:
@@ -170,7 +174,7 @@ class CheckpointReader:
 
     def read(self, key: str) -> torch.Tensor:
         entry = self._entry(key)
-        return self._tensor(entry, entry.shape, [(entry.offset, entry.nbytes)])
+        return self._tensor(key, entry, entry.shape, [(entry.offset, entry.nbytes)])
 
     def read_experts(self, key: str, experts: list[int], dim: int = 0) -> torch.Tensor:
         """The rows `experts` (in that order) of tensor `key` along `dim`, reading only those rows.
@@ -192,7 +196,7 @@ class CheckpointReader:
                 end += 1
             runs.append((entry.offset + experts[start] * row, (end - start + 1) * row))
             start = end + 1
-        return self._tensor(entry, (len(experts), *entry.shape[1:]), runs)
+        return self._tensor(key, entry, (len(experts), *entry.shape[1:]), runs)
 
     def close(self) -> None:
         for descriptor in self._descriptors.values():
@@ -200,4 +204,7 @@ class CheckpointReader:
         self._descriptors.clear()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except (AttributeError, TypeError, OSError):  # at interpreter exit, `os` may already be gone
+            pass

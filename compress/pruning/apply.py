@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint.dtypes import TORCH_DTYPES
 from ..checkpoint.files import copy_support_files, write_config
+from ..checkpoint.output import ensure_free_space
 from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
 from ..errors import CompressError
@@ -180,8 +181,10 @@ def copy_modeling_files(source: Path, staging: Path, config: dict) -> None:
 
 
 def write_tensors(reader: CheckpointReader, staging: Path, tensors: CheckpointPlan, max_shard_bytes: int, progress: bool) -> None:
-    """Stream the planned tensors into sharded safetensors, one tensor in memory at a time."""
+    """Stream the planned tensors into sharded safetensors, one tensor in memory at a time (after
+    checking that the filesystem has room for all of them)."""
     total = sum(spec.nbytes for spec in tensors.specs)
+    ensure_free_space(staging, total)
     with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer, \
             tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
         for copy, spec in zip(tensors.copies, tensors.specs):
