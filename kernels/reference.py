@@ -54,30 +54,83 @@ def grouped_linear(
     return out
 
 
-def routed_expert_outputs(experts: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor) -> torch.Tensor:
-    """f_j(x) for every token x [T, H] and each of its routed experts j = top_k_index [T, k]: [T, k, H]."""
+def routed_expert_outputs(experts: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                          load_experts=None, group_size: int | None = None) -> torch.Tensor:
+    """f_j(x) for every token x [T, H] and each of its routed experts j = top_k_index [T, k]: [T, k, H]
+    (see `pair_outputs` for `load_experts` and `group_size`)."""
     num_tokens, top_k = top_k_index.shape
-    expert_ids, order = torch.sort(top_k_index.reshape(-1))
-    rows = hidden_states[order // top_k]
-    tokens_per_expert = torch.bincount(expert_ids, minlength=experts.num_experts)
-    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
+    tokens = torch.arange(num_tokens, device=top_k_index.device).repeat_interleave(top_k)
+    outputs = pair_outputs(experts, hidden_states, tokens, top_k_index.reshape(-1), load_experts, group_size)
+    return outputs.view(num_tokens, top_k, -1)
 
-    def bias(name: str) -> torch.Tensor | None:
-        return getattr(experts, name)[expert_ids] if experts.has_bias else None
 
-    if experts.has_gate:
-        projected = grouped_linear(rows, experts.gate_up_proj, offsets, bias("gate_up_proj_bias"), experts.is_transposed)
-        projected = experts._apply_gate(projected)
-    else:
-        projected = grouped_linear(rows, experts.up_proj, offsets, bias("up_proj_bias"), experts.is_transposed)
-        projected = experts.act_fn(projected)
-    projected = grouped_linear(projected, experts.down_proj, offsets, bias("down_proj_bias"), experts.is_transposed)
-    if experts.has_post_expert_norm:
-        projected = experts.post_expert_norm(projected)
+def pair_outputs(experts: torch.nn.Module, hidden_states: torch.Tensor, tokens: torch.Tensor, expert_ids: torch.Tensor,
+                 load_experts=None, group_size: int | None = None) -> torch.Tensor:
+    """f_e(x_t) for every (token t, expert e) pair: [P, H] in the order of the pairs.
 
+    By default the module's own expert tensors are used; with `load_experts` they are read in
+    groups (see `pair_outputs_in_groups`).
+    """
+    if load_experts is not None:
+        return pair_outputs_in_groups(experts, [(hidden_states, tokens, expert_ids)], load_experts, group_size)[0]
+    sorted_ids, order = torch.sort(expert_ids)
+    tensors = {name: getattr(experts, name) for name in _TENSORS if hasattr(experts, name)}
+    projected = _expert_rows(experts, hidden_states[tokens[order]], sorted_ids, tensors, experts.num_experts)
     outputs = torch.empty_like(projected)
     outputs[order] = projected
-    return outputs.view(num_tokens, top_k, -1)
+    return outputs
+
+
+def pair_outputs_in_groups(experts: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                           load_experts, group_size: int) -> list[torch.Tensor]:
+    """`pair_outputs` of several (hidden_states, tokens, expert_ids) batches, the experts taken
+    `group_size` at a time from `load_experts` (expert ids → {tensor name: those experts' tensor},
+    e.g. read from a checkpoint): only one group's weights are ever in memory, and each group is
+    loaded once for all batches. Each batch's rows are multiplied on their own, so a batch's
+    outputs never depend on the batches beside it, and every row is computed exactly as with every
+    expert present.
+    """
+    edges = torch.arange(0, experts.num_experts + group_size, group_size)
+    prepared, outputs = [], []
+    for hidden_states, tokens, expert_ids in batches:
+        sorted_ids, order = torch.sort(expert_ids)
+        bounds = torch.searchsorted(sorted_ids, edges.to(sorted_ids.device)).tolist()
+        prepared.append((hidden_states, tokens, sorted_ids, order, bounds))
+        outputs.append(hidden_states.new_empty(len(expert_ids), hidden_states.shape[-1]))
+    for group in range(len(edges) - 1):
+        first = group * group_size
+        ids = list(range(first, min(first + group_size, experts.num_experts)))
+        tensors = None
+        for (hidden_states, tokens, sorted_ids, order, bounds), out in zip(prepared, outputs):
+            lo, hi = bounds[group], bounds[group + 1]
+            if hi > lo:
+                tensors = tensors if tensors is not None else load_experts(ids)
+                pairs = order[lo:hi]  # rows are gathered per group, so only the outputs are ever whole
+                out[pairs] = _expert_rows(experts, hidden_states[tokens[pairs]], sorted_ids[lo:hi] - first, tensors, len(ids))
+        del tensors
+    return outputs
+
+
+_TENSORS = ("gate_up_proj", "gate_up_proj_bias", "up_proj", "up_proj_bias", "down_proj", "down_proj_bias")
+
+
+def _expert_rows(experts: torch.nn.Module, rows: torch.Tensor, expert_ids: torch.Tensor, tensors: dict, num_experts: int) -> torch.Tensor:
+    """The experts' outputs for `rows` sorted by expert (`expert_ids`, local to `tensors`)."""
+    offsets = torch.cumsum(torch.bincount(expert_ids, minlength=num_experts), dim=0, dtype=torch.int32)
+
+    def bias(name: str) -> torch.Tensor | None:
+        return tensors[name][expert_ids] if experts.has_bias else None
+
+    if experts.has_gate:
+        projected = grouped_linear(rows, tensors["gate_up_proj"], offsets, bias("gate_up_proj_bias"), experts.is_transposed)
+        projected = experts._apply_gate(projected)
+    else:
+        projected = grouped_linear(rows, tensors["up_proj"], offsets, bias("up_proj_bias"), experts.is_transposed)
+        projected = experts.act_fn(projected)
+    projected = grouped_linear(projected, tensors["down_proj"], offsets, bias("down_proj_bias"), experts.is_transposed)
+    if experts.has_post_expert_norm:
+        projected = experts.post_expert_norm(projected)
+    return projected
 
 
 def combine_expert_outputs(outputs: torch.Tensor, top_k_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -94,7 +94,7 @@ def test_reconstruction_error_and_search(family_name):
     captured = capture_layer_inputs(model, windows, batch_size=2, max_tokens=48)
     hidden, logits = captured[0]
     assert hidden.shape == (48, 32) and logits.shape == (48, 6)
-    layer = LayerReconstruction(model, 0, hidden, logits)
+    layer = LayerReconstruction.of_model(model, 0, hidden, logits)
     errors = {}
     for kept in itertools.combinations(range(6), 3):
         errors[kept] = _independent_error(model, family, 0, hidden, logits, list(kept))
@@ -124,3 +124,42 @@ def test_global_reconstruction_keeps_the_budget_and_the_per_layer_minimum():
     kept = reconstruction_selection(model, windows, 3, batch_size=2, max_tokens=48, progress=False, budget="global")
     assert sum(len(k) for k in kept.values()) == 3 * len(kept)
     assert all(len(k) >= 2 for k in kept.values())  # top-k of the tiny model
+
+
+EXPERT_COUNT_FIELD = {"gpt_oss": "num_local_experts", "mixtral": "num_local_experts", "qwen2_moe": "num_experts",
+                      "qwen3_moe": "num_experts", "olmoe": "num_experts", "deepseek_v3": "n_routed_experts"}
+
+
+@pytest.mark.parametrize("family_name", list(EXPERT_COUNT_FIELD))
+def test_greedy_removal_path_equals_a_naive_greedy_search(family_name):
+    """The search updates each candidate's error from the tokens whose routing changes; a naive
+    greedy search recombining every token with a dense weight matrix must take the same path."""
+    from compress.pruning.reconstruct import removal_path
+    from conftest import tiny_config
+
+    config = tiny_config(family_name, **{EXPERT_COUNT_FIELD[family_name]: 12})
+    family = get_family(family_name)
+    generator = torch.Generator().manual_seed(5)
+    logits, outputs = torch.randn(40, 12, generator=generator), torch.randn(40, 12, 8, generator=generator)
+    buffers = {"e_score_correction_bias": torch.rand(12, generator=generator) * 0.2} if family_name == "deepseek_v3" else {}
+    groups = family.routing_groups(config)
+
+    def output(kept):
+        mask = torch.zeros(12, dtype=torch.bool)
+        mask[list(kept)] = True
+        weights, index = family.route(logits.masked_fill(~mask, float("-inf")), config,
+                                      {k: v.masked_fill(~mask, float("-inf")) for k, v in buffers.items()})
+        dense = torch.zeros(40, 12).scatter_(1, index, weights.float())
+        return torch.einsum("te,teh->th", dense, outputs)
+
+    full = output(range(12))
+    kept, naive = list(range(12)), []
+    while len(kept) > 4:
+        counts = [sum(1 for e in kept if e // (12 // groups) == g) for g in range(groups)]
+        removable = [e for e in kept if counts[e // (12 // groups)] == max(counts)]
+        errors = {e: float(((output([x for x in kept if x != e]) - full) ** 2).sum()) for e in removable}
+        kept.remove(min(errors, key=errors.get))
+        naive.append((list(kept), min(errors.values())))
+    path = removal_path(LayerReconstruction(family, config, buffers, logits, outputs), 4, set(), groups)
+    assert [kept for kept, _ in path[1:]] == [kept for kept, _ in naive]
+    assert [error for _, error in path[1:]] == pytest.approx([error for _, error in naive], rel=1e-5)

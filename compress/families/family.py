@@ -179,6 +179,17 @@ class MoEFamily:
         options = {k: v for k, v in self.routing.items() if k != "function"}
         return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, self.top_k(config), **options)
 
+    def routing_is_local(self, config) -> bool:
+        """Whether removing an expert a token did not choose leaves that token's routing (choice and
+        weights) unchanged: false for a softmax over all experts without renormalisation (Qwen-MoE
+        and OLMoE with ``norm_topk_prob`` off) and for group-limited routing (a group's score may drop)."""
+        if self.routing_groups(config) > 1:
+            return False
+        if self.routing["function"] != "softmax_then_topk":
+            return True
+        renormalize = self.routing["renormalize"]
+        return bool(getattr(config, renormalize, False)) if isinstance(renormalize, str) else bool(renormalize)
+
     def routing_distribution(self, logits: torch.Tensor) -> torch.Tensor:
         """The router's preference over all experts [T, E] from raw logits (rows sum to 1)."""
         return ROUTING_DISTRIBUTIONS[self.routing["function"]](logits)
@@ -265,13 +276,14 @@ class MoEFamily:
 
     def read_module_tensor(
         self, reader: CheckpointReader, layer: int, name: str, experts: list[int] | None = None,
-        layout: CheckpointLayout | None = None,
+        layout: CheckpointLayout | None = None, dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """The fused module tensor `name` of MoE layer `layer` for `experts`, in the module's layout.
 
         Whatever the disk layout, the result equals ``model.<experts module>.<name>[experts]`` of
         the loaded model: per-expert keys are concatenated and stacked, MXFP4 is dequantised (to
-        bf16, as transformers does by default) and transposed to the module orientation.
+        bf16, as transformers does by default, or straight to `dtype`) and transposed to the module
+        orientation. With `dtype` every tensor comes in that dtype.
         """
         layout = layout or self.detect_layout(reader, layer)
         spec = layout.module_tensors[name]
@@ -279,17 +291,18 @@ class MoEFamily:
             if experts is None:
                 experts = list(range(self.count_experts_on_disk(reader, layout, [layer])[layer]))
             prefix = layout.expert_prefix
-            return torch.stack(
+            stacked = torch.stack(
                 [torch.cat([reader.read(prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0) for e in experts]
             )
+            return stacked if dtype is None else stacked.to(dtype)
         base = layout.experts_prefix.format(layer=layer) + (spec["mxfp4"] if isinstance(spec, dict) else spec)
 
         def read(key: str) -> torch.Tensor:
             return reader.read(key) if experts is None else reader.read_experts(key, experts, layout.expert_dim)
 
         if isinstance(spec, dict):
-            return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales")).transpose(-1, -2)
-        return read(base)
+            return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales"), dtype or torch.bfloat16).transpose(-1, -2)
+        return read(base) if dtype is None else read(base).to(dtype)
 
     def count_experts_on_disk(self, reader: CheckpointReader, layout: CheckpointLayout, layers: list[int]) -> dict[int, int]:
         """How many experts each of the MoE `layers` holds in the checkpoint (one pass over the keys)."""

@@ -83,6 +83,9 @@ class CalibrationOptions:
     batch_size: int = option("windows per forward pass", 8, type=positive_int)
     device: str = option("auto: GPU(s) when present, else CPU", "auto", choices=DEVICES)
     dtype: str = option(DTYPE_HELP, "auto", choices=DTYPES)
+    experts_per_group: int | None = option("experts read from the checkpoint at a time while calibrating layer by layer "
+                                           "(default: as many as fit in 512 MiB in the compute dtype; fewer use less memory)",
+                                           type=positive_int)
 
 
 @dataclass(frozen=True)

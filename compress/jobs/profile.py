@@ -43,15 +43,17 @@ class ProfileResult:
                 f"{f', {self.processes} processes' if self.processes > 1 else ''}) → {self.out}")
 
 
-def collect(source, calibration: CalibrationOptions, *, progress: bool = True, local_rank: int | None = None):
-    """(model with weights, calibration windows, statistics) for settled `calibration` options."""
-    from ..stats.profile import profile as profile_windows
+def collect(source, calibration: CalibrationOptions, *, reconstruct=None, progress: bool = True, local_rank: int | None = None):
+    """(calibration windows, statistics, kept sets of a `layerwise.ReconstructRequest` or None) for
+    settled `calibration` options, one decoder layer at a time (`compress.layerwise`)."""
+    from ..layerwise import calibrate
 
     windows, data = calibration_windows(calibration, source.tokenizer())
-    model = source.load(dtype=calibration.dtype, device=calibration.device, local_rank=local_rank)
-    stats = profile_windows(model, windows, batch_size=calibration.batch_size, model_name=source.name,
-                            domain=calibration.domain, data=data, progress=progress, skip_samples=calibration.skip_samples)
-    return model, windows, stats
+    stats, kept = calibrate(source, windows, batch_size=calibration.batch_size, domain=calibration.domain, data=data,
+                            skip_samples=calibration.skip_samples, dtype=calibration.dtype, device=calibration.device,
+                            experts_per_group=calibration.experts_per_group, reconstruct=reconstruct, local_rank=local_rank,
+                            progress=progress)
+    return windows, stats, kept
 
 
 @contextlib.contextmanager
@@ -88,7 +90,7 @@ def profile(source, calibration: CalibrationOptions, *, out: str | os.PathLike |
                           what="statistics file") if out is not None and main_process else contextlib.nullcontext())
     with claim as claimed, torchrun_group() as local_rank:
         start = time.perf_counter()
-        _, windows, stats = collect(source, calibration, progress=progress, local_rank=local_rank)
+        windows, stats, _ = collect(source, calibration, progress=progress, local_rank=local_rank)
         seconds = time.perf_counter() - start
         if claimed is not None:
             with claimed.write() as staging:

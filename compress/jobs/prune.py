@@ -157,14 +157,14 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
         raise CompressError("--criterion reconstruct searches expert sets through the family's router, but a tiered model "
                             "routes teams: choose a score criterion (reap, frequency, gate-mass, ean, random)")
     if _needs_calibration(selection, stats):
-        model, windows, profiled = collect(source, calibration, progress=progress)
+        from ..layerwise import ReconstructRequest
+
+        request = (ReconstructRequest(keep, protect, groups, selection.budget, selection.min_per_layer)
+                   if selection.criterion == "reconstruct" else None)
+        _, profiled, searched = collect(source, calibration, reconstruct=request, progress=progress)
         stats = stats or profiled
     if selection.criterion == "reconstruct":
-        from ..pruning.reconstruct import reconstruction_selection
-
-        layers = reconstruction_selection(model, windows, keep, batch_size=calibration.batch_size, protect=protect, groups=groups,
-                                          progress=progress, budget=selection.budget, min_per_layer=selection.min_per_layer)
-        teams = None
+        layers, teams = searched, None
     else:
         ranked = stats if sizes is None else team_statistics(stats, sizes)
         top_k = source.top_k if sizes is None else source.config.team_top_k

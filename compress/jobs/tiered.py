@@ -96,7 +96,7 @@ def convert_tiered(source, options: TieredOptions, output: OutputOptions, *, cal
                 if calibration is None or calibration.domain is None:
                     raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
                                         "(math, code, general or your own with --dataset)")
-                _, _, stats = collect(source, settle(calibration, source), progress=progress)
+                _, stats, _ = collect(source, settle(calibration, source), progress=progress)
             plan = design_teams(stats, tiers, *sizes, source=plan_source(source),
                                 provenance=plan_provenance(command, stats, clustering=sizes[2], recipe=settings))
         with claimed.write() as staging:

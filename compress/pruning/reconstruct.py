@@ -2,7 +2,10 @@
 full layer's on calibration tokens (in the spirit of NAEE, Lu et al. 2024).
 
 For a sample of calibration tokens the experts' inputs and the router logits of every MoE layer are
-captured in one forward pass; each expert's output f_j(x) is computed once for every sampled token.
+captured (in one forward pass of a loaded model here, or layer by layer by `compress.layerwise`);
+each expert's output f_j(x) is computed once for every sampled token. The sample is small enough
+that every expert's outputs for it cost no more than the routed experts' outputs for all the
+calibration tokens (`reconstruction_tokens`), so the search never costs more than profiling.
 The output of a kept set S is the family's routing over S alone (the other experts' logits at
 −inf) applied to those outputs; its error is Σ_x ‖y_S(x) − y_all(x)‖². Every set is tried when
 there are few (at most `EXHAUSTIVE_LIMIT`), otherwise experts are removed greedily, each time the
@@ -24,12 +27,32 @@ from ..kernels.reference import routed_expert_outputs
 
 EXHAUSTIVE_LIMIT = 2000
 DEFAULT_MAX_TOKENS = 2048
+SEARCH_BYTES = 2**30  # every expert's fp32 outputs for the search's tokens are held at once
+CANDIDATE_ELEMENTS = 2**24
+
+
+def reconstruction_tokens(total_tokens: int, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None) -> int:
+    """Tokens the search measures on: `max_tokens` when given; otherwise at most `DEFAULT_MAX_TOKENS`,
+    few enough that all E experts' outputs for them cost no more than the k routed experts'
+    outputs for all `total_tokens` (tokens · E ≤ total · k), and that those outputs fit in
+    `SEARCH_BYTES` in fp32."""
+    if max_tokens is not None:
+        return max_tokens
+    by_memory = SEARCH_BYTES // (num_experts * hidden_size * 4)
+    return max(1, min(DEFAULT_MAX_TOKENS, total_tokens * top_k // num_experts, by_memory))
+
+
+def reconstruction_windows(windows: torch.Tensor, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None):
+    """(windows spread evenly over the calibration set, tokens to use from them) for the search."""
+    tokens = reconstruction_tokens(windows.numel(), top_k, num_experts, hidden_size, max_tokens)
+    rows = min(len(windows), max(1, math.ceil(tokens / windows.shape[1])))
+    return windows[torch.linspace(0, len(windows) - 1, rows).round().long()], tokens
 
 
 @torch.inference_mode()
-def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_tokens: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} for up to `max_tokens`
-    tokens, from windows spread evenly over `windows`."""
+def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_tokens: int | None = None) -> dict[int, tuple]:
+    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} of the search's
+    sample of `windows` (see `reconstruction_windows`), in one forward pass of a loaded model."""
     family = family_for_config(model.config)
     captured: dict[int, list] = {layer: [[], []] for layer in family.moe_layer_indices(model)}
     hooks = []
@@ -40,65 +63,144 @@ def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_toke
             lambda module, args, output, layer=layer: captured[layer][1].append(
                 (output[0] if isinstance(output, tuple) else output).detach().float().cpu())))
     device = model.get_input_embeddings().weight.device
-    rows = min(len(windows), max(1, math.ceil(max_tokens / windows.shape[1])))
-    spread = torch.linspace(0, len(windows) - 1, rows).round().long()  # a sample of the whole calibration set
+    sample, tokens = reconstruction_windows(windows, family.top_k(model.config), family.num_experts(model.config),
+                                            model.config.hidden_size, max_tokens)
     try:
-        for batch in windows[spread].split(batch_size):
+        for batch in sample.split(batch_size):
             model.base_model(input_ids=batch.to(device), use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
-    return {layer: (torch.cat(h)[:max_tokens], torch.cat(logits)[:max_tokens]) for layer, (h, logits) in captured.items()}
+    return {layer: (torch.cat(h)[:tokens], torch.cat(logits)[:tokens]) for layer, (h, logits) in captured.items()}
 
 
 class LayerReconstruction:
-    """Error of the layer output for candidate kept sets, from precomputed expert outputs."""
+    """Error of the layer output for candidate kept sets, from every expert's outputs ``outputs``
+    [T, E, H] (f_j(x) of every expert for every sampled token) and the router ``logits`` [T, E].
 
-    def __init__(self, model, layer: int, hidden: torch.Tensor, logits: torch.Tensor):
-        self.family = family_for_config(model.config)
-        self.config = model.config
-        self.buffers = {name: t.detach().float().cpu() for name, t in self.family.router_buffers(model, layer).items()}
-        self.logits = logits
-        experts = self.family.experts(model, layer)
+    The outputs are reduced once to each token's Gram matrix (fp64) of [f_1(x), …, f_E(x), y_all(x)],
+    so a routing's error ‖Σ_j w_j f_j(x) − y_all(x)‖² is a k×k quadratic form per token instead of
+    a sum over k·H values, and the outputs are not kept."""
+
+    def __init__(self, family, config, router_buffers: dict, logits: torch.Tensor, outputs: torch.Tensor):
+        self.family, self.config, self.logits = family, config, logits
+        self.buffers = {name: t.detach().float().cpu() for name, t in router_buffers.items()}
+        weights, index = self._route_all(torch.ones(logits.shape[1], dtype=torch.bool))
+        chosen = outputs.gather(1, index.unsqueeze(-1).expand(-1, -1, outputs.shape[-1]))
+        full = (chosen * weights.float().unsqueeze(-1)).sum(dim=1)
+        self.gram = _gram(outputs, full)
+        self.full_norm = float(self.gram[:, -1, -1].sum())  # Σ_x ‖y_all(x)‖²
+
+    @classmethod
+    def of_experts(cls, family, config, router_buffers: dict, hidden: torch.Tensor, logits: torch.Tensor, *, expert_outputs):
+        """From the experts' inputs: `expert_outputs(hidden, ids [T, E])` gives every expert's output."""
         num_experts = logits.shape[1]
-        all_ids = torch.arange(num_experts).expand(hidden.shape[0], num_experts)
-        parameter = next(experts.parameters())
         with torch.inference_mode():
-            outputs = routed_expert_outputs(experts, hidden.to(parameter.device, parameter.dtype), all_ids.to(parameter.device))
-        self.outputs = outputs.float().cpu()  # [T, E, H]: f_j(x) for every expert
-        self.full = self._output(torch.ones(num_experts, dtype=torch.bool))
+            outputs = expert_outputs(hidden, torch.arange(num_experts).expand(hidden.shape[0], num_experts))
+        return cls(family, config, router_buffers, logits, outputs.float().cpu())
 
-    def _output(self, kept: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def of_model(cls, model, layer: int, hidden: torch.Tensor, logits: torch.Tensor):
+        """For a loaded model's MoE layer `layer`."""
+        family = family_for_config(model.config)
+        experts = family.experts(model, layer)
+        parameter = next(experts.parameters())
+        return cls.of_experts(family, model.config, family.router_buffers(model, layer), hidden, logits,
+                              expert_outputs=lambda x, ids: routed_expert_outputs(experts, x.to(parameter.device, parameter.dtype),
+                                                                                  ids.to(parameter.device)))
+
+    def _route(self, kept: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, ids) [R, k] of each of `tokens` [R] routed over its own kept set `kept` [R, E]."""
         dropped = ~kept
-        logits = self.logits.masked_fill(dropped, float("-inf"))
-        buffers = {name: t.masked_fill(dropped, float("-inf")) for name, t in self.buffers.items()}
-        weights, index = self.family.route(logits, self.config, buffers)
-        chosen = self.outputs.gather(1, index.unsqueeze(-1).expand(-1, -1, self.outputs.shape[-1]))
-        return (chosen * weights.float().unsqueeze(-1)).sum(dim=1)
+        buffers = {name: t.expand_as(kept).masked_fill(dropped, float("-inf")) for name, t in self.buffers.items()}
+        return self.family.route(self.logits[tokens].masked_fill(dropped, float("-inf")), self.config, buffers)
+
+    def _route_all(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._route(kept.expand(len(self.logits), -1), torch.arange(len(self.logits)))
+
+    def token_errors(self, weights: torch.Tensor, index: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """‖y_S(x) − y_all(x)‖² per token (fp64) for a routing (weights, ids) [R, k] of `tokens` [R] (default: every token)."""
+        tokens = torch.arange(len(index)) if tokens is None else tokens
+        size = self.gram.shape[-1]
+        base = (tokens * size * size).unsqueeze(-1)
+        flat = self.gram.view(-1)
+        pairs = flat[(base + index * size).unsqueeze(-1) + index.unsqueeze(-2)]  # <f_i, f_j> [R, k, k]
+        against_full = flat[base + index * size + size - 1]  # <f_i, y_all> [R, k]
+        w = weights.double()
+        return (torch.einsum("ri,rij,rj->r", w, pairs, w) - 2 * (w * against_full).sum(dim=-1)
+                + flat[base.squeeze(-1) + size * size - 1])
 
     def error(self, kept: list[int]) -> float:
         mask = torch.zeros(self.logits.shape[1], dtype=torch.bool)
         mask[kept] = True
-        return float(((self._output(mask) - self.full) ** 2).sum())
+        return float(self.token_errors(*self._route_all(mask)).sum())
+
+    def removal_errors(self, kept: torch.Tensor, candidates: list[int], chosen: torch.Tensor, token_errors: torch.Tensor,
+                       local: bool):
+        """Removing each of `candidates` from the set `kept` [E], whose chosen ids [T, k] and
+        per-token errors [T] are given: (per-token errors [C, T], and for the (candidate, token)
+        pairs that were re-routed, their candidate and token indices and new chosen ids). With
+        `local` routing only the tokens that chose a candidate are re-routed."""
+        removed = torch.tensor(candidates)
+        if local:
+            candidate, token = (chosen.unsqueeze(0) == removed.view(-1, 1, 1)).any(dim=-1).nonzero(as_tuple=True)
+        else:
+            candidate, token = torch.ones(len(candidates), len(chosen), dtype=torch.bool).nonzero(as_tuple=True)
+        masks = kept.expand(len(candidates), -1).clone()
+        masks[torch.arange(len(candidates)), removed] = False
+        weights, index = self._route(masks[candidate], token)
+        errors = token_errors.expand(len(candidates), -1).clone()
+        errors[candidate, token] = self.token_errors(weights, index, token)
+        return errors, candidate, token, index
+
+
+def _gram(outputs: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """Per token, the Gram matrix [E+1, E+1] (fp64) of its expert outputs `outputs` [T, E, H] and
+    its full output `full` [T, H], a few tokens at a time."""
+    step = max(1, 2**25 // (outputs.shape[1] * outputs.shape[2]))
+    grams = []
+    for start in range(0, len(outputs), step):
+        part = torch.cat([outputs[start:start + step], full[start:start + step].unsqueeze(1)], dim=1).double()
+        grams.append(torch.bmm(part, part.transpose(1, 2)))
+    return torch.cat(grams)
 
 
 def removal_path(layer: LayerReconstruction, down_to: int, protected: set[int], groups: int) -> list[tuple[list[int], float]]:
     """Greedy removal from every expert down to `down_to`: (kept set, error) after each step, each
     time removing the expert whose loss raises the error least (never a protected one; with
-    group-limited routing only from the groups holding the most experts)."""
-    num_experts = layer.logits.shape[1]
+    group-limited routing only from the groups holding the most experts).
+
+    Each step re-routes the candidates in batches and updates the current set's per-token errors:
+    with local routing (`MoEFamily.routing_is_local`) only the tokens that chose the candidate
+    (about k/|S| of them) can change, and only they are re-evaluated."""
+    num_experts, tokens = layer.logits.shape[1], layer.logits.shape[0]
     group_size = num_experts // groups
+    local = layer.family.routing_is_local(layer.config)
     kept = list(range(num_experts))
+    mask = torch.ones(num_experts, dtype=torch.bool)
+    chosen = layer._route_all(mask)[1]
+    token_errors = torch.zeros(tokens, dtype=torch.float64)
+    per_step = max(1, CANDIDATE_ELEMENTS // (tokens * num_experts))  # candidates re-routed at once: [C·T, E] logits
     path = [(list(kept), 0.0)]
     while len(kept) > down_to:
         counts = [sum(1 for e in kept if e // group_size == g) for g in range(groups)]
         removable = [e for e in kept if e not in protected and counts[e // group_size] == max(counts)]
         if not removable:
             break
-        errors = {e: layer.error([x for x in kept if x != e]) for e in removable}
-        removed = min(removable, key=errors.get)
-        kept.remove(removed)
-        path.append((list(kept), errors[removed]))
+        best = None
+        for start in range(0, len(removable), per_step):
+            errors, candidate, token, index = layer.removal_errors(mask, removable[start:start + per_step], chosen, token_errors, local)
+            totals = errors.sum(dim=1).tolist()
+            step_best = min(range(len(totals)), key=totals.__getitem__)
+            if best is None or totals[step_best] < best[0]:
+                rerouted = candidate == step_best
+                best = (totals[step_best], removable[start + step_best], errors[step_best], token[rerouted], index[rerouted])
+        error, expert, token_errors, rerouted, index = best
+        chosen = chosen.clone()
+        chosen[rerouted] = index
+        kept.remove(expert)
+        mask[expert] = False
+        path.append((list(kept), error))
     return path
 
 
@@ -128,34 +230,53 @@ def global_kept_sets(paths: dict[int, list[tuple[list[int], float]]], scale: dic
     return {layer: path[position[layer]][0] for layer, path in paths.items()}
 
 
+def choose_kept(layer_search: LayerReconstruction, layer: int, request):
+    """The search's answer for one layer of a `layerwise.ReconstructRequest`: the kept ids (uniform
+    budget), or (removal path, output scale) for `global_kept_sets` (global budget)."""
+    protect = request.protect.get(layer, set())
+    if request.budget == "uniform":
+        return sorted(best_kept_set(layer_search, request.keep, protect, request.groups))
+    minimum = max(layer_search.family.top_k(layer_search.config), request.min_per_layer or 0)
+    return (removal_path(layer_search, max(minimum, len(protect)), protect, request.groups),
+            max(layer_search.full_norm, 1e-30))
+
+
+def check_request(request, top_k: int) -> None:
+    if request.budget == "uniform" and any(len(experts) > request.keep for experts in request.protect.values()):
+        raise CompressError(f"more experts are protected in a layer than --keep {request.keep}: keep more or protect fewer")
+    if request.budget == "global" and request.groups > 1:
+        raise CompressError("--budget global is not available with group-limited routing (n_group > 1): use --budget uniform")
+    minimum = max(top_k, request.min_per_layer or 0)
+    if request.budget == "global" and request.keep < minimum:
+        raise CompressError(f"--keep {request.keep} is below the per-layer minimum {minimum} (at least top-k) of a global budget")
+
+
 def reconstruction_selection(
     model, windows: torch.Tensor, keep: int, *, batch_size: int = 8, protect: dict[int, set[int]] | None = None,
-    groups: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True, budget: str = "uniform",
+    groups: int = 1, max_tokens: int | None = None, progress: bool = True, budget: str = "uniform",
     min_per_layer: int | None = None,
 ) -> dict[int, list[int]]:
-    """Kept expert ids per MoE layer (ascending) that best reconstruct each layer's output.
+    """Kept expert ids per MoE layer (ascending) that best reconstruct each layer's output, for a
+    loaded model (the CLI searches layer by layer: `compress.layerwise.calibrate`).
 
     ``budget="uniform"`` keeps `keep` experts in every layer; ``"global"`` keeps `keep` × layers in
     total, at least `min_per_layer` (default: top-k) in each, spending the removals where they cost
     the least relative error (`global_kept_sets`)."""
-    protect = protect or {}
-    if any(len(experts) > keep for experts in protect.values()) and budget == "uniform":
-        raise CompressError(f"more experts are protected in a layer than --keep {keep}: keep more or protect fewer")
-    if budget == "global" and groups > 1:
-        raise CompressError("--budget global is not available with group-limited routing (n_group > 1): use --budget uniform")
-    family = family_for_config(model.config)
-    minimum = max(family.top_k(model.config), min_per_layer or 0)
-    if budget == "global" and keep < minimum:
-        raise CompressError(f"--keep {keep} is below the per-layer minimum {minimum} (at least top-k) of a global budget")
-    captured = capture_layer_inputs(model, windows, batch_size, max_tokens)
-    kept, paths, scale = {}, {}, {}
-    for layer, (hidden, logits) in tqdm(captured.items(), desc="reconstruction search", unit="layer", disable=not progress):
-        reconstruction = LayerReconstruction(model, layer, hidden, logits)
-        if budget == "uniform":
-            kept[layer] = sorted(best_kept_set(reconstruction, keep, protect.get(layer, set()), groups))
-        else:
-            paths[layer] = removal_path(reconstruction, max(minimum, len(protect.get(layer, ()))), protect.get(layer, set()), groups)
-            scale[layer] = max(float((reconstruction.full ** 2).sum()), 1e-30)
-    if budget == "global":
-        kept = {layer: sorted(ids) for layer, ids in global_kept_sets(paths, scale, keep * len(paths)).items()}
-    return kept
+    from ..layerwise import ReconstructRequest
+
+    request = ReconstructRequest(keep, protect or {}, groups, budget, min_per_layer)
+    check_request(request, family_for_config(model.config).top_k(model.config))
+    answers = {}
+    for layer, (hidden, logits) in tqdm(capture_layer_inputs(model, windows, batch_size, max_tokens).items(),
+                                        desc="reconstruction search", unit="layer", disable=not progress):
+        answers[layer] = choose_kept(LayerReconstruction.of_model(model, layer, hidden, logits), layer, request)
+    return finish_selection(answers, request)
+
+
+def finish_selection(answers: dict, request) -> dict[int, list[int]]:
+    """Kept ids per layer from `choose_kept`'s answers (a global budget is spent across layers here)."""
+    if request.budget == "uniform":
+        return answers
+    paths = {layer: path for layer, (path, _) in answers.items()}
+    scales = {layer: scale for layer, (_, scale) in answers.items()}
+    return {layer: sorted(ids) for layer, ids in global_kept_sets(paths, scales, request.keep * len(paths)).items()}

@@ -8,11 +8,14 @@ produced, and returns the same weighted sum transformers' ``grouped_mm`` impleme
 Only the router entropy needs the full logits, taken by a forward hook on each router.
 
 It expects whole sequences (no KV cache). Padding given as a 2-D ``attention_mask`` is left out of
-every statistic, and "position 0" is each row's first unpadded token.
+every statistic, and "position 0" is each row's first unpadded token. What a batch needs across
+its MoE layers (padding, first tokens, the previous layer's choices) is a `BatchState`: a whole-model
+forward makes one as it starts; the layer-wise engine keeps one per batch and sets `current`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -25,12 +28,31 @@ PROFILING_IMPLEMENTATION = "moe_compress_profile"
 
 
 def profiling_experts_forward(experts, hidden_states, top_k_index, top_k_weights):
-    """An experts implementation: the routed experts' weighted sum, recording statistics on the way."""
-    outputs = routed_expert_outputs(experts, hidden_states, top_k_index)
+    """An experts implementation: the routed experts' weighted sum, recording statistics on the way.
+    A module may say how its experts' outputs are computed (``_routed_outputs``): the layer-wise
+    calibration engine reads its experts from the checkpoint in groups."""
+    outputs = getattr(experts, "_routed_outputs", routed_expert_outputs)(experts, hidden_states, top_k_index)
     recorder = getattr(experts, "_routing_stats_recorder", None)
     if recorder is not None:
         recorder(outputs, top_k_index, top_k_weights)
     return combine_expert_outputs(outputs, top_k_weights, hidden_states.dtype)
+
+
+@dataclass
+class BatchState:
+    token_mask: torch.Tensor | None  # [T] bool, None when nothing is padded
+    first_tokens: torch.Tensor  # [T] bool
+    previous_selection: torch.Tensor | None = None  # [T, E'] of the previous MoE layer
+
+
+def batch_state(batch: int, length: int, attention_mask: torch.Tensor | None = None) -> BatchState:
+    """The state of a batch of `batch` sequences of `length` tokens (padding from a 2-D mask)."""
+    if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+        valid = attention_mask.bool()
+        return BatchState(valid.flatten(), ((attention_mask.long().cumsum(dim=-1) == 1) & valid).flatten())
+    first = torch.zeros(batch, length, dtype=torch.bool)
+    first[:, 0] = True
+    return BatchState(None, first.flatten())
 
 
 class RoutingStatsCollector:
@@ -44,9 +66,7 @@ class RoutingStatsCollector:
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._handles = []
         self._previous_implementation = None
-        self._token_mask: torch.Tensor | None = None  # [T] bool, None when nothing is padded
-        self._first_tokens: torch.Tensor | None = None  # [T] bool
-        self._previous_selection: torch.Tensor | None = None  # [T, E'] of the previous MoE layer
+        self.current: BatchState | None = None  # None: nothing is recorded
 
     # --- installing ------------------------------------------------------------------------------
     def __enter__(self) -> RoutingStatsCollector:
@@ -93,22 +113,15 @@ class RoutingStatsCollector:
     def _start_forward(self, module, args, kwargs) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         batch, length = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2 and not bool(mask.all()):
-            valid = mask.bool()
-            first = (mask.long().cumsum(dim=-1) == 1) & valid
-            self._token_mask = valid.flatten()
-        else:
-            first = torch.zeros(batch, length, dtype=torch.bool)
-            first[:, 0] = True
-            self._token_mask = None
-        self._first_tokens = first.flatten()
-        self._previous_selection = None
+        self.current = batch_state(batch, length, kwargs.get("attention_mask"))
 
     def _valid_rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self._token_mask is None else tensor[self._token_mask.to(tensor.device)]
+        mask = self.current.token_mask
+        return tensor if mask is None else tensor[mask.to(tensor.device)]
 
     def _record_router(self, layer: int, module, inputs, output) -> None:
+        if self.current is None:
+            return
         logits = output[0] if isinstance(output, tuple) else output
         logits = self._valid_rows(logits.reshape(-1, logits.shape[-1]))
         probabilities = self.family.routing_distribution(logits)
@@ -117,10 +130,12 @@ class RoutingStatsCollector:
         stats["entropy_sum"] += to_fixed_point(entropy)
 
     def _record_experts(self, layer: int, outputs, top_k_index, top_k_weights) -> None:
+        if self.current is None:
+            return
         device = outputs.device
         stats = self._layer(layer, device)
         outputs, index, weights = (self._valid_rows(t) for t in (outputs, top_k_index, top_k_weights))
-        first = self._valid_rows(self._first_tokens.to(device))
+        first = self._valid_rows(self.current.first_tokens.to(device))
         num_experts = stats["selections"].shape[0]
         weights = weights.float()
         norms = torch.linalg.vector_norm(outputs.float(), dim=-1)  # [T, k]
@@ -143,6 +158,6 @@ class RoutingStatsCollector:
         # One-hot selections; products of 0/1 matrices count pairs exactly in float32 (< 2^24 per batch).
         selection = torch.zeros(index.shape[0], num_experts, device=device).scatter_(1, index, 1.0)
         stats["coactivation"] += (selection.T @ selection).round().long()
-        if "transitions" in stats and self._previous_selection is not None:
-            stats["transitions"] += (self._previous_selection.to(device).T @ selection).round().long()
-        self._previous_selection = selection
+        if "transitions" in stats and self.current.previous_selection is not None:
+            stats["transitions"] += (self.current.previous_selection.to(device).T @ selection).round().long()
+        self.current.previous_selection = selection

@@ -1,0 +1,357 @@
+"""The layer-wise calibration engine: calibration text through a checkpoint one decoder layer at a
+time, the routed experts in bounded groups, with the model's own transformers code.
+
+What `compress profile`, `prune` and `convert tiered` run (the in-memory `stats.RoutingStatsCollector`
+stays for models already loaded). Memory is set by one layer without its experts plus one group
+of experts plus the calibration activations, never by the model, so gpt-oss-120b calibrates where
+it prunes:
+
+1. **Embeddings**: only the rows of the tokens the calibration text uses are read.
+2. **Layer arguments**: the model's own forward runs once per batch on the meta-device skeleton
+   with its decoder layers replaced by recorders, so each layer later receives exactly what it
+   receives in a whole-model forward (causal, sliding-window and padding masks, rotary
+   embeddings, position ids) — nothing about attention is re-implemented here.
+3. **Layers**: each decoder layer gets its own tensors from the checkpoint (router rows through
+   the family's on-disk layout; attention, norms, shared experts and dense MLPs by name), runs
+   every batch, and goes back to the meta device. The experts module stays on the meta device:
+   its outputs are computed through the routed-expert reference reading `experts_per_group`
+   experts at a time from the checkpoint (MXFP4 dequantised per group), exactly as for a loaded
+   model (`kernels.reference.routed_expert_outputs`).
+4. **Statistics** are recorded by the same collector, one `BatchState` per batch, so the sums
+   are the whole-model path's. Under torchrun each process takes its share of the batches of
+   every layer and the sums are all-reduced, as in `stats.profile`.
+5. **Reconstruction** (the ``reconstruct`` criterion) gets each MoE layer's input for free: the
+   search's sample windows run through the same layers, and the per-expert outputs they need are
+   computed in groups too.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, CompressError
+
+EXPERT_GROUP_BYTES = 512 * 2**20  # default budget for one group of experts in the compute dtype
+# (token, expert) pairs whose outputs are computed together, each expert group read once for them:
+# 2**17 pairs of gpt-oss's 2880-wide outputs are 1.5 GB in fp32.
+CHUNK_PAIRS = 2**17
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """What the ``reconstruct`` search keeps (see `pruning.reconstruct`)."""
+
+    keep: int
+    protect: dict
+    groups: int = 1
+    budget: str = "uniform"
+    min_per_layer: int | None = None
+
+
+def compute_device(device: str, local_rank: int | None = None) -> torch.device:
+    from .model_loading import DEVICES
+
+    if device not in DEVICES:
+        raise CompressError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise CompressError("--device cuda was given but no CUDA GPU is visible: use --device cpu")
+    return torch.device("cuda", local_rank or 0)
+
+
+def compute_dtype(dtype: str, device: torch.device, config) -> torch.dtype:
+    """``auto``: float32 on the CPU, the checkpoint's dtype on a GPU (see `model_loading`)."""
+    from .model_loading import DTYPES
+
+    if dtype not in DTYPES:
+        raise CompressError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cpu":
+        return torch.float32
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
+    return getattr(torch, stored) if isinstance(stored, str) else stored
+
+
+class _ArgumentRecorder(nn.Module):
+    """Stands in for a decoder layer: remembers what the model's forward passes it, returns its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return hidden_states
+
+
+class LayerwiseModel:
+    """A `SourceModel` run one decoder layer at a time (see the module docstring)."""
+
+    def __init__(self, source, *, dtype: str = "auto", device: str = "auto", experts_per_group: int | None = None,
+                 local_rank: int | None = None):
+        from .model_loading import prepare_transformers
+
+        prepare_transformers()
+        self.source, self.family, self.meta = source, source.family, source.meta
+        self.device = compute_device(device, local_rank)
+        self.dtype = compute_dtype(dtype, self.device, source.config)
+        self.layers = self.family.decoder_layers(self.meta)
+        self.layers_path = self.family.modules["layers"]
+        self.experts_per_group = experts_per_group or self._default_group()
+
+    def _default_group(self) -> int:
+        """As many experts as fit in `EXPERT_GROUP_BYTES` in the compute dtype."""
+        layer = self.source.moe_layers[0]
+        experts = self.family.experts(self.meta, layer)
+        count = self.family.num_experts_in(experts)
+        per_expert = sum(t.numel() for t in self.family.expert_tensors_of(experts).values()) // count
+        size = torch.empty((), dtype=self.dtype).element_size()
+        return max(1, min(count, EXPERT_GROUP_BYTES // max(per_expert * size, 1)))
+
+    # --- inputs ----------------------------------------------------------------------------------
+    def embeddings(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Input embeddings of each batch, from the embedding rows of the tokens they use only."""
+        if not batches:  # a torchrun process with no share of the batches
+            return []
+        embedding = self.meta.get_input_embeddings()
+        name = next(name for name, module in self.meta.named_modules() if module is embedding)
+        ids = torch.cat([b.reshape(-1) for b in batches]).unique()
+        rows = self.source.reader.read_experts(f"{name}.weight", ids.tolist(), 0).to(self.device, self.dtype)
+        position = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+        position[ids] = torch.arange(len(ids))
+        return [rows[position[b].to(self.device)] for b in batches]
+
+    @contextmanager
+    def _skeleton(self):
+        """The base model with recorders for layers, an identity for the final norm and a real rotary embedding."""
+        parent_path, _, attribute = self.layers_path.rpartition(".")
+        base = self.meta.get_submodule(parent_path)
+        saved = {name: getattr(base, name) for name in (attribute, "norm", "rotary_emb") if hasattr(base, name)}
+        recorders = nn.ModuleList([_ArgumentRecorder() for _ in self.layers])
+        setattr(base, attribute, recorders)
+        if "norm" in saved:
+            base.norm = nn.Identity()
+        if "rotary_emb" in saved:
+            base.rotary_emb = type(saved["rotary_emb"])(config=base.config).to(self.device)
+        try:
+            yield base, recorders
+        finally:
+            for name, module in saved.items():
+                setattr(base, name, module)
+
+    def layer_arguments(self, embeds: list[torch.Tensor], masks: list | None = None) -> list[list[tuple[tuple, dict]]]:
+        """[batch][layer] → (args, kwargs) the model's forward gives that decoder layer."""
+        calls = []
+        with torch.inference_mode(), self._skeleton() as (base, recorders):
+            for index, embedded in enumerate(embeds):
+                mask = None if masks is None or masks[index] is None else masks[index].to(self.device)
+                base(inputs_embeds=embedded, attention_mask=mask, use_cache=False)
+                calls.append([recorder.calls.pop() for recorder in recorders])
+        return calls
+
+    # --- layers ----------------------------------------------------------------------------------
+    def _disk_key(self, layer: int, name: str) -> str:
+        router = self.family.modules["router"] + "."
+        if layer in self.source.moe_layers and name.startswith(router):
+            return self.source.layout.router_prefix.format(layer=layer) + name[len(router):]
+        return f"{self.layers_path}.{layer}.{name}"
+
+    @contextmanager
+    def materialized(self, layer: int):
+        """Decoder layer `layer` with its own tensors from the checkpoint (experts excepted), on the
+        compute device; back on the meta device afterwards."""
+        module = self.layers[layer]
+        experts_path = self.family.modules["experts"] if layer in self.source.moe_layers else None
+        try:
+            for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                if experts_path and name.startswith(experts_path + "."):
+                    continue
+                value = self.source.reader.read(self._disk_key(layer, name))
+                if tuple(value.shape) != tuple(tensor.shape):
+                    raise CheckpointError(f"{self._disk_key(layer, name)} has shape {list(value.shape)} but the config "
+                                          f"implies {list(tensor.shape)}")
+                value = value.to(self.device, self.dtype if value.is_floating_point() else value.dtype)
+                owner_path, _, leaf = name.rpartition(".")
+                owner = module.get_submodule(owner_path) if owner_path else module
+                if leaf in owner._parameters:
+                    owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+                else:
+                    owner._buffers[leaf] = value
+            yield module
+        finally:
+            if experts_path:
+                module.get_submodule(experts_path).__dict__.pop("_routed_outputs", None)
+            module.to("meta")
+
+    def expert_tensors(self, layer: int, experts: list[int]) -> dict[str, torch.Tensor]:
+        """The fused expert tensors of `experts` in layer `layer`, in the module's layout, on the compute device."""
+        return {name: self.family.read_module_tensor(self.source.reader, layer, name, experts, self.source.layout, dtype=self.dtype)
+                .to(self.device) for name in self.family.expert_tensors}
+
+    def run_layer(self, module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+        args, kwargs = call
+        out = module(hidden, *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def capture(self, module, hidden: torch.Tensor, call) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run MoE layer `module` up to its experts: (experts' inputs [T, H], routed ids [T, k], router logits)."""
+        experts = module.get_submodule(self.family.modules["experts"])
+        router = module.get_submodule(self.family.modules["router"])
+        logits = []
+
+        def stop(experts, hidden_states, top_k_index):
+            raise _ExpertsReached(hidden_states, top_k_index)
+
+        experts._routed_outputs = stop
+        hook = router.register_forward_hook(lambda m, args, output: logits.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            self.run_layer(module, hidden, call)
+        except _ExpertsReached as reached:
+            return reached.hidden_states, reached.top_k_index, logits[-1].reshape(len(reached.top_k_index), -1)
+        finally:
+            hook.remove()
+        raise CompressError(f"decoder layer {type(module).__name__} never called its experts module")
+
+    def replay(self, module, hidden: torch.Tensor, call, outputs: torch.Tensor) -> torch.Tensor:
+        """Run MoE layer `module` whole, its experts' outputs [T, k, H] given (computed by `chunk_outputs`)."""
+        module.get_submodule(self.family.modules["experts"])._routed_outputs = lambda experts, hidden_states, index: outputs
+        return self.run_layer(module, hidden, call)
+
+    def chunk_outputs(self, layer: int, routed: list[tuple[torch.Tensor, torch.Tensor]], every_expert: torch.Tensor | None):
+        """For several batches at once, each expert group read once: the routed experts' outputs
+        [T, k, H] of each (inputs, ids) in `routed`, and every expert's outputs [T, E, H] for the
+        inputs `every_expert` (the reconstruction search's tokens)."""
+        from .kernels.reference import pair_outputs_in_groups
+
+        experts = self.family.experts(self.meta, layer)
+        count = self.family.num_experts_in(experts)
+        batches = []
+        for hidden_states, index in routed:
+            tokens = torch.arange(len(index), device=index.device).repeat_interleave(index.shape[1])
+            batches.append((hidden_states, tokens, index.reshape(-1)))
+        if every_expert is not None:
+            tokens = torch.arange(len(every_expert), device=every_expert.device).repeat_interleave(count)
+            batches.append((every_expert, tokens, torch.arange(count, device=every_expert.device).repeat(len(every_expert))))
+        outputs = pair_outputs_in_groups(experts, batches, lambda group: self.expert_tensors(layer, group), self.experts_per_group)
+        routed_outputs = [out.view(len(index), index.shape[1], -1) for out, (_, index) in zip(outputs, routed)]
+        search = outputs[-1].view(len(every_expert), count, -1) if every_expert is not None else None
+        return routed_outputs, search
+
+
+class _ExpertsReached(Exception):
+    """Raised from inside a layer's forward once its experts' inputs are known (see `capture`)."""
+
+    def __init__(self, hidden_states, top_k_index):
+        super().__init__("experts reached")
+        self.hidden_states, self.top_k_index = hidden_states, top_k_index
+
+
+def _chunks(pairs: list[int], budget: int) -> list[list[int]]:
+    """Consecutive batch indices whose (token, expert) pairs fit in `budget` together (at least one batch each)."""
+    chunks, current, used = [], [], 0
+    for index, count in enumerate(pairs):
+        if current and used + count > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += count
+    return chunks + ([current] if current else [])
+
+
+@torch.inference_mode()
+def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, data: str, skip_samples: int = 0,
+              dtype: str = "auto", device: str = "auto", experts_per_group: int | None = None,
+              reconstruct: ReconstructRequest | None = None, attention_mask: torch.Tensor | None = None,
+              local_rank: int | None = None, progress: bool = True):
+    """(routing statistics, kept experts per MoE layer or None) of `source` on token `windows`
+    [N, L], one decoder layer at a time; with `reconstruct`, the kept sets of the ``reconstruct``
+    criterion too (computed on the same pass). `attention_mask` [N, L] marks padding (left out of
+    every statistic, as in the whole-model collector)."""
+    from .pruning.reconstruct import check_request, finish_selection, reconstruction_windows
+    from .stats.collector import RoutingStatsCollector, batch_state
+    from .stats.profile import all_reduce, world
+    from .stats.routing_stats import metadata_for_sources
+
+    engine = LayerwiseModel(source, dtype=dtype, device=device, experts_per_group=experts_per_group, local_rank=local_rank)
+    rank, world_size = world()
+    batches = list(windows.split(batch_size))[rank::world_size]
+    masks = None if attention_mask is None else list(attention_mask.split(batch_size))[rank::world_size]
+    samples, search_tokens = [], 0
+    if reconstruct is not None:
+        check_request(reconstruct, source.top_k)
+        sample, search_tokens = reconstruction_windows(windows, source.top_k, source.num_experts,
+                                                             source.config.hidden_size)
+        samples = list(sample.split(batch_size))
+    hidden = engine.embeddings(batches + samples)
+    calls = engine.layer_arguments(hidden, None if masks is None else [*masks, *[None] * len(samples)])
+    states = [batch_state(*batch.shape, None if masks is None else masks[index]) for index, batch in enumerate(batches)]
+    states += [None] * len(samples)  # the search's windows are run, not counted
+    answers = {}
+    with RoutingStatsCollector(source.meta) as collector:
+        bar = tqdm(total=len(engine.layers), desc="calibrating layers", unit="layer", disable=not progress or rank != 0)
+        for layer in range(len(engine.layers) if hidden else 0):
+            with engine.materialized(layer) as module:
+                if layer not in source.moe_layers:
+                    for index in range(len(hidden)):
+                        hidden[index] = engine.run_layer(module, hidden[index], calls[index][layer])
+                else:
+                    answer = _moe_layer(engine, module, layer, hidden, calls, states, collector, len(batches), search_tokens,
+                                        reconstruct)
+                    if answer is not None:
+                        answers[layer] = answer
+            bar.update(1)
+        bar.close()
+    family = source.family
+    record = {"fingerprint": source.fingerprint, "model": source.name, "family": family.name, "top_k": source.top_k}
+    run = {"domain": domain, "data": data, "skip_samples": skip_samples, "samples": windows.shape[0],
+           "seq_len": windows.shape[1], "tokens": windows.numel()}
+    stats = collector.stats(metadata_for_sources(record, [run]))
+    if world_size > 1:
+        import torch.distributed as dist
+
+        all_reduce(stats, "cuda" if dist.get_backend() == "nccl" else "cpu")
+    return stats, (finish_selection(answers, reconstruct) if reconstruct is not None else None)
+
+
+def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
+               search_tokens: int, reconstruct):
+    """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
+    chunk's expert outputs reading each expert group once, replay the batches with them (recording
+    statistics), and run the reconstruction search on its sample windows."""
+    from .pruning.reconstruct import LayerReconstruction, choose_kept
+
+    top_k = engine.source.top_k
+    count = engine.source.experts_per_layer[layer]
+    pairs = [len(h.reshape(-1, h.shape[-1])) * (count if index >= first_sample else top_k) for index, h in enumerate(hidden)]
+    answer = None
+    chunks = _chunks(pairs[:first_sample], CHUNK_PAIRS)
+    sample = list(range(first_sample, len(hidden)))
+    if sample:  # the search's windows stay together, with the last chunk when they fit beside it
+        if chunks and sum(pairs[i] for i in chunks[-1] + sample) <= CHUNK_PAIRS:
+            chunks[-1] += sample
+        else:
+            chunks.append(sample)
+    for chunk in chunks:
+        captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
+        inputs = logits = None
+        searched = [index for index in chunk if index >= first_sample]
+        if searched:
+            inputs = torch.cat([captured[index][0] for index in searched])[:search_tokens]
+            logits = torch.cat([captured[index][2] for index in searched])[:search_tokens]
+        routed, search = engine.chunk_outputs(layer, [captured[index][:2] for index in chunk], inputs)
+        if search is not None:
+            answer = choose_kept(LayerReconstruction(engine.family, engine.source.config,
+                                                     engine.family.router_buffers(engine.meta, layer), logits.float().cpu(),
+                                                     search.float().cpu()), layer, reconstruct)
+        for index, outputs in zip(chunk, routed):
+            collector.current = states[index]
+            hidden[index] = engine.replay(module, hidden[index], calls[index][layer], outputs)
+        collector.current = None
+    return answer
