@@ -13,6 +13,7 @@ gpt-oss stores ``gate_up_proj`` as ``[E, 2I, H]`` and ``down_proj`` as ``[E, H, 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -34,19 +35,29 @@ MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router"
 
 
 _BYTE_VALUES = torch.tensor([[FP4_VALUES[byte & 0x0F], FP4_VALUES[byte >> 4]] for byte in range(256)])  # [256, 2]
+# The four values of every pair of bytes, indexed by the pair read as one uint16 (in this machine's
+# byte order): a 1 MiB table, one lookup per two bytes.
+_PAIR_BYTES = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.uint8).view(-1, 2).long()
+_PAIR_VALUES = torch.cat([_BYTE_VALUES[_PAIR_BYTES[:, 0]], _BYTE_VALUES[_PAIR_BYTES[:, 1]]], dim=1)  # [65536, 4]
+
+
+@functools.cache
+def _pair_values(device: torch.device) -> torch.Tensor:
+    return _PAIR_VALUES.to(device)
 
 
 def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """``_blocks [..., G, 16]`` and ``_scales [..., G]`` → values ``[..., G*32]`` (the "out" orientation).
 
     Exact in any dtype with at least bf16's exponent range (an FP4 value times a power of two has
-    two significant bits). One table lookup per byte gives both of its values; the E8M0 scale
+    two significant bits). One table lookup per pair of bytes gives their four values; the E8M0 scale
     2**(s-127) is assembled directly as float32 exponent bits."""
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_VALUES // 2:
         raise CheckpointError(f"MXFP4 blocks {list(blocks.shape)} and scales {list(scales.shape)} do not match")
-    values = _BYTE_VALUES[blocks.to(torch.int64)].flatten(-3 if blocks.dim() >= 2 else -2)  # [..., G*32]
+    pairs = blocks.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF  # [..., G, 8]
+    values = torch.nn.functional.embedding(pairs, _pair_values(blocks.device)).view(*scales.shape, BLOCK_VALUES)
     scale = (scales.to(torch.int32) << 23).view(torch.float32)  # 2**(s-127); s = 0 gives 0 (a denormal 2**-127)
-    values = values.view(*scales.shape, BLOCK_VALUES).mul_(scale[..., None])
+    values.mul_(scale[..., None])
     return values.flatten(-2).to(dtype)
 
 

@@ -276,14 +276,15 @@ class MoEFamily:
 
     def read_module_tensor(
         self, reader: CheckpointReader, layer: int, name: str, experts: list[int] | None = None,
-        layout: CheckpointLayout | None = None, dtype: torch.dtype | None = None,
+        layout: CheckpointLayout | None = None, dtype: torch.dtype | None = None, device: torch.device | None = None,
     ) -> torch.Tensor:
         """The fused module tensor `name` of MoE layer `layer` for `experts`, in the module's layout.
 
         Whatever the disk layout, the result equals ``model.<experts module>.<name>[experts]`` of
         the loaded model: per-expert keys are concatenated and stacked, MXFP4 is dequantised (to
         bf16, as transformers does by default, or straight to `dtype`) and transposed to the module
-        orientation. With `dtype` every tensor comes in that dtype.
+        orientation. With `dtype` every tensor comes in that dtype; with `device` it is returned
+        there, and MXFP4 is dequantised there (its packed bytes are a quarter of the values' size).
         """
         layout = layout or self.detect_layout(reader, layer)
         spec = layout.module_tensors[name]
@@ -294,15 +295,16 @@ class MoEFamily:
             stacked = torch.stack(
                 [torch.cat([reader.read(prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0) for e in experts]
             )
-            return stacked if dtype is None else stacked.to(dtype)
+            return stacked.to(device, dtype or stacked.dtype)
         base = layout.experts_prefix.format(layer=layer) + (spec["mxfp4"] if isinstance(spec, dict) else spec)
 
         def read(key: str) -> torch.Tensor:
-            return reader.read(key) if experts is None else reader.read_experts(key, experts, layout.expert_dim)
+            return (reader.read(key) if experts is None else reader.read_experts(key, experts, layout.expert_dim)).to(device)
 
         if isinstance(spec, dict):
             return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales"), dtype or torch.bfloat16).transpose(-1, -2)
-        return read(base) if dtype is None else read(base).to(dtype)
+        tensor = read(base)
+        return tensor if dtype is None else tensor.to(dtype)
 
     def count_experts_on_disk(self, reader: CheckpointReader, layout: CheckpointLayout, layers: list[int]) -> dict[int, int]:
         """How many experts each of the MoE `layers` holds in the checkpoint (one pass over the keys)."""
