@@ -22,11 +22,17 @@ it prunes:
    every layer and the sums are all-reduced, as in `stats.profile`.
 5. **Reconstruction** (the ``reconstruct`` criterion) gets each MoE layer's input for free: the
    search's sample windows run through the same layers, and the per-expert outputs they need are
-   computed in groups too.
+   computed in groups too (they also give those windows' routed outputs).
+
+Each MoE layer runs twice per batch, once up to its experts (`capture`) and once whole with the
+experts' outputs given (`replay`); the second reuses the first's attention output.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -192,37 +198,56 @@ class LayerwiseModel:
 
     def expert_tensors(self, layer: int, experts: list[int]) -> dict[str, torch.Tensor]:
         """The fused expert tensors of `experts` in layer `layer`, in the module's layout, on the compute device."""
-        return {name: self.family.read_module_tensor(self.source.reader, layer, name, experts, self.source.layout, dtype=self.dtype)
-                .to(self.device) for name in self.family.expert_tensors}
+        return {name: self.family.read_module_tensor(self.source.reader, layer, name, experts, self.source.layout,
+                                                     dtype=self.dtype, device=self.device)
+                for name in self.family.expert_tensors}
 
     def run_layer(self, module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
         args, kwargs = call
         out = module(hidden, *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def capture(self, module, hidden: torch.Tensor, call) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run MoE layer `module` up to its experts: (experts' inputs [T, H], routed ids [T, k], router logits)."""
+    def capture(self, module, hidden: torch.Tensor, call) -> tuple:
+        """Run MoE layer `module` up to its experts: (experts' inputs [T, H], routed ids [T, k],
+        router logits, the attention's output or None), the last for `replay` to reuse."""
         experts = module.get_submodule(self.family.modules["experts"])
         router = module.get_submodule(self.family.modules["router"])
-        logits = []
+        seen = {}
 
         def stop(experts, hidden_states, top_k_index):
             raise _ExpertsReached(hidden_states, top_k_index)
 
         experts._routed_outputs = stop
-        hook = router.register_forward_hook(lambda m, args, output: logits.append(output[0] if isinstance(output, tuple) else output))
+        hooks = [router.register_forward_hook(lambda m, args, output: seen.__setitem__("logits", output))]
+        if isinstance(getattr(module, "self_attn", None), nn.Module):
+            # only the output: eager attention also returns its weights ([B, heads, L, L], 0.5 GB for
+            # 8 × 512 tokens of gpt-oss), which the decoder layer discards
+            hooks.append(module.self_attn.register_forward_hook(
+                lambda m, args, output: seen.__setitem__("attention", (output[0], None) if isinstance(output, tuple) else output)))
         try:
             self.run_layer(module, hidden, call)
         except _ExpertsReached as reached:
-            return reached.hidden_states, reached.top_k_index, logits[-1].reshape(len(reached.top_k_index), -1)
+            logits = seen["logits"][0] if isinstance(seen["logits"], tuple) else seen["logits"]
+            return (reached.hidden_states, reached.top_k_index, logits.reshape(len(reached.top_k_index), -1),
+                    seen.get("attention"))
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         raise CompressError(f"decoder layer {type(module).__name__} never called its experts module")
 
-    def replay(self, module, hidden: torch.Tensor, call, outputs: torch.Tensor) -> torch.Tensor:
-        """Run MoE layer `module` whole, its experts' outputs [T, k, H] given (computed by `chunk_outputs`)."""
+    def replay(self, module, hidden: torch.Tensor, call, captured: tuple, outputs: torch.Tensor) -> torch.Tensor:
+        """Run MoE layer `module` whole, its experts' outputs [T, k, H] given (computed by
+        `chunk_outputs`) and its attention's output taken from `capture` (attention is the layer's
+        largest cost besides the experts, and its output cannot change)."""
         module.get_submodule(self.family.modules["experts"])._routed_outputs = lambda experts, hidden_states, index: outputs
-        return self.run_layer(module, hidden, call)
+        attention = captured[3]
+        if attention is not None:
+            module.self_attn.forward = lambda *args, **kwargs: attention
+        try:
+            return self.run_layer(module, hidden, call)
+        finally:
+            if attention is not None:
+                del module.self_attn.forward
 
     def chunk_outputs(self, layer: int, routed: list[tuple[torch.Tensor, torch.Tensor]], every_expert: torch.Tensor | None):
         """For several batches at once, each expert group read once: the routed experts' outputs
@@ -251,6 +276,26 @@ class _ExpertsReached(Exception):
     def __init__(self, hidden_states, top_k_index):
         super().__init__("experts reached")
         self.hidden_states, self.top_k_index = hidden_states, top_k_index
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system after a layer. glibc keeps them otherwise,
+    and each layer's temporaries leave the heap a little larger (≈ 50 MB a layer on gpt-oss
+    shapes), so memory would grow with depth. (Fixing glibc's mmap threshold at 1 MiB instead
+    makes even the peak exactly flat, but costs ≈ 20% in time: every buffer is then fresh pages.)"""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _chunks(pairs: list[int], budget: int) -> list[list[int]]:
@@ -306,6 +351,7 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
                                         reconstruct)
                     if answer is not None:
                         answers[layer] = answer
+            release_freed_memory()
             bar.update(1)
         bar.close()
     family = source.family
@@ -323,8 +369,8 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
 def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
                search_tokens: int, reconstruct):
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
-    chunk's expert outputs reading each expert group once, replay the batches with them (recording
-    statistics), and run the reconstruction search on its sample windows."""
+    chunk's expert outputs reading each expert group once, run the reconstruction search on its
+    sample windows, and replay the batches with those outputs (recording statistics)."""
     from .pruning.reconstruct import LayerReconstruction, choose_kept
 
     top_k = engine.source.top_k
@@ -340,18 +386,26 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             chunks.append(sample)
     for chunk in chunks:
         captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
-        inputs = logits = None
+        counted = [index for index in chunk if index < first_sample]
         searched = [index for index in chunk if index >= first_sample]
+        routed_inputs = [captured[index][:2] for index in counted]
+        inputs = None
         if searched:
-            inputs = torch.cat([captured[index][0] for index in searched])[:search_tokens]
-            logits = torch.cat([captured[index][2] for index in searched])[:search_tokens]
-        routed, search = engine.chunk_outputs(layer, [captured[index][:2] for index in chunk], inputs)
-        if search is not None:
+            sample_inputs, sample_ids, sample_logits = (torch.cat([captured[index][part] for index in searched]) for part in range(3))
+            inputs, logits = sample_inputs[:search_tokens], sample_logits[:search_tokens]
+        routed, search = engine.chunk_outputs(layer, routed_inputs, inputs)
+        if searched:
             answer = choose_kept(LayerReconstruction(engine.family, engine.source.config,
                                                      engine.family.router_buffers(engine.meta, layer), logits.float().cpu(),
                                                      search.float().cpu()), layer, reconstruct)
+            # The search tokens' routed outputs are among every expert's outputs. The sample's later
+            # tokens (past the search's last) get none: in a causal decoder they never reach it.
+            ids = sample_ids[:search_tokens]
+            sample_outputs = search.new_zeros(*sample_ids.shape, search.shape[-1])
+            sample_outputs[:len(ids)] = search[torch.arange(len(ids), device=ids.device)[:, None], ids]
+            routed += sample_outputs.split([len(captured[index][1]) for index in searched])
         for index, outputs in zip(chunk, routed):
             collector.current = states[index]
-            hidden[index] = engine.replay(module, hidden[index], calls[index][layer], outputs)
+            hidden[index] = engine.replay(module, hidden[index], calls[index][layer], captured[index], outputs)
         collector.current = None
     return answer

@@ -3,7 +3,9 @@ real transformers config classes and saved with `save_pretrained`."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
@@ -20,6 +22,7 @@ import transformers
 
 import compress
 
+atexit.register(shutil.rmtree, os.environ["MOE_COMPRESS_CACHE"], ignore_errors=True)
 transformers.logging.set_verbosity_error()
 compress.register()  # tests load derived checkpoints with plain AutoModelForCausalLM
 

@@ -16,6 +16,8 @@ EPILOG = """examples:
 Statistics per MoE layer: tokens, top-k selections, top-1, gate mass, REAP and EAN sums,
 co-activation, transitions from the previous MoE layer, router entropy, position-0 selections.
 They are sums: combine runs with `compress stats merge`, read them with `compress stats show`.
+The model is never loaded whole: one decoder layer at a time, its routed experts --experts-per-group
+at a time (gpt-oss-120b calibrates in about 2 GB of memory).
 Under torchrun the batches are dealt out over the processes and the sums all-reduced (gloo on
 CPU, nccl on GPU); the file is the same as one process writes.
 """

@@ -81,7 +81,8 @@ class CalibrationOptions:
     seq_len: int | None = option("tokens per window (default: 512, or the model's positions when fewer)", type=positive_int)
     skip_samples: int = option("windows to skip first, to profile a later shard", 0, type=non_negative_int)
     batch_size: int = option("windows per forward pass", 8, type=positive_int)
-    device: str = option("auto: GPU(s) when present, else CPU", "auto", choices=DEVICES)
+    device: str = option("where calibration computes; auto: the GPU when present (one decoder layer or expert group "
+                         "onloaded at a time; under torchrun each rank's own GPU), else CPU", "auto", choices=DEVICES)
     dtype: str = option(DTYPE_HELP, "auto", choices=DTYPES)
     experts_per_group: int | None = option("experts read from the checkpoint at a time while calibrating layer by layer "
                                            "(default: as many as fit in 512 MiB in the compute dtype; fewer use less memory)",
