@@ -1,7 +1,7 @@
 """Streaming prune of a gpt-oss-20b-shaped MXFP4 checkpoint: peak memory and time versus copying.
 
 Builds a synthetic checkpoint with the real gpt-oss-20b tensor names, shapes and dtypes (MXFP4
-``_blocks``/``_scales`` experts, bf16 everything else, random bytes) for `--layers` decoder
+``_blocks``/``_scales`` experts, bf16 everything else, random weights: `synthetic_gpt_oss.py`) for `--layers` decoder
 layers, sharded, then in separate processes, each measured with its own peak RSS:
 
 * baseline: plain copying of exactly the bytes the pruned checkpoint keeps (positional reads of
@@ -25,78 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-HIDDEN, INTERMEDIATE, EXPERTS, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 2880, 2880, 32, 201088, 64, 8, 64
-GROUPS = HIDDEN // 32  # MXFP4: 32 values per block, 16 bytes each
+from synthetic_gpt_oss import build
 
-
-def gpt_oss_20b_specs(layers: int) -> list:
-    import torch
-
-    from compress.checkpoint.writer import TensorSpec
-
-    bf16, u8 = torch.bfloat16, torch.uint8
-    specs = [TensorSpec("model.embed_tokens.weight", bf16, (VOCAB, HIDDEN))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        specs += [
-            TensorSpec(p + "input_layernorm.weight", bf16, (HIDDEN,)),
-            TensorSpec(p + "post_attention_layernorm.weight", bf16, (HIDDEN,)),
-            TensorSpec(p + "self_attn.q_proj.weight", bf16, (HEADS * HEAD_DIM, HIDDEN)),
-            TensorSpec(p + "self_attn.q_proj.bias", bf16, (HEADS * HEAD_DIM,)),
-            TensorSpec(p + "self_attn.k_proj.weight", bf16, (KV_HEADS * HEAD_DIM, HIDDEN)),
-            TensorSpec(p + "self_attn.k_proj.bias", bf16, (KV_HEADS * HEAD_DIM,)),
-            TensorSpec(p + "self_attn.v_proj.weight", bf16, (KV_HEADS * HEAD_DIM, HIDDEN)),
-            TensorSpec(p + "self_attn.v_proj.bias", bf16, (KV_HEADS * HEAD_DIM,)),
-            TensorSpec(p + "self_attn.o_proj.weight", bf16, (HIDDEN, HEADS * HEAD_DIM)),
-            TensorSpec(p + "self_attn.o_proj.bias", bf16, (HIDDEN,)),
-            TensorSpec(p + "self_attn.sinks", bf16, (HEADS,)),
-            TensorSpec(p + "mlp.router.weight", bf16, (EXPERTS, HIDDEN)),
-            TensorSpec(p + "mlp.router.bias", bf16, (EXPERTS,)),
-            TensorSpec(p + "mlp.experts.gate_up_proj_blocks", u8, (EXPERTS, 2 * INTERMEDIATE, GROUPS, 16)),
-            TensorSpec(p + "mlp.experts.gate_up_proj_scales", u8, (EXPERTS, 2 * INTERMEDIATE, GROUPS)),
-            TensorSpec(p + "mlp.experts.gate_up_proj_bias", bf16, (EXPERTS, 2 * INTERMEDIATE)),
-            TensorSpec(p + "mlp.experts.down_proj_blocks", u8, (EXPERTS, HIDDEN, INTERMEDIATE // 32, 16)),
-            TensorSpec(p + "mlp.experts.down_proj_scales", u8, (EXPERTS, HIDDEN, INTERMEDIATE // 32)),
-            TensorSpec(p + "mlp.experts.down_proj_bias", bf16, (EXPERTS, HIDDEN)),
-        ]
-    specs += [TensorSpec("model.norm.weight", bf16, (HIDDEN,)), TensorSpec("lm_head.weight", bf16, (VOCAB, HIDDEN))]
-    return specs
-
-
-def gpt_oss_20b_config(layers: int) -> dict:
-    """openai/gpt-oss-20b's config.json, cut to `layers` decoder layers."""
-    return {
-        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True, "attention_dropout": 0.0,
-        "eos_token_id": 200002, "pad_token_id": 199999, "experts_per_token": 4, "num_experts_per_tok": 4,
-        "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": HIDDEN, "initializer_range": 0.02,
-        "intermediate_size": INTERMEDIATE,
-        "layer_types": ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
-        "max_position_embeddings": 131072, "num_attention_heads": HEADS, "num_hidden_layers": layers,
-        "num_key_value_heads": KV_HEADS, "num_local_experts": EXPERTS, "output_router_logits": False,
-        "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
-                                                 "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
-        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": VOCAB,
-        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
-                                                           "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
-    }
-
-
-def build_checkpoint(directory: Path, layers: int) -> None:
-    import torch
-
-    from compress.checkpoint.files import write_config
-    from compress.checkpoint.writer import ShardedCheckpointWriter
-
-    specs = gpt_oss_20b_specs(layers)
-    generator = torch.Generator().manual_seed(0)
-    with ShardedCheckpointWriter(directory, specs, max_shard_bytes=2 * 2**30) as writer:
-        for spec in specs:
-            raw = torch.randint(0, 256, (spec.nbytes,), dtype=torch.uint8, generator=generator)
-            if spec.dtype == torch.bfloat16:  # finite values: clear the top exponent bit of every bf16
-                raw.view(torch.int16).bitwise_and_(0x3FFF)
-            writer.write(spec.name, raw.view(spec.dtype).view(spec.shape))
-    write_config(directory, gpt_oss_20b_config(layers))
+EXPERTS = 32  # gpt-oss-20b
 
 
 def run_measured(command: list[str]) -> tuple[float, int]:
@@ -147,9 +78,7 @@ def main() -> None:
     parser.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)  # internal: build the checkpoint in a child
     args = parser.parse_args()
     if args.build:
-        build_checkpoint(Path(args.build), args.layers)
-        sizes = [spec.nbytes for spec in gpt_oss_20b_specs(args.layers)]
-        print(json.dumps({"largest": max(sizes), "total": sum(sizes)}))
+        print(json.dumps(build(Path(args.build), args.layers, EXPERTS, max_shard_bytes=2 * 2**30)))
         return
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
