@@ -35,6 +35,7 @@ import functools
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -60,27 +61,20 @@ class ReconstructRequest:
 
 
 def compute_device(device: str, local_rank: int | None = None) -> torch.device:
-    from .model_loading import DEVICES
+    """The one device a layer-wise run computes on: the CPU or this process's GPU (`--device`
+    checked as for a whole-model load)."""
+    from .model_loading import device_map_for
 
-    if device not in DEVICES:
-        raise CompressError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise CompressError("--device cuda was given but no CUDA GPU is visible: use --device cpu")
-    return torch.device("cuda", local_rank or 0)
+    return torch.device("cpu") if device_map_for(device, local_rank) is None else torch.device("cuda", local_rank or 0)
 
 
 def compute_dtype(dtype: str, device: torch.device, config) -> torch.dtype:
     """``auto``: float32 on the CPU, the checkpoint's dtype on a GPU (see `model_loading`)."""
-    from .model_loading import DTYPES
+    from .model_loading import compute_dtype as load_dtype
 
-    if dtype not in DTYPES:
-        raise CompressError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.type == "cpu":
-        return torch.float32
+    chosen = load_dtype(dtype, None if device.type == "cpu" else "gpu")
+    if chosen != "auto":
+        return chosen
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.bfloat16
     return getattr(torch, stored) if isinstance(stored, str) else stored
 
@@ -207,9 +201,8 @@ class LayerwiseModel:
         out = module(hidden, *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def capture(self, module, hidden: torch.Tensor, call) -> tuple:
-        """Run MoE layer `module` up to its experts: (experts' inputs [T, H], routed ids [T, k],
-        router logits, the attention's output or None), the last for `replay` to reuse."""
+    def capture(self, module, hidden: torch.Tensor, call) -> Captured:
+        """Run MoE layer `module` up to its experts (see `Captured`)."""
         experts = module.get_submodule(self.family.modules["experts"])
         router = module.get_submodule(self.family.modules["router"])
         seen = {}
@@ -228,19 +221,19 @@ class LayerwiseModel:
             self.run_layer(module, hidden, call)
         except _ExpertsReached as reached:
             logits = seen["logits"][0] if isinstance(seen["logits"], tuple) else seen["logits"]
-            return (reached.hidden_states, reached.top_k_index, logits.reshape(len(reached.top_k_index), -1),
-                    seen.get("attention"))
+            return Captured(reached.hidden_states, reached.top_k_index, logits.reshape(len(reached.top_k_index), -1),
+                            seen.get("attention"))
         finally:
             for hook in hooks:
                 hook.remove()
         raise CompressError(f"decoder layer {type(module).__name__} never called its experts module")
 
-    def replay(self, module, hidden: torch.Tensor, call, captured: tuple, outputs: torch.Tensor) -> torch.Tensor:
+    def replay(self, module, hidden: torch.Tensor, call, captured: Captured, outputs: torch.Tensor) -> torch.Tensor:
         """Run MoE layer `module` whole, its experts' outputs [T, k, H] given (computed by
         `chunk_outputs`) and its attention's output taken from `capture` (attention is the layer's
         largest cost besides the experts, and its output cannot change)."""
         module.get_submodule(self.family.modules["experts"])._routed_outputs = lambda experts, hidden_states, index: outputs
-        attention = captured[3]
+        attention = captured.attention
         if attention is not None:
             module.self_attn.forward = lambda *args, **kwargs: attention
         try:
@@ -268,6 +261,17 @@ class LayerwiseModel:
         routed_outputs = [out.view(len(index), index.shape[1], -1) for out, (_, index) in zip(outputs, routed)]
         search = outputs[-1].view(len(every_expert), count, -1) if every_expert is not None else None
         return routed_outputs, search
+
+
+class Captured(NamedTuple):
+    """An MoE layer's state where its experts are called: their inputs [T, H], the routed ids
+    [T, k], the router logits [T, E], and the attention's output (None when the layer has no
+    `self_attn`) for `replay` to reuse."""
+
+    inputs: torch.Tensor
+    ids: torch.Tensor
+    logits: torch.Tensor
+    attention: tuple | torch.Tensor | None
 
 
 class _ExpertsReached(Exception):
@@ -388,11 +392,12 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
         captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
         counted = [index for index in chunk if index < first_sample]
         searched = [index for index in chunk if index >= first_sample]
-        routed_inputs = [captured[index][:2] for index in counted]
+        routed_inputs = [(captured[index].inputs, captured[index].ids) for index in counted]
         inputs = None
         if searched:
-            sample_inputs, sample_ids, sample_logits = (torch.cat([captured[index][part] for index in searched]) for part in range(3))
-            inputs, logits = sample_inputs[:search_tokens], sample_logits[:search_tokens]
+            sample_ids = torch.cat([captured[index].ids for index in searched])
+            inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
+            logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
         routed, search = engine.chunk_outputs(layer, routed_inputs, inputs)
         if searched:
             answer = choose_kept(LayerReconstruction(engine.family, engine.source.config,
@@ -403,7 +408,7 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             ids = sample_ids[:search_tokens]
             sample_outputs = search.new_zeros(*sample_ids.shape, search.shape[-1])
             sample_outputs[:len(ids)] = search[torch.arange(len(ids), device=ids.device)[:, None], ids]
-            routed += sample_outputs.split([len(captured[index][1]) for index in searched])
+            routed += sample_outputs.split([len(captured[index].ids) for index in searched])
         for index, outputs in zip(chunk, routed):
             collector.current = states[index]
             hidden[index] = engine.replay(module, hidden[index], calls[index][layer], captured[index], outputs)
