@@ -20,6 +20,8 @@ criteria (higher score = kept; default {DEFAULT_CRITERION}):
   frequency    how often the expert is in a token's top-k
   gate-mass    total routing weight the expert receives
   ean          sum of the expert's output norms over its routed tokens
+  man          mean output norm over the expert's routed tokens (no gate term)
+  msan         mean squared output norm over the expert's routed tokens (no gate term)
   random       seeded random baseline
   reconstruct  per layer, the kept set whose output is closest to the full layer's on calibration tokens;
                with --budget global, removals go where they raise the relative layer error least

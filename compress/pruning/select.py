@@ -6,6 +6,7 @@ Scores per expert (higher = keep), all from one `RoutingStats` file:
 * ``frequency``: top-k selection count;
 * ``gate-mass``: Σ routing weight;
 * ``ean``: Σ ‖f(x)‖ over routed tokens (expert activation norm);
+* ``man`` / ``msan``: mean ‖f(x)‖ / mean ‖f(x)‖² over routed tokens, no gate term (arXiv 2606.15716);
 * ``random``: a seeded random order (the baseline every criterion must beat).
 
 ``reconstruct`` is not a score: it searches the kept set against layer outputs (`reconstruct.py`).
@@ -37,6 +38,13 @@ def expert_scores(stats: RoutingStats, layer: int, criterion: str, seed: int = 0
         return s["gate_mass"].double()
     if criterion == "ean":
         return s["ean_sum"].double()
+    if criterion == "man":
+        return s["ean_sum"].double() / s["selections"].clamp(min=1).double()
+    if criterion == "msan":
+        if "ean_sq_sum" not in s:
+            raise CompressError("--criterion msan needs the statistic ean_sq_sum, which these statistics (written by an older "
+                                "moe-compress) lack: profile the model again")
+        return s["ean_sq_sum"].double() / s["selections"].clamp(min=1).double()
     if criterion == "random":
         return torch.rand(s["selections"].shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + layer), dtype=torch.float64)
     raise CompressError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
@@ -113,5 +121,5 @@ def team_statistics(stats: RoutingStats, team_sizes: dict[int, int]) -> RoutingS
     for layer, size in team_sizes.items():
         s = stats.layers[layer]
         layers[layer] = {"tokens": s["tokens"], "entropy_sum": s["entropy_sum"],
-                         **{name: s[name].reshape(-1, size).sum(dim=1) for name in (*COUNT_STATS, *FLOAT_STATS)}}
+                         **{name: s[name].reshape(-1, size).sum(dim=1) for name in (*COUNT_STATS, *FLOAT_STATS) if name in s}}
     return RoutingStats(layers, stats.metadata)

@@ -155,6 +155,7 @@ class RoutingStatsCollector:
         stats["gate_mass"] += fixed_sum(weights)
         stats["reap_sum"] += fixed_sum(weights * norms)
         stats["ean_sum"] += fixed_sum(norms)
+        stats["ean_sq_sum"] += fixed_sum(norms.double().square())
         # One-hot selections; products of 0/1 matrices count pairs exactly in float32 (< 2^24 per batch).
         selection = torch.zeros(index.shape[0], num_experts, device=device).scatter_(1, index, 1.0)
         stats["coactivation"] += (selection.T @ selection).round().long()

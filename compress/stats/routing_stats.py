@@ -13,7 +13,8 @@ top1             [E]        int64    1 for the expert with the largest routing w
 position0        [E]        int64    selections, counting only the first token of each sequence
 gate_mass        [E]        float64  the routing weight g_j(x) (after the family's normalisation)
 reap_sum         [E]        float64  g_j(x)·‖f_j(x)‖₂ (REAP saliency = reap_sum / selections)
-ean_sum          [E]        float64  ‖f_j(x)‖₂, the routed expert's output norm (EAN)
+ean_sum          [E]        float64  ‖f_j(x)‖₂, the routed expert's output norm (EAN; MAN = ean_sum / selections)
+ean_sq_sum       [E]        float64  ‖f_j(x)‖₂² (MSAN = ean_sq_sum / selections; absent from files written before it)
 coactivation     [E, E]     int64    1 for each pair (i, j) both in the top-k (diagonal = selections)
 entropy_sum      []         float64  entropy (nats) of the router's distribution over all experts
 transitions      [E', E]    int64    1 for each (i at the previous MoE layer, j here); not on the first
@@ -48,7 +49,7 @@ FORMAT_VERSION = 1
 FIXED_POINT_STEP = 2.0**-20
 
 COUNT_STATS = ("selections", "top1", "position0")
-FLOAT_STATS = ("gate_mass", "reap_sum", "ean_sum")
+FLOAT_STATS = ("gate_mass", "reap_sum", "ean_sum", "ean_sq_sum")
 ALL_STATS = ("tokens", *COUNT_STATS, *FLOAT_STATS, "coactivation", "entropy_sum", "transitions")
 
 
@@ -110,8 +111,9 @@ class RoutingStats:
                 f"{self.metadata.get('fingerprint')} vs {other.metadata.get('model')} with "
                 f"{other.metadata.get('fingerprint')}); only statistics of the same model can be merged"
             )
+        # a statistic only one side has (a file written before it existed) is left out of the sum
         layers = {
-            layer: {name: tensor + other.layers[layer][name] for name, tensor in stats.items()}
+            layer: {name: tensor + other.layers[layer][name] for name, tensor in stats.items() if name in other.layers[layer]}
             for layer, stats in self.layers.items()
         }
         sources = self.metadata["sources"] + other.metadata["sources"]
