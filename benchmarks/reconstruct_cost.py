@@ -117,7 +117,7 @@ def measure(directory: Path, keep: int, windows: torch.Tensor) -> dict:
     reconstruct.LayerReconstruction, reconstruct.choose_kept = Recorded, timed
     try:
         start = time.perf_counter()
-        calibrate(source, windows, reconstruct=ReconstructRequest(keep, {}), **run)
+        calibrate(source, windows, search=ReconstructRequest(keep, {}), **run)
         reconstruct_seconds = time.perf_counter() - start
     finally:
         reconstruct.LayerReconstruction, reconstruct.choose_kept = layer_class, choose_kept

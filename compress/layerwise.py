@@ -20,9 +20,10 @@ it prunes:
 4. **Statistics** are recorded by the same collector, one `BatchState` per batch, so the sums
    are the whole-model path's. Under torchrun each process takes its share of the batches of
    every layer and the sums are all-reduced, as in `stats.profile`.
-5. **Reconstruction** (the ``reconstruct`` criterion) gets each MoE layer's input for free: the
-   search's sample windows run through the same layers, and the per-expert outputs they need are
-   computed in groups too (they also give those windows' routed outputs).
+5. **Per-layer searches** (the ``reconstruct`` criterion, merge groupings, compensation) get each
+   MoE layer's input for free: the search's sample windows run through the same layers, and
+   every expert's outputs for them are computed in groups too (they also give those windows'
+   routed outputs). A search alone (``statistics=False``) runs only the sample windows.
 
 Each MoE layer runs twice per batch, once up to its experts (`capture`) and once whole with the
 experts' outputs given (`replay`); the second reuses the first's attention output.
@@ -51,13 +52,32 @@ CHUNK_PAIRS = 2**17
 
 @dataclass(frozen=True)
 class ReconstructRequest:
-    """What the ``reconstruct`` search keeps (see `pruning.reconstruct`)."""
+    """What the ``reconstruct`` search keeps (see `pruning.reconstruct`).
+
+    Like every per-layer search the engine runs on its sample windows (merge groupings and
+    compensation in `merging.requests`), it is checked before the pass (`check`), answers one
+    `layer_sample.LayerSample` at a time (`answer`) and turns the answers into its result (`finish`)."""
 
     keep: int
     protect: dict
     groups: int = 1
     budget: str = "uniform"
     min_per_layer: int | None = None
+
+    def check(self, top_k: int) -> None:
+        from .pruning.reconstruct import check_request
+
+        check_request(self, top_k)
+
+    def answer(self, sample):
+        from .pruning.reconstruct import LayerReconstruction, choose_kept
+
+        return choose_kept(LayerReconstruction.of_sample(sample), sample.layer, self)
+
+    def finish(self, answers: dict):
+        from .pruning.reconstruct import finish_selection
+
+        return finish_selection(answers, self)
 
 
 def compute_device(device: str, local_rank: int | None = None) -> torch.device:
@@ -317,24 +337,25 @@ def _chunks(pairs: list[int], budget: int) -> list[list[int]]:
 @torch.inference_mode()
 def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, data: str, skip_samples: int = 0,
               dtype: str = "auto", device: str = "auto", experts_per_group: int | None = None,
-              reconstruct: ReconstructRequest | None = None, attention_mask: torch.Tensor | None = None,
+              search=None, statistics: bool = True, attention_mask: torch.Tensor | None = None,
               local_rank: int | None = None, progress: bool = True):
-    """(routing statistics, kept experts per MoE layer or None) of `source` on token `windows`
-    [N, L], one decoder layer at a time; with `reconstruct`, the kept sets of the ``reconstruct``
-    criterion too (computed on the same pass). `attention_mask` [N, L] marks padding (left out of
-    every statistic, as in the whole-model collector)."""
-    from .pruning.reconstruct import check_request, finish_selection, reconstruction_windows
+    """(routing statistics or None, `search`'s result or None) of `source` on token `windows`
+    [N, L], one decoder layer at a time. `search` is a per-layer search (a `ReconstructRequest`, a
+    merge grouping, compensation: see `ReconstructRequest`) answered on the sample windows of the
+    same pass; without `statistics` only those windows run. `attention_mask` [N, L] marks padding
+    (left out of every statistic, as in the whole-model collector)."""
+    from .pruning.reconstruct import reconstruction_windows
     from .stats.collector import RoutingStatsCollector, batch_state
     from .stats.profile import all_reduce, world
     from .stats.routing_stats import metadata_for_sources
 
     engine = LayerwiseModel(source, dtype=dtype, device=device, experts_per_group=experts_per_group, local_rank=local_rank)
     rank, world_size = world()
-    batches = list(windows.split(batch_size))[rank::world_size]
-    masks = None if attention_mask is None else list(attention_mask.split(batch_size))[rank::world_size]
+    batches = list(windows.split(batch_size))[rank::world_size] if statistics else []
+    masks = None if attention_mask is None or not statistics else list(attention_mask.split(batch_size))[rank::world_size]
     samples, search_tokens = [], 0
-    if reconstruct is not None:
-        check_request(reconstruct, source.top_k)
+    if search is not None:
+        search.check(source.top_k)
         sample, search_tokens = reconstruction_windows(windows, source.top_k, source.num_experts,
                                                              source.config.hidden_size)
         samples = list(sample.split(batch_size))
@@ -352,7 +373,7 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
                         hidden[index] = engine.run_layer(module, hidden[index], calls[index][layer])
                 else:
                     answer = _moe_layer(engine, module, layer, hidden, calls, states, collector, len(batches), search_tokens,
-                                        reconstruct)
+                                        search)
                     if answer is not None:
                         answers[layer] = answer
             release_freed_memory()
@@ -362,20 +383,20 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
     record = {"fingerprint": source.fingerprint, "model": source.name, "family": family.name, "top_k": source.top_k}
     run = {"domain": domain, "data": data, "skip_samples": skip_samples, "samples": windows.shape[0],
            "seq_len": windows.shape[1], "tokens": windows.numel()}
-    stats = collector.stats(metadata_for_sources(record, [run]))
-    if world_size > 1:
+    stats = collector.stats(metadata_for_sources(record, [run])) if statistics else None
+    if world_size > 1 and statistics:
         import torch.distributed as dist
 
         all_reduce(stats, "cuda" if dist.get_backend() == "nccl" else "cpu")
-    return stats, (finish_selection(answers, reconstruct) if reconstruct is not None else None)
+    return stats, (search.finish(answers) if search is not None else None)
 
 
 def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
-               search_tokens: int, reconstruct):
+               search_tokens: int, search):
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
-    chunk's expert outputs reading each expert group once, run the reconstruction search on its
-    sample windows, and replay the batches with those outputs (recording statistics)."""
-    from .pruning.reconstruct import LayerReconstruction, choose_kept
+    chunk's expert outputs reading each expert group once, answer the search on its sample
+    windows, and replay the batches with those outputs (recording statistics)."""
+    from .layer_sample import LayerSample
 
     top_k = engine.source.top_k
     count = engine.source.experts_per_layer[layer]
@@ -398,16 +419,17 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             sample_ids = torch.cat([captured[index].ids for index in searched])
             inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
             logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
-        routed, search = engine.chunk_outputs(layer, routed_inputs, inputs)
+        routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
         if searched:
-            answer = choose_kept(LayerReconstruction(engine.family, engine.source.config,
-                                                     engine.family.router_buffers(engine.meta, layer), logits.float().cpu(),
-                                                     search.float().cpu()), layer, reconstruct)
+            buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+            answer = search.answer(LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(),
+                                               every.float().cpu(), engine.family.experts(engine.meta, layer),
+                                               functools.partial(engine.expert_tensors, layer)))
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
             # tokens (past the search's last) get none: in a causal decoder they never reach it.
             ids = sample_ids[:search_tokens]
-            sample_outputs = search.new_zeros(*sample_ids.shape, search.shape[-1])
-            sample_outputs[:len(ids)] = search[torch.arange(len(ids), device=ids.device)[:, None], ids]
+            sample_outputs = every.new_zeros(*sample_ids.shape, every.shape[-1])
+            sample_outputs[:len(ids)] = every[torch.arange(len(ids), device=ids.device)[:, None], ids]
             routed += sample_outputs.split([len(captured[index].ids) for index in searched])
         for index, outputs in zip(chunk, routed):
             collector.current = states[index]

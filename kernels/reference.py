@@ -82,33 +82,38 @@ def pair_outputs(experts: torch.nn.Module, hidden_states: torch.Tensor, tokens: 
 
 
 def pair_outputs_in_groups(experts: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                           load_experts, group_size: int) -> list[torch.Tensor]:
+                           load_experts, group_size: int, num_experts: int | None = None) -> list[torch.Tensor]:
     """`pair_outputs` of several (hidden_states, tokens, expert_ids) batches, the experts taken
     `group_size` at a time from `load_experts` (expert ids → {tensor name: those experts' tensor},
     e.g. read from a checkpoint): only one group's weights are ever in memory, and each group is
     loaded once for all batches. Each batch's rows are multiplied on their own, so a batch's
     outputs never depend on the batches beside it, and every row is computed exactly as with every
-    expert present.
+    expert present. `num_experts` (default: the module's) is how many experts `load_experts` knows.
     """
-    edges = torch.arange(0, experts.num_experts + group_size, group_size)
+    num_experts = num_experts or experts.num_experts
+    edges = torch.arange(0, num_experts + group_size, group_size)
     prepared, outputs = [], []
     for hidden_states, tokens, expert_ids in batches:
         sorted_ids, order = torch.sort(expert_ids)
         bounds = torch.searchsorted(sorted_ids, edges.to(sorted_ids.device)).tolist()
         prepared.append((hidden_states, tokens, sorted_ids, order, bounds))
-        outputs.append(hidden_states.new_empty(len(expert_ids), hidden_states.shape[-1]))
+        outputs.append(None)  # allocated at the first rows: the output width need not be the input's
     for group in range(len(edges) - 1):
         first = group * group_size
-        ids = list(range(first, min(first + group_size, experts.num_experts)))
+        ids = list(range(first, min(first + group_size, num_experts)))
         tensors = None
-        for (hidden_states, tokens, sorted_ids, order, bounds), out in zip(prepared, outputs):
+        for index, (hidden_states, tokens, sorted_ids, order, bounds) in enumerate(prepared):
             lo, hi = bounds[group], bounds[group + 1]
             if hi > lo:
                 tensors = tensors if tensors is not None else load_experts(ids)
                 pairs = order[lo:hi]  # rows are gathered per group, so only the outputs are ever whole
-                out[pairs] = _expert_rows(experts, hidden_states[tokens[pairs]], sorted_ids[lo:hi] - first, tensors, len(ids))
+                rows = _expert_rows(experts, hidden_states[tokens[pairs]], sorted_ids[lo:hi] - first, tensors, len(ids))
+                if outputs[index] is None:
+                    outputs[index] = rows.new_empty(len(order), rows.shape[-1])
+                outputs[index][pairs] = rows
         del tensors
-    return outputs
+    return [out if out is not None else hidden_states.new_empty(0, hidden_states.shape[-1])
+            for out, (hidden_states, *_) in zip(outputs, prepared)]
 
 
 _TENSORS = ("gate_up_proj", "gate_up_proj_bias", "up_proj", "up_proj_bias", "down_proj", "down_proj_bias")

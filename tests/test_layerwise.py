@@ -106,7 +106,7 @@ def test_reconstruct_picks_the_same_sets_as_the_whole_model_search(family_name, 
     groups = source.family.routing_groups(source.config)
     keep = 4 if groups > 1 else 3
     request = ReconstructRequest(keep, {}, groups, budget)
-    _, kept = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", reconstruct=request, experts_per_group=4, progress=False)
+    _, kept = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, experts_per_group=4, progress=False)
     assert kept == reconstruction_selection(model, WINDOWS, keep, batch_size=2, groups=groups, budget=budget, progress=False)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.families import get_family
+from compress.layer_sample import LayerSample
 from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import LayerReconstruction, capture_layer_inputs, reconstruction_selection
 from compress.pruning.select import expert_scores, select_experts
@@ -94,7 +95,7 @@ def test_reconstruction_error_and_search(family_name):
     captured = capture_layer_inputs(model, windows, batch_size=2, max_tokens=48)
     hidden, logits = captured[0]
     assert hidden.shape == (48, 32) and logits.shape == (48, 6)
-    layer = LayerReconstruction.of_model(model, 0, hidden, logits)
+    layer = LayerReconstruction.of_sample(LayerSample.of_model(model, 0, hidden, logits))
     errors = {}
     for kept in itertools.combinations(range(6), 3):
         errors[kept] = _independent_error(model, family, 0, hidden, logits, list(kept))

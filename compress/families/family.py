@@ -174,10 +174,12 @@ class MoEFamily:
         return config
 
     # --- routing ---------------------------------------------------------------------------------
-    def route(self, logits: torch.Tensor, config, router_buffers: dict | None = None):
-        """(top-k weights, top-k expert ids) from raw router logits [T, E], as the family's router computes them."""
+    def route(self, logits: torch.Tensor, config, router_buffers: dict | None = None, top_k: int | None = None):
+        """(top-k weights, top-k expert ids) from raw router logits [T, E], as the family's router
+        computes them (with `top_k` experts per token instead of the config's when given)."""
         options = {k: v for k, v in self.routing.items() if k != "function"}
-        return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, self.top_k(config), **options)
+        return ROUTING_FUNCTIONS[self.routing["function"]](logits, config, router_buffers or {}, top_k or self.top_k(config),
+                                                           **options)
 
     def routing_is_local(self, config) -> bool:
         """Whether removing an expert a token did not choose leaves that token's routing (choice and
@@ -230,6 +232,12 @@ class MoEFamily:
     def expert_tensors_of(self, experts_module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The fused expert tensors of an experts module, by name."""
         return {name: getattr(experts_module, name) for name in self.expert_tensors}
+
+    def channel_dim(self, name: str) -> int:
+        """The dimension of fused expert tensor `name` that runs over the hidden size H (read from
+        its ``shape`` in the definition, e.g. 2 for gpt-oss's ``down_proj`` [E, I, H])."""
+        dims = [dim.strip() for dim in self.expert_tensors[name]["shape"].split("]")[0].lstrip("[").split(",")]
+        return dims.index("H")
 
     def num_experts_in(self, experts_module: torch.nn.Module) -> int:
         name, spec = next(iter(self.expert_tensors.items()))

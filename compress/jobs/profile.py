@@ -43,15 +43,17 @@ class ProfileResult:
                 f"{f', {self.processes} processes' if self.processes > 1 else ''}) → {self.out}")
 
 
-def collect(source, calibration: CalibrationOptions, *, reconstruct=None, progress: bool = True, local_rank: int | None = None):
-    """(calibration windows, statistics, kept sets of a `layerwise.ReconstructRequest` or None) for
-    settled `calibration` options, one decoder layer at a time (`compress.layerwise`)."""
+def collect(source, calibration: CalibrationOptions, *, search=None, statistics: bool = True, progress: bool = True,
+            local_rank: int | None = None):
+    """(calibration windows, statistics or None, the result of a per-layer `search` such as a
+    `layerwise.ReconstructRequest`, or None) for settled `calibration` options, one decoder layer
+    at a time (`compress.layerwise.calibrate`)."""
     from ..layerwise import calibrate
 
     windows, data = calibration_windows(calibration, source.tokenizer())
     stats, kept = calibrate(source, windows, batch_size=calibration.batch_size, domain=calibration.domain, data=data,
                             skip_samples=calibration.skip_samples, dtype=calibration.dtype, device=calibration.device,
-                            experts_per_group=calibration.experts_per_group, reconstruct=reconstruct, local_rank=local_rank,
+                            experts_per_group=calibration.experts_per_group, search=search, statistics=statistics, local_rank=local_rank,
                             progress=progress)
     return windows, stats, kept
 

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from ..errors import CompressError
 from ..families import family_for_config
-from ..kernels.reference import routed_expert_outputs
 
 EXHAUSTIVE_LIMIT = 2000
 DEFAULT_MAX_TOKENS = 2048
@@ -92,22 +91,9 @@ class LayerReconstruction:
         self.full_norm = float(self.gram[:, -1, -1].sum())  # Σ_x ‖y_all(x)‖²
 
     @classmethod
-    def of_experts(cls, family, config, router_buffers: dict, hidden: torch.Tensor, logits: torch.Tensor, *, expert_outputs):
-        """From the experts' inputs: `expert_outputs(hidden, ids [T, E])` gives every expert's output."""
-        num_experts = logits.shape[1]
-        with torch.inference_mode():
-            outputs = expert_outputs(hidden, torch.arange(num_experts).expand(hidden.shape[0], num_experts))
-        return cls(family, config, router_buffers, logits, outputs.float().cpu())
-
-    @classmethod
-    def of_model(cls, model, layer: int, hidden: torch.Tensor, logits: torch.Tensor):
-        """For a loaded model's MoE layer `layer`."""
-        family = family_for_config(model.config)
-        experts = family.experts(model, layer)
-        parameter = next(experts.parameters())
-        return cls.of_experts(family, model.config, family.router_buffers(model, layer), hidden, logits,
-                              expert_outputs=lambda x, ids: routed_expert_outputs(experts, x.to(parameter.device, parameter.dtype),
-                                                                                  ids.to(parameter.device)))
+    def of_sample(cls, sample) -> LayerReconstruction:
+        """For one MoE layer's `layer_sample.LayerSample`."""
+        return cls(sample.family, sample.config, sample.router_buffers, sample.logits, sample.outputs)
 
     def _route(self, kept: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights, ids) [R, k] of each of `tokens` [R] routed over its own kept set `kept` [R, E]."""
@@ -266,11 +252,20 @@ def reconstruction_selection(
 
     request = ReconstructRequest(keep, protect or {}, groups, budget, min_per_layer)
     check_request(request, family_for_config(model.config).top_k(model.config))
+    return search_model(model, windows, request, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+
+
+def search_model(model, windows: torch.Tensor, request, *, batch_size: int = 8, max_tokens: int | None = None,
+                 progress: bool = True):
+    """A per-layer search `request` (``reconstruct``, a merge grouping, compensation: anything with
+    ``answer(LayerSample)`` and ``finish(answers)``) on a loaded model, from one forward pass."""
+    from ..layer_sample import LayerSample
+
     answers = {}
     for layer, (hidden, logits) in tqdm(capture_layer_inputs(model, windows, batch_size, max_tokens).items(),
-                                        desc="reconstruction search", unit="layer", disable=not progress):
-        answers[layer] = choose_kept(LayerReconstruction.of_model(model, layer, hidden, logits), layer, request)
-    return finish_selection(answers, request)
+                                        desc="layer search", unit="layer", disable=not progress):
+        answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))
+    return request.finish(answers)
 
 
 def finish_selection(answers: dict, request) -> dict[int, list[int]]:
