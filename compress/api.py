@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .jobs.options import CalibrationOptions, EvaluationOptions, OutputOptions, SelectionOptions, TieredOptions
+from .jobs.options import CalibrationOptions, EvaluationOptions, MergeOptions, OutputOptions, SelectionOptions, TieredOptions
 from .jobs.source import SourceModel, open_model
 
 
@@ -56,6 +56,18 @@ def prune(model, *, out: str, stats=None, plan=None, plan_only: bool = False, ov
                command=command, progress=progress)
 
 
+def merge(model, *, out: str, plan=None, plan_only: bool = False, overwrite: bool = False, progress: bool = True,
+          command: str | None = None, **options):
+    """Merge `model`'s experts into `out` (`jobs.merge.MergeResult`; a `jobs.frontier.FrontierResult`
+    for several sizes). `plan`: a file from an earlier ``plan_only=True`` run, or a `MergePlan`."""
+    from .jobs.merge import merge as run
+
+    merging, calibration, output = _options({**options, "out": out, "overwrite": overwrite},
+                                            MergeOptions, CalibrationOptions, OutputOptions, where="merge")
+    return run(_model(model), merging, output, calibration=calibration, plan=plan, plan_only=plan_only, command=command,
+               progress=progress)
+
+
 def convert_tiered(model, *, out: str, stats=None, plan=None, plan_only: bool = False, overwrite: bool = False,
                    progress: bool = True, command: str | None = None, **options):
     """Convert `model` to TieredLightweightMoE teams in `out` (`jobs.tiered.TieredResult`)."""
@@ -76,4 +88,4 @@ def evaluate(model, tasks: str, *, json_path: str | None = None, progress: bool 
     return run(_model(model), options, measurement, json_path=json_path, progress=progress)
 
 
-__all__ = ["SourceModel", "convert_tiered", "evaluate", "open_model", "profile", "prune"]
+__all__ = ["SourceModel", "convert_tiered", "evaluate", "merge", "open_model", "profile", "prune"]

@@ -30,7 +30,8 @@ from ..process import (
     run_in_worker,
 )
 
-SUBCOMMANDS = ("info", "profile", "stats", "prune", "convert", "distill", "eval", "compare", "gate", "push", "analyze", "train_demo")
+SUBCOMMANDS = ("info", "profile", "stats", "prune", "merge", "convert", "distill", "eval", "compare", "gate", "push", "analyze",
+               "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.

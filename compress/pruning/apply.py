@@ -56,9 +56,15 @@ def apply_plan_to_model(model, plan: PrunePlan) -> None:
     else:
         for layer, kept in plan.layers.items():
             modeling_moe_compress.keep_experts(layers[layer], kept, family.moe_layout, plan.top_k)
-        if not plan.uniform:
-            model.config.experts_per_layer = {str(layer): count for layer, count in plan.experts_per_layer.items()}
-            model.config.moe_layout = family.moe_layout
+    set_config_counts(model, family, plan)
+
+
+def set_config_counts(model, family: MoEFamily, plan) -> None:
+    """A loaded model's config after `plan` (a prune or merge plan): expert counts (per layer when
+    non-uniform) and top-k."""
+    if plan.teams is None and not plan.uniform:
+        model.config.experts_per_layer = {str(layer): count for layer, count in plan.experts_per_layer.items()}
+        model.config.moe_layout = family.moe_layout
     for name in family.num_experts_fields:
         if getattr(model.config, name, None) is not None:
             setattr(model.config, name, max(plan.experts_per_layer.values()))

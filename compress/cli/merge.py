@@ -1,0 +1,57 @@
+"""`compress merge`: merge each layer's experts into fewer, write the smaller checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..jobs.options import MODEL_HELP, CalibrationOptions, MergeOptions, OutputOptions, add_options, options_from
+from ..merging import DEFAULT_GROUPING
+
+EPILOG = f"""examples:
+  compress merge --model demo --domain math --keep 8 --out out/demo-math-merge8
+  compress merge --model demo --domain math --keep 8 --compensate --out out/demo-math-merge8c
+  compress merge --model openai/gpt-oss-20b --domain math --keep 16 --out gpt-oss-20b-math-merge16
+  compress merge --model demo --domain code --keep 8 --plan-only --out merge.json   (edit it, then:)
+  compress merge --model demo --plan merge.json --out out/demo-code-merged
+
+groupings (default {DEFAULT_GROUPING}); both are decided on a sample of the calibration tokens:
+  hc-smoe   hierarchical clustering (average linkage) of the experts' mean outputs
+  m-smoe    the --keep most used experts are centres; every other expert joins the centre whose
+            router logits it matches best
+
+Each new expert is the weighted average of its group's experts (every weight and bias, weights by
+--merge-weights); its router row is its most used member's or the weighted sum (--router). A group
+of one is that expert unchanged, so a plan of one-expert groups is a prune. --compensate then refits,
+per layer and without training, each new expert's down projection by least squares so that the
+layer's output on calibration tokens comes back toward the original's. The output has the shapes of
+a pruned model and loads in stock transformers; MXFP4 sources stay MXFP4 (merged experts re-quantised)
+unless --dequantize.
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("merge", help="merge groups of experts into one each and write the smaller checkpoint",
+                                   description="Merge the routed experts of a MoE checkpoint, grouped on calibration text.",
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
+    add_options(parser, MergeOptions)
+    parser.add_argument("--plan", help="apply this merge plan JSON (from --plan-only, possibly edited) instead of grouping")
+    parser.add_argument("--plan-only", action="store_true", help="write the merge plan JSON to --out and stop")
+    add_options(parser, OutputOptions, helps={"out": "output directory (with --plan-only: the plan file)"})
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    add_options(parser.add_argument_group("calibration data and compute"), CalibrationOptions)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..jobs.merge import merge
+    from ..jobs.source import open_model
+
+    result = merge(open_model(args.model, revision=args.revision), options_from(MergeOptions, args),
+                   options_from(OutputOptions, args), calibration=options_from(CalibrationOptions, args), plan=args.plan,
+                   plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    return 0

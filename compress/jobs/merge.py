@@ -1,0 +1,251 @@
+"""The merging job: check the request, make the merge plan (calibrating), fit compensation when
+asked, write the checkpoint. `compensation` is shared with pruning (``compress prune --compensate``).
+
+Grouping and compensation are per-layer searches on the calibration windows' sample
+(`layerwise.calibrate`): the grouping pass also collects the routing statistics (for the card
+and the usage picture); compensation is a second pass over the sample windows alone, with the
+plan fixed, so it also applies to a plan given by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CompressError
+from ..families.derived import TIERED
+from .calibration import settle
+from .options import CalibrationOptions, MergeOptions, OutputOptions
+from .prune import describe_written, keep_count, plan_source
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    plan: object  # `merging.MergePlan`
+    stats: object | None
+    compensation: dict | None  # {layer: `merging.compensate.CompensationFit`}
+    out: Path
+    before: object
+    after: object | None  # None for a plan-only run
+    seconds: float
+
+    def to_dict(self) -> dict:
+        if self.after is None:
+            return {"out": str(self.out), "plan": self.plan.to_dict()}
+        b, a = self.before.parameters, self.after.parameters
+        return {"out": str(self.out), "grouping": self.plan.provenance.get("grouping"),
+                "experts_per_layer": self.plan.experts_per_layer,
+                "top_k": {"before": self.plan.source["top_k"], "after": self.plan.top_k},
+                "compensation": compensation_record(self.compensation),
+                "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
+                "bytes": self.after.checkpoint_bytes, "shards": self.after.shards, "seconds": round(self.seconds, 2)}
+
+    def summary(self) -> str:
+        from ..report import human_bytes, human_count
+
+        plan = self.plan
+        counts = plan.experts_per_layer
+        merged = (f"{next(iter(counts.values()))} of {plan.source['num_experts']} experts" if plan.uniform
+                  else f"{sum(counts.values())} experts")
+        how = plan.provenance.get("grouping", "plan")
+        if self.after is None:
+            return f"plan: merge into {merged} per layer ({how}) → {self.out}"
+        b, a = self.before.parameters, self.after.parameters
+        return (f"merged into {merged} in each of {len(counts)} MoE layers ({how}){compensation_text(self.compensation)}; "
+                f"parameters {human_count(b.total)} → {human_count(a.total)}, active {human_count(b.active)} → "
+                f"{human_count(a.active)}; {human_bytes(self.after.checkpoint_bytes)}; {self.seconds:.1f} s → {self.out}")
+
+
+def compensation_record(fits: dict | None) -> dict | None:
+    """The relative layer-output errors on the sample before and after compensation, per layer."""
+    if fits is None:
+        return None
+    return {str(layer): {"error_before": round(fit.error_before, 6), "error_after": round(fit.error_after, 6)}
+            for layer, fit in sorted(fits.items())}
+
+
+def compensation_text(fits: dict | None) -> str:
+    if not fits:
+        return ""
+    before = sum(f.error_before for f in fits.values()) / len(fits)
+    after = sum(f.error_after for f in fits.values()) / len(fits)
+    return f", compensated: mean relative layer error {before:.4f} → {after:.4f}"
+
+
+# --- checking ------------------------------------------------------------------------------------
+def check_request(source, options: MergeOptions, calibration: CalibrationOptions | None, plan) -> CalibrationOptions | None:
+    """Refuse option mistakes before any work; the calibration settled for `source` (None when none is needed)."""
+    if source.derived == TIERED:
+        raise CompressError(f"{source.name} is a tiered model: merging works on plain experts (prune its teams with `compress prune`)")
+    if options.dequantize and source.layout.name != "mxfp4":
+        raise CompressError("--dequantize writes an MXFP4 source's experts in bf16; this model's experts are not MXFP4")
+    if plan is None:
+        keep = keep_count(options, source)
+        groups = source.family.routing_groups(source.config)
+        if keep % groups or keep // groups < (2 if groups > 1 else 1):
+            raise CompressError(f"--keep {keep} does not split evenly into this model's {groups} routing groups with at least 2 each")
+    if plan is not None and not options.compensate:
+        return None
+    if calibration is None or calibration.domain is None:
+        raise CompressError("merging groups experts on calibration tokens (and compensation fits on them): pass --domain "
+                            "(math, code, general or your own with --dataset)")
+    return settle(calibration, source)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+def make_plan(source, options: MergeOptions, calibration: CalibrationOptions, *, stats=None, command: str | None = None,
+              progress: bool = True):
+    """(merge plan, statistics) of `source`, grouped on settled `calibration` text (profiled on
+    the same pass, unless `stats` are given: then only the sample windows run)."""
+    from ..merging.plan import MergePlan
+    from ..merging.requests import MergeRequest
+    from .profile import collect
+    from .provenance import plan_provenance
+
+    keep = keep_count(options, source)
+    request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config))
+    _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
+    stats = stats or profiled
+    provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
+    plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _) in answers.items()},
+                     {layer: weights for layer, (_, weights) in answers.items()}, min(source.top_k, keep), options.router,
+                     provenance)
+    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
+               source.family.routing_groups(source.config))
+    return plan, stats
+
+
+def load_plan(plan, source):
+    """A merge plan (a file, or a `MergePlan`), checked against `source`."""
+    from ..merging.plan import MergePlan
+
+    plan = plan if isinstance(plan, MergePlan) else MergePlan.load(plan)
+    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
+               source.family.routing_groups(source.config))
+    plan.provenance.setdefault("grouping", "plan")
+    return plan
+
+
+def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, progress: bool = True) -> dict:
+    """{layer: `CompensationFit`} of a merge plan (or a prune plan's `from_prune_plan`), fitted on
+    the sample windows of settled `calibration` in one pass over them alone; each layer's refitted
+    tensors are written into the directory `spill` as soon as they are made (in the dtype the
+    output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
+    import torch
+
+    from ..checkpoint.dtypes import TORCH_DTYPES
+    from ..merging.requests import CompensationRequest
+    from .profile import collect
+
+    probe = source.layout.probe_keys(source.moe_layers[0])[-1]
+    dtype = torch.bfloat16 if source.layout.name == "mxfp4" else TORCH_DTYPES[source.reader.entries[probe].dtype]
+    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype), statistics=False,
+                         progress=progress)
+    return fits
+
+
+@contextlib.contextmanager
+def spill_directory(out: str):
+    """A temporary directory beside the output for compensation fits (removed afterwards)."""
+    parent = Path(out).expanduser().resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".moe-compress-compensation-", dir=parent) as directory:
+        yield Path(directory)
+
+
+# --- writing -------------------------------------------------------------------------------------
+def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, dequantize: bool = False,
+          command: str | None = None, progress: bool = True, max_shard_size: int | None = None):
+    """Write the checkpoint of merge plan `plan` (with compensation `fits`) into `staging`, with its
+    statistics, usage picture, compress.json and card; returns its description."""
+    from ..merging.card import merge_card
+    from ..pruning.card import USAGE_PLOT
+    from ..stats.plots import plot_pruning
+    from .provenance import source_record, statistics_record, write_provenance
+
+    after = write_weights(source, plan, staging, fits=fits, dequantize=dequantize, progress=progress,
+                          max_shard_size=max_shard_size)
+    if stats is not None:
+        plot_pruning(stats, {layer: [group[0] for group in groups] for layer, groups in plan.layers.items()}, staging / USAGE_PLOT)
+    experts = expert_format(source, dequantize)
+    write_provenance(staging, operation="merge", source=source_record(source), command=command, stats=stats,
+                     plan=plan.to_dict(), compensation=compensation_record(fits), expert_format=experts,
+                     card=merge_card(plan, source.info, after, statistics_record(stats), fits, experts),
+                     parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__})
+    return after
+
+
+def write_weights(source, plan, staging: Path, *, fits: dict | None = None, dequantize: bool = False, progress: bool = True,
+                  max_shard_size: int | None = None):
+    """The merged (or compensated) checkpoint's weights and config, without provenance; its description."""
+    from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
+    from ..merging.apply import write_merged_checkpoint
+
+    write_merged_checkpoint(source, staging, plan, compensation=fits, dequantize=dequantize,
+                            max_shard_bytes=max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
+    return describe_written(staging)
+
+
+def expert_format(source, dequantize: bool) -> str:
+    """How the output stores its experts (said in the card and compress.json)."""
+    if dequantize:
+        return "bf16 (dequantised from MXFP4)"
+    if source.layout.name == "mxfp4":
+        return "MXFP4 (experts that were merged or compensated are re-quantised; others are copied byte for byte)"
+    return "the source's dtype"
+
+
+def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
+          plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True):
+    """The whole merging job (see the module docstring); `plan_only` writes the plan to ``output.out``.
+    Several sizes write a size frontier (`jobs.frontier`) and return a `FrontierResult`."""
+    from ..checkpoint.output import claim_output
+    from ..merging.plan import FORMAT
+    from ..pruning.plan import plan_file_format
+    from .frontier import FrontierResult, sizes, write_index
+
+    several = sizes(options)
+    if several is not None and (plan is not None or plan_only):
+        raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
+    if plan_only and options.compensate:
+        raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
+                            "later with --plan PLAN --compensate")
+    for each in several or [options]:
+        calibration_settled = check_request(source, each, calibration, plan)
+    kind, what = ("file", "merge plan file") if plan_only else ("directory", "merged model")
+    recognise = (lambda path: plan_file_format(path) == FORMAT) if plan_only else None
+    with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
+                      what=what) as claimed, spill_directory(output.out) as spill:
+        plan = load_plan(plan, source) if plan is not None else None
+        with claimed.write() as staging:
+            if several is None:
+                return _merge_one(source, options, output, staging, claimed.path, plan=plan, plan_only=plan_only,
+                                  calibration=calibration_settled, spill=spill, command=command, progress=progress)
+            results, stats = [], None
+            for each in sorted(several, key=lambda o: keep_count(o, source)):
+                name = f"keep{keep_count(each, source)}"
+                (staging / name).mkdir()
+                results.append(_merge_one(source, each, output, staging / name, claimed.path / name, stats=stats,
+                                          calibration=calibration_settled, spill=spill, command=command, progress=progress))
+                stats = results[-1].stats
+            write_index(staging, "merge", source, command, [result.out.name for result in results])
+    return FrontierResult(claimed.path, results)
+
+
+def _merge_one(source, options: MergeOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
+               plan_only: bool = False, calibration=None, spill: Path, command: str | None = None,
+               progress: bool = True) -> MergeResult:
+    """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
+    start = time.perf_counter()
+    if plan is None:
+        plan, stats = make_plan(source, options, calibration, stats=stats, command=command, progress=progress)
+    if plan_only:
+        plan.save(staging)
+        return MergeResult(plan, stats, None, out, source.info, None, time.perf_counter() - start)
+    fits = compensation(source, plan, calibration, spill, progress=progress) if options.compensate else None
+    after = write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,
+                  progress=progress, max_shard_size=output.max_shard_size)
+    return MergeResult(plan, stats, fits, out, source.info, after, time.perf_counter() - start)

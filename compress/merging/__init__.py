@@ -1,0 +1,10 @@
+"""Expert merging: plans whose layers map groups of original experts to one new expert each, the
+groupings that make them (HC-SMoE, M-SMoE), one-shot compensation, and applying them to a loaded
+model or, streaming, to a checkpoint on disk."""
+
+GROUPINGS = ("hc-smoe", "m-smoe")
+MERGE_WEIGHTS = ("frequency", "gate-mass")
+ROUTER_ROWS = ("dominant", "weighted")
+DEFAULT_GROUPING = "m-smoe"  # set from benchmarks/merge_quality.py
+DEFAULT_MERGE_WEIGHTS = "frequency"
+DEFAULT_ROUTER_ROWS = "dominant"

@@ -1,0 +1,224 @@
+"""Applying a `MergePlan` (with optional compensation): to a loaded model, or streaming to a
+checkpoint on disk through the same writer as pruning (`pruning.apply.write_tensors`).
+
+On disk, a planned layer's expert tensors are replaced by the new experts' (in the source's key
+convention), each computed from its group's members only, so memory holds one group's members and
+one output tensor at a time:
+
+* fused and per-expert layouts: Σ_m w_m·W_m in float64, stored in the source dtype;
+* MXFP4: the members are dequantised, merged and re-quantised to MXFP4 (or, with ``dequantize``,
+  every expert of the output is written in bf16 in the fused layout and ``quantization_config``
+  goes); an expert tensor that neither merging nor compensation changed is copied byte for byte, so a plan of one-expert groups
+  writes exactly what pruning writes;
+* compensation (`compensate.CompensationFit`) replaces each new expert's down projection and bias
+  by the refitted ones; the gate/up projections of an unmerged expert are still copied as stored.
+
+Router rows (weights, biases, DeepSeek's correction bias) are `router_matrix` times the source's.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import mxfp4
+from ..checkpoint.dtypes import TORCH_DTYPES
+from ..checkpoint.files import write_config
+from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, TensorSpec
+from ..errors import CompressError
+from ..families import MoEFamily, family_for_config
+from ..models.modeling_moe_compress import set_counts
+from ..pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, pruned_config, set_config_counts, write_tensors
+from .plan import MergePlan
+
+
+def combine(tensor: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
+    """`matrix` [G, E] times `tensor` along its expert dimension `dim` (float64), in the tensor's dtype."""
+    out = torch.tensordot(matrix.to(tensor.device), tensor.movedim(dim, 0).double(), dims=1)
+    return out.movedim(0, dim).to(tensor.dtype)
+
+
+def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = None) -> None:
+    """Merge a loaded model's experts in place (routers, counts and config too), with the refitted
+    down projections of `compensation` {layer: `CompensationFit`} when given."""
+    family = family_for_config(model.config)
+    layers = family.decoder_layers(model)
+    for layer in plan.layers:
+        experts, router = family.experts(model, layer), family.router(model, layer)
+        refitted = compensation[layer].load() if compensation is not None else {}
+        for module, specs, matrix in ((experts, family.expert_tensors, plan.merge_matrix(layer)),
+                                      (router, family.router_tensors, plan.router_matrix(layer))):
+            for name, spec in specs.items():
+                old = getattr(module, name, None)
+                if old is None:
+                    continue
+                new = combine(old.detach(), matrix, spec["expert_dim"])
+                if module is experts and name in refitted:
+                    new = refitted[name].to(old.device, old.dtype)
+                if isinstance(old, torch.nn.Parameter):
+                    setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+                else:
+                    module.register_buffer(name, new)
+        set_counts(layers[layer], family.moe_layout, len(plan.layers[layer]), plan.top_k)
+    set_config_counts(model, family, plan)
+
+
+class _LayerMerger:
+    """The new experts of one layer, computed from the checkpoint group by group."""
+
+    def __init__(self, reader, family: MoEFamily, layout, plan: MergePlan, layer: int, compensation=None):
+        self.reader, self.family, self.layout, self.plan, self.layer = reader, family, layout, plan, layer
+        self.compensation = compensation  # the layer's `CompensationFit`, loaded when first needed
+        self._refitted = None
+        self._last = None  # (name, group, tensor): per-expert parts reuse their group's module tensor
+        self._quantized: dict[str, tuple] = {}
+
+    def refitted(self) -> dict:
+        if self._refitted is None:
+            self._refitted = {} if self.compensation is None else self.compensation.load()
+        return self._refitted
+
+    def unchanged(self, name: str, group: int) -> bool:
+        """Whether new expert `group`'s tensor `name` is a source expert's, as stored."""
+        return self.plan.is_copy(self.layer, group) and name not in self.refitted()
+
+    def module_tensor(self, name: str, group: int) -> torch.Tensor:
+        """New expert `group`'s tensor `name` in the module orientation (float32, no expert dimension)."""
+        if self._last is not None and self._last[:2] == (name, group):
+            return self._last[2]
+        if name in self.refitted():
+            return self.refitted()[name][group].float()
+        members = self.plan.layers[self.layer][group]
+        weights = self.plan.merge_matrix(self.layer)[group, members]
+        tensors = self.family.read_module_tensor(self.reader, self.layer, name, members, self.layout, dtype=torch.float32)
+        dim = self.family.expert_tensors[name]["expert_dim"]
+        merged = (tensors.double() * weights.view([-1 if d == dim else 1 for d in range(tensors.dim())])).sum(dim=dim)
+        self._last = (name, group, merged.float())
+        return self._last[2]
+
+    def stacked(self, name: str, dtype: torch.dtype, source_key: str | None) -> torch.Tensor:
+        """All new experts' tensor `name`, [G, …] in `dtype` (unchanged experts read as stored from `source_key`)."""
+        dim = self.family.expert_tensors[name]["expert_dim"]
+        parts = []
+        for g, members in enumerate(self.plan.layers[self.layer]):
+            if source_key is not None and self.unchanged(name, g):
+                parts.append(self.reader.read_experts(source_key, members, dim).select(dim, 0))
+            else:
+                parts.append(self.module_tensor(name, g).to(dtype))
+        return torch.stack(parts, dim=dim)
+
+    def quantized(self, name: str, base: str, part: int) -> torch.Tensor:
+        """MXFP4 ``_blocks`` (part 0) or ``_scales`` (part 1) of all new experts' tensor `name`."""
+        if base not in self._quantized:
+            blocks, scales = [], []
+            for g, members in enumerate(self.plan.layers[self.layer]):
+                if self.unchanged(name, g):
+                    blocks.append(self.reader.read_experts(base + "_blocks", members, 0)[0])
+                    scales.append(self.reader.read_experts(base + "_scales", members, 0)[0])
+                else:
+                    b, s = mxfp4.quantize(self.module_tensor(name, g).transpose(-1, -2))
+                    blocks.append(b)
+                    scales.append(s)
+            self._quantized = {base: (torch.stack(blocks), torch.stack(scales))}
+        return self._quantized[base][part]
+
+    def per_expert_part(self, name: str, group: int, index: int, sizes: list[int]) -> torch.Tensor:
+        """Part `index` of new expert `group`'s per-expert keys making module tensor `name` (split on dim 0)."""
+        return self.module_tensor(name, group).split(sizes, dim=0)[index]
+
+
+def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_layers: int,
+                        compensation: dict | None = None, dequantize: bool = False) -> CheckpointPlan:
+    """What the merged checkpoint holds, decided from headers alone (see the module docstring)."""
+    result = CheckpointPlan()
+    layer_of = re.compile(re.escape(family.modules["layers"]) + r"\.(\d+)\.")
+    done: set[int] = set()
+    for key in reader.keys():
+        entry = reader.entries[key]
+        layer = layer_of.match(key)
+        if layer and int(layer[1]) >= num_layers:
+            result.dropped_keys.append(key)
+            continue
+        role = family.classify_key(key)
+        if role.kind == "other":
+            result.copies.append(_Copy(key, key))
+            result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape)))
+            continue
+        if role.layer not in plan.layers:
+            raise CompressError(f"{key} holds experts of layer {role.layer}, which the plan does not cover")
+        groups = len(plan.layers[role.layer])
+        if role.kind == "router":
+            shape = list(entry.shape)
+            shape[role.expert_dim] = groups
+            matrix = plan.router_matrix(role.layer)
+            result.copies.append(_Copy(key, key, compute=lambda t, m=matrix, d=role.expert_dim: combine(t, m, d)))
+            result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(shape)))
+            continue
+        result.dropped_keys.append(key)
+        if role.layer not in done:
+            done.add(role.layer)
+            merger = _LayerMerger(reader, family, layout, plan, role.layer, None if compensation is None else compensation[role.layer])
+            for copy, spec in _layer_tensors(reader, family, layout, merger, groups, dequantize):
+                result.copies.append(copy)
+                result.specs.append(spec)
+    return result
+
+
+def _layer_tensors(reader, family: MoEFamily, layout, merger: _LayerMerger, groups: int, dequantize: bool):
+    """(copy, spec) of every output tensor of one merged layer, in the output's key convention."""
+    layer = merger.layer
+    fused = family.layouts["fused"]
+    for name, spec in layout.module_tensors.items():
+        if isinstance(spec, list):  # per-expert keys, concatenated on dim 0 into the module tensor
+            prefix = layout.expert_prefix
+            entries = [reader.entries[prefix.format(layer=layer, expert=0) + part] for part in spec]
+            sizes = [entry.shape[0] for entry in entries]
+            for g in range(groups):
+                for index, (part, entry) in enumerate(zip(spec, entries)):
+                    key = prefix.format(layer=layer, expert=g) + part
+                    compute = (lambda _, n=name, g=g, i=index, s=sizes, e=entry:
+                               merger.per_expert_part(n, g, i, s).to(TORCH_DTYPES[e.dtype]))
+                    yield _Copy(None, key, compute=compute), TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape))
+        elif isinstance(spec, dict):  # MXFP4
+            base = layout.experts_prefix.format(layer=layer) + spec["mxfp4"]
+            blocks = reader.entries[base + "_blocks"]
+            if dequantize:
+                key = fused.experts_prefix.format(layer=layer) + fused.module_tensors[name]
+                shape = (groups, blocks.shape[2] * mxfp4.BLOCK_VALUES, blocks.shape[1])
+                yield (_Copy(None, key, compute=lambda _, n=name: merger.stacked(n, torch.bfloat16, None)),
+                       TensorSpec(key, torch.bfloat16, shape))
+                continue
+            for part, suffix in enumerate(("_blocks", "_scales")):
+                entry = reader.entries[base + suffix]
+                yield (_Copy(None, base + suffix, compute=lambda _, n=name, b=base, p=part: merger.quantized(n, b, p)),
+                       TensorSpec(base + suffix, torch.uint8, (groups, *entry.shape[1:])))
+        else:  # a fused tensor (also an MXFP4 layout's biases)
+            key = layout.experts_prefix.format(layer=layer) + spec
+            dtype = TORCH_DTYPES[reader.entries[key].dtype]
+            yield (_Copy(None, key, compute=lambda _, n=name, k=key, d=dtype: merger.stacked(n, d, k)),
+                   TensorSpec(key, dtype, (groups, *reader.entries[key].shape[1:])))
+
+
+def merged_config(config: dict, family: MoEFamily, plan: MergePlan, dequantize: bool) -> dict:
+    config = pruned_config(config, family, plan)
+    return {key: value for key, value in config.items() if key != "quantization_config"} if dequantize else config
+
+
+def write_merged_checkpoint(source, staging: str | Path, plan: MergePlan, *, compensation: dict | None = None,
+                            dequantize: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                            progress: bool = False) -> CheckpointPlan:
+    """Write the merged weights, config and support files of `source` (an opened `jobs.SourceModel`)
+    into `staging` (a claimed output's staging directory)."""
+    staging = Path(staging)
+    if dequantize and source.layout.name != "mxfp4":
+        raise CompressError("--dequantize writes an MXFP4 source's experts in bf16; this model's experts are not MXFP4")
+    config, family, reader = source.raw_config, source.family, source.reader
+    tensors = plan_merged_tensors(reader, family, source.layout, plan, int(config.get("num_hidden_layers") or 0), compensation,
+                                  dequantize)
+    write_tensors(reader, staging, tensors, max_shard_bytes, progress)
+    written = merged_config(config, family, plan, dequantize)
+    write_config(staging, written)
+    copy_modeling_files(source.path, staging, written)
+    return tensors

@@ -1,0 +1,91 @@
+"""The model card of a merged checkpoint (``README.md``; `jobs.provenance` writes it with ``compress.json``)."""
+
+from __future__ import annotations
+
+from .. import __version__
+from ..families.derived import split_model_type
+from ..jobs.provenance import STATS_FILE
+from ..pruning.card import USAGE_PLOT, _millions
+from .plan import MergePlan
+
+GROUPING_TEXT = {
+    "hc-smoe": "hierarchical clustering (average linkage) of the experts' mean outputs on calibration tokens (HC-SMoE)",
+    "m-smoe": "the most used experts as centres, each other expert joining the one whose router logits it matches best (M-SMoE)",
+    "plan": "a plan given by hand (--plan)",
+}
+
+
+def compensation_section(fits: dict | None) -> str:
+    """The card's lines on compensation (empty without it)."""
+    if not fits:
+        return ""
+    rows = "\n".join(f"| {layer} | {fit.error_before:.4f} | {fit.error_after:.4f} |" for layer, fit in sorted(fits.items()))
+    return f"""
+## Compensation
+
+Each new expert's down projection (and bias) was refitted by ridge least squares toward its merged
+value (closed form, no training), so that each MoE layer's output on calibration tokens stays close
+to the original layer's; routing and the gate/up projections are unchanged. Relative layer-output
+error ‖reduced − original‖² / ‖original‖² on those tokens:
+
+| layer | without | with |
+|---|---|---|
+{rows}
+"""
+
+
+def merge_card(plan: MergePlan, before, after, statistics: dict | None, fits: dict | None, experts: str) -> str:
+    p, source = plan.provenance, plan.source
+    counts = plan.experts_per_layer
+    merged_text = f"{next(iter(counts.values()))} experts in every MoE layer (from {source['num_experts']})"
+    top_k_text = (f"top-k stays {plan.top_k}" if plan.top_k == source["top_k"]
+                  else f"top-k lowered from {source['top_k']} to {plan.top_k}")
+    router = ("its most used member's router row" if plan.router == "dominant"
+              else "the same weighted sum of its members' router rows")
+    data = (f"{statistics['tokens']:,} tokens of `{statistics['domain']}` calibration text ({'; '.join(statistics['data'])})"
+            if statistics else "the calibration described in `compress.json`")
+    rows = "\n".join(
+        f"| {layer} | {g} | " + " + ".join(f"{w:.3f}·{e}" for e, w in zip(members, weights)) + " |"
+        for layer, groups in sorted(plan.layers.items())
+        for g, (members, weights) in enumerate(zip(groups, plan.weights[layer])))
+    stock = split_model_type(after.model_type)[1] is None
+    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(PATH)"
+            if stock else "import compress\ncompress.register()  # or pass trust_remote_code=True instead\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(PATH)")
+    picture = f"\n![expert usage; each group's most used expert marked]({USAGE_PLOT})\n" if statistics else ""
+    b, a = before.parameters, after.parameters
+    return f"""---
+base_model: {source['model']}
+library_name: transformers
+tags: [moe, merged, moe-compress, {before.family}]
+---
+# {source['model']}, experts merged
+
+Derived from `{source['model']}` by `compress merge` (moe-compress {__version__}): {merged_text}, each the
+weighted average of a group of original experts (every weight and bias), routed by {router}; {top_k_text}.
+Expert weights are stored as {experts}. Everything else is unchanged.
+
+| | before | after |
+|---|---|---|
+| parameters | {_millions(b.total)} | {_millions(a.total)} |
+| active per token | {_millions(b.active)} | {_millions(a.active)} |
+| checkpoint size | {before.checkpoint_bytes / 1e6:,.1f} MB | {after.checkpoint_bytes / 1e6:,.1f} MB |
+
+## How the groups were made
+
+Grouping: {GROUPING_TEXT.get(p.get('grouping'), p.get('grouping', 'unknown'))}; merge weights: {p.get('merge_weights', 'from the plan')},
+measured on {data}. `compress.json` records the plan; `{STATS_FILE}` holds the statistics.
+{picture}{compensation_section(fits)}
+| layer | new expert | made of (weight·original id) |
+|---|---|---|
+{rows}
+
+## How to load
+
+```python
+{load}
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+```
+
+Quality is not claimed here: measure it on your task (`compress eval` compares against the base model).
+"""

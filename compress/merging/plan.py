@@ -1,0 +1,172 @@
+"""`MergePlan`: which original experts each new expert of an MoE layer is made of, as data a person
+can read and edit.
+
+The JSON file::
+
+    {
+      "format": "moe-compress merge plan", "format_version": 1,
+      "source": {... as in a prune plan ...},
+      "top_k": 4,
+      "router": "dominant",
+      "layers": {"0": [[3, 7], [0], [5, 9, 12], …], …},
+      "weights": {"0": [[0.6, 0.4], [1.0], [0.5, 0.3, 0.2], …], …},
+      "provenance": {"grouping": "m-smoe", "merge_weights": "frequency", …}
+    }
+
+New expert g of a layer is the weighted sum Σ_m w_m·W_m of its group's experts' tensors (every
+weight and bias; the weights of a group are normalised to sum to 1). Its router row is the
+group's first ("dominant") expert's row with ``router: dominant``, or the same weighted sum of the
+members' rows (and biases) with ``router: weighted``. Experts in no group are dropped, so a plan
+of one-expert groups is a prune plan (`from_prune_plan`). ``top_k`` is ``min(source top-k, groups)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import __version__
+from ..errors import CompressError
+from ..pruning.plan import _id_lists, read_plan_file, save_plan_file
+from . import ROUTER_ROWS
+
+FORMAT = "moe-compress merge plan"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MergePlan:
+    source: dict
+    layers: dict[int, list[list[int]]]
+    weights: dict[int, list[list[float]]]
+    top_k: int
+    router: str = "dominant"
+    provenance: dict = field(default_factory=dict)
+    teams = None  # merge plans are never team plans (what `pruning.apply.pruned_config` asks)
+
+    @property
+    def uniform(self) -> bool:
+        return len({len(groups) for groups in self.layers.values()}) == 1
+
+    @property
+    def experts_per_layer(self) -> dict[int, int]:
+        return {layer: len(groups) for layer, groups in self.layers.items()}
+
+    def source_experts(self, layer: int) -> int:
+        per_layer = self.source.get("experts_per_layer") or {}
+        return int(per_layer.get(str(layer), self.source["num_experts"]))
+
+    def merge_matrix(self, layer: int) -> torch.Tensor:
+        """[groups, source experts] float64: row g holds new expert g's normalised member weights."""
+        matrix = torch.zeros(len(self.layers[layer]), self.source_experts(layer), dtype=torch.float64)
+        for g, (members, weights) in enumerate(zip(self.layers[layer], self.weights[layer])):
+            total = math.fsum(weights)
+            for member, weight in zip(members, weights):
+                matrix[g, member] = weight / total
+        return matrix
+
+    def router_matrix(self, layer: int) -> torch.Tensor:
+        """[groups, source experts] float64: how each new router row is made from the old rows."""
+        if self.router == "weighted":
+            return self.merge_matrix(layer)
+        matrix = torch.zeros(len(self.layers[layer]), self.source_experts(layer), dtype=torch.float64)
+        for g, members in enumerate(self.layers[layer]):
+            matrix[g, members[0]] = 1.0
+        return matrix
+
+    def is_copy(self, layer: int, group: int) -> bool:
+        """Whether new expert `group` is one source expert unchanged (a pruned layer's expert)."""
+        return len(self.layers[layer][group]) == 1
+
+    # --- checking --------------------------------------------------------------------------------
+    def check(self, moe_layers: list[int], experts_per_layer: dict[int, int], top_k: int,
+              fingerprint: str | None = None, group_count: int = 1) -> None:
+        """Refuse a plan that does not fit the model (see `pruning.plan.PrunePlan.check` for the
+        common rules); with group-limited routing every merge group stays inside one routing group
+        and every routing group keeps the same number of new experts."""
+        if fingerprint is not None and self.source.get("fingerprint") != fingerprint:
+            raise CompressError(
+                f"the plan was made for {self.source.get('model')} (fingerprint {self.source.get('fingerprint')}), "
+                f"not for this model ({fingerprint}): make a new plan with --plan-only")
+        if sorted(self.layers) != sorted(moe_layers):
+            raise CompressError(f"the plan covers layers {sorted(self.layers)} but the model's MoE layers are {moe_layers}")
+        if self.router not in ROUTER_ROWS:
+            raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
+        for layer, groups in self.layers.items():
+            count = experts_per_layer[layer]
+            members = [e for group in groups for e in group]
+            if not groups or any(not group for group in groups):
+                raise CompressError(f"layer {layer} of the plan has no groups or an empty group: every group needs an expert")
+            if len(set(members)) != len(members) or any(not 0 <= e < count for e in members):
+                raise CompressError(f"layer {layer} of the plan names an expert twice or out of range (0..{count - 1}): {groups}")
+            weights = self.weights.get(layer)
+            if weights is None or [len(w) for w in weights] != [len(g) for g in groups]:
+                raise CompressError(f'layer {layer}: "weights" must hold one weight per expert of each group, like "layers"')
+            if any(not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 or not math.isfinite(w)
+                   for group in weights for w in group):
+                raise CompressError(f"layer {layer}: merge weights must be positive numbers, not {weights}")
+            if group_count > 1:
+                size = count // group_count
+                if any(len({e // size for e in group}) != 1 for group in groups):
+                    raise CompressError(f"layer {layer} merges experts of different routing groups (n_group = {group_count}): "
+                                        "keep each merge group inside one routing group")
+                per_group = [sum(1 for group in groups if group[0] // size == r) for r in range(group_count)]
+                if len(set(per_group)) != 1 or per_group[0] < 2:
+                    raise CompressError(f"layer {layer} keeps {per_group} experts in its {group_count} routing groups: "
+                                        "group-limited routing needs the same number, at least 2, in every group")
+        expected = min(top_k, min(self.experts_per_layer.values()))
+        if self.top_k != expected:
+            raise CompressError(f"the plan's top_k is {self.top_k}; for these group counts it must be min({top_k}, groups) = {expected}")
+        if not self.uniform and min(self.experts_per_layer.values()) < top_k:
+            raise CompressError(f"a non-uniform plan must keep at least top-k = {top_k} experts in every layer")
+
+    # --- file ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "source": self.source, "top_k": self.top_k,
+            "router": self.router,
+            "layers": {str(layer): groups for layer, groups in sorted(self.layers.items())},
+            "weights": {str(layer): [[round(w, 6) for w in group] for group in weights]
+                        for layer, weights in sorted(self.weights.items())},
+            "provenance": {**self.provenance, "tool_version": self.provenance.get("tool_version", __version__)},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_plan_file(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data, where: str = "the plan") -> MergePlan:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CompressError(f"{where} is not a merge plan written by `compress merge --plan-only`")
+        raw = data.get("layers")
+        if not isinstance(raw, dict) or not all(isinstance(g, list) and all(isinstance(m, list) for m in g) for g in raw.values()):
+            raise CompressError(f'{where}: "layers" must map each MoE layer to a list of groups, e.g. {{"0": [[0, 3], [5]]}}')
+        layers = {}
+        for layer, groups in raw.items():
+            _id_lists({layer: [e for group in groups for e in group]}, where, "layers", "expert")  # whole-number ids only
+            layers[int(layer)] = [list(group) for group in groups]
+        weights = data.get("weights")
+        if not isinstance(weights, dict):
+            raise CompressError(f'{where}: "weights" must map each MoE layer to its groups\' merge weights')
+        weights = {int(layer): value for layer, value in weights.items() if str(layer).isdigit()}
+        if not isinstance(data.get("top_k"), int) or isinstance(data.get("top_k"), bool):
+            raise CompressError(f'{where}: "top_k" must be a whole number, not {data.get("top_k")!r}')
+        if not isinstance(data.get("source"), dict):
+            raise CompressError(f'{where}: "source" is missing: compare it with a plan from --plan-only')
+        provenance = data.get("provenance", {})
+        return cls(dict(data["source"]), layers, weights, data["top_k"], data.get("router", "dominant"),
+                   dict(provenance) if isinstance(provenance, dict) else {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MergePlan:
+        return cls.from_dict(read_plan_file(path), str(path))
+
+
+def from_prune_plan(plan) -> MergePlan:
+    """The merge plan of a (non-team) `PrunePlan`: every kept expert a group of its own."""
+    return MergePlan(plan.source, {layer: [[e] for e in kept] for layer, kept in plan.layers.items()},
+                     {layer: [[1.0] for _ in kept] for layer, kept in plan.layers.items()},
+                     plan.top_k, "dominant", dict(plan.provenance))
