@@ -104,3 +104,37 @@ def plot_comparison(base_name: str, candidates: dict[str, list[MetricChange]], p
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_frontier(base: tuple[str, int], candidates: dict[str, tuple[int, list[MetricChange]]], path: Path) -> None:
+    """Quality against size: one panel per task (its perplexity, on a log scale, or else its first metric), the
+    base and every candidate placed by parameter count, candidates joined from smallest to largest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_name, base_parameters = base
+    first = next(iter(candidates.values()))[1]
+    tasks = list(dict.fromkeys(change.task for change in first))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), constrained_layout=True, squeeze=False)
+    ordered = sorted(candidates.items(), key=lambda item: item[1][0])
+    for ax, task in zip(axes[0], tasks):
+        metrics = [change.metric for change in first if change.task == task]
+        metric = next((m for m in metrics if m.split(",")[0] == "perplexity"), metrics[0])
+        points = [(parameters / 1e6, next(c.candidate for c in changes if c.task == task and c.metric == metric), name)
+                  for name, (parameters, changes) in ordered]
+        base_value = next(c.base for c in first if c.task == task and c.metric == metric)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="candidates")
+        for x, y, name in points:
+            ax.annotate(Path(name).name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        ax.plot([base_parameters / 1e6], [base_value], "k*", markersize=10, label=base_name)
+        if metric.split(",")[0] in RATIO_METRICS:
+            ax.set_yscale("log")
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(metric.split(",")[0])
+        ax.set_title(task, fontsize="medium")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("size frontier: quality against parameters", fontsize="medium")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -11,6 +11,8 @@ from ..jobs.options import EvaluationOptions, add_options, options_from
 EPILOG = """examples:
   compress compare --base demo --candidate out/demo-math-keep8 --tasks perplexity:math,perplexity:code --max-tokens 20000
   compress compare --base demo --candidate out/a --candidate out/b --tasks compress_local --plot compare.png
+  compress compare --base demo --candidate out/frontier/keep* --tasks perplexity:math,perplexity:general \
+      --max-tokens 20000 --frontier frontier.png      (after `compress prune ... --keep 4,8,12 --out out/frontier`)
 
 Every metric with its absolute and relative change; results are cached (see `compress eval`).
 """
@@ -21,10 +23,12 @@ def add_parser(subparsers) -> None:
                                    description="Evaluate a base model and candidates on the same tasks and show every metric's change.",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the reference model")
-    parser.add_argument("--candidate", action="append", required=True, help="a derived model (repeatable)")
+    parser.add_argument("--candidate", action="append", nargs="+", required=True,
+                        help="derived model(s); repeatable, and several may follow one flag (e.g. a shell glob OUT/keep*)")
     add_options(parser, EvaluationOptions)
     add_options(parser, EvalSettings)
     parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the relative changes")
+    parser.add_argument("--frontier", metavar="PNG", help="write each task's quality against parameter count (a size frontier)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -35,8 +39,8 @@ def run(args) -> int:
     from ..jobs.source import open_model
 
     base = open_model(args.base, flag="--base")
-    candidates = [open_model(spec, flag="--candidate") for spec in args.candidate]
+    candidates = [open_model(spec, flag="--candidate") for group in args.candidate for spec in group]
     result = compare(base, candidates, options_from(EvaluationOptions, args), options_from(EvalSettings, args),
-                     plot=args.plot, progress=not args.quiet)
+                     plot=args.plot, frontier=args.frontier, progress=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0

@@ -106,15 +106,18 @@ def evaluate(source, options: EvaluationOptions, settings, *, json_path: str | N
 
 
 def compare(base, candidates: list, options: EvaluationOptions, settings, *, plot: str | None = None,
-            progress: bool = True) -> ComparisonResult:
-    """Every metric of each candidate against the base; `plot` draws the relative changes."""
+            frontier: str | None = None, progress: bool = True) -> ComparisonResult:
+    """Every metric of each candidate against the base; `plot` draws the relative changes, `frontier`
+    each task's quality against parameter count."""
     from ..checkpoint.output import claim_output
-    from ..evals.compare import metric_changes, plot_comparison
+    from ..evals.compare import metric_changes, plot_comparison, plot_frontier
     from ..evals.model_card import evaluation_record, write_evaluation
 
     tasks = _prepared(options, settings, base, *candidates)
     claim = claim_output(plot, kind="report", flag="--plot", what="chart") if plot else contextlib.nullcontext()
-    with claim as claimed:
+    frontier_claim = (claim_output(frontier, kind="report", flag="--frontier", what="chart") if frontier
+                      else contextlib.nullcontext())
+    with claim as claimed, frontier_claim as frontier_claimed:
         base_report = _run(base, tasks, options, settings, progress)
         changes = {}
         for candidate in candidates:
@@ -124,6 +127,10 @@ def compare(base, candidates: list, options: EvaluationOptions, settings, *, plo
         if claimed is not None:
             with claimed.write() as staging:
                 plot_comparison(base.name, changes, staging)
+        if frontier_claimed is not None:
+            with frontier_claimed.write() as staging:
+                sizes = {candidate.name: (candidate.info.parameters.total, changes[candidate.name]) for candidate in candidates}
+                plot_frontier((base.name, base.info.parameters.total), sizes, staging)
     return ComparisonResult(base.name, changes, claimed.path if claimed is not None else None)
 
 

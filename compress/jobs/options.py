@@ -13,6 +13,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
+from ..merging import DEFAULT_GROUPING, DEFAULT_MERGE_WEIGHTS, DEFAULT_ROUTER_ROWS, GROUPINGS, MERGE_WEIGHTS, ROUTER_ROWS
 from ..model_loading import DEVICES, DTYPE_HELP, DTYPES
 from ..pruning import BUDGETS, CRITERIA, DEFAULT_CRITERION
 
@@ -56,6 +57,24 @@ def fraction(text: str) -> float:
     return value
 
 
+def _list_of(parse, text: str):
+    """One value, or a tuple of them from ``A,B,C`` (a size frontier)."""
+    values = tuple(parse(part.strip()) for part in text.split(","))
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
+    return values[0] if len(values) == 1 else values
+
+
+def keep_counts(text: str):
+    """``8`` or ``4,8,12``."""
+    return _list_of(positive_int, text)
+
+
+def keep_ratios(text: str):
+    """``0.5`` or ``0.25,0.5,0.75``."""
+    return _list_of(fraction, text)
+
+
 def option(help: str, default=None, *, type=None, choices=None, flag: str | None = None, short: str | None = None,
            action: str | None = None, metavar: str | None = None, group: str | None = None, required: bool = False,
            nargs: str | None = None):
@@ -68,6 +87,11 @@ def option(help: str, default=None, *, type=None, choices=None, flag: str | None
 
 
 # --- the options ---------------------------------------------------------------------------------
+COMPENSATE_HELP = ("refit each remaining expert's down projection by least squares on calibration tokens so each reduced "
+                   "layer's output stays close to the full layer's; closed form, no training (MXFP4 down projections "
+                   "are re-quantised)")
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """Where calibration text comes from, how it is cut into windows, where the model runs."""
@@ -103,8 +127,11 @@ class OutputOptions:
 class SelectionOptions:
     """Which experts a prune keeps."""
 
-    keep: int | None = option("experts to keep per MoE layer (on average, with --budget global)", type=positive_int, group="keep")
-    keep_ratio: float | None = option("share of each layer's experts to keep, in (0, 1], e.g. 0.5", type=fraction, group="keep")
+    keep: int | tuple | None = option("experts to keep per MoE layer (on average, with --budget global); several, e.g. 4,8,12, "
+                                      "write a size frontier: OUT/keep4, OUT/keep8, ... from one profile",
+                                      type=keep_counts, group="keep")
+    keep_ratio: float | tuple | None = option("share of each layer's experts to keep, in (0, 1], e.g. 0.5 (or 0.25,0.5,0.75)",
+                                              type=keep_ratios, group="keep")
     criterion: str = option("how experts are ranked (see below)", DEFAULT_CRITERION, choices=CRITERIA)
     budget: str = option("uniform: the same count per layer; global: rank across layers", "uniform", choices=BUDGETS)
     min_per_layer: int | None = option("with --budget global: fewest experts any layer keeps (default and minimum: top-k)",
@@ -112,6 +139,25 @@ class SelectionOptions:
     protect: tuple[str, ...] = option("always keep these experts, e.g. 3:5,7 (layer 3) or all:0 (every layer); repeatable",
                                       action="append", metavar="LAYER:EXPERTS")
     seed: int = option("seed of the random criterion", 0, type=int)
+    compensate: bool = option(COMPENSATE_HELP, action="store_true")
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How a merge groups experts (`compress merge`)."""
+
+    keep: int | tuple | None = option("new experts per MoE layer (each merges a group of the originals); several, e.g. 4,8,12, "
+                                      "write a size frontier: OUT/keep4, OUT/keep8, ...", type=keep_counts, group="keep")
+    keep_ratio: float | tuple | None = option("share of each layer's experts to keep, in (0, 1], e.g. 0.5 (or 0.25,0.5,0.75)",
+                                              type=keep_ratios, group="keep")
+    grouping: str = option("how experts are grouped (see below)", DEFAULT_GROUPING, choices=GROUPINGS)
+    merge_weights: str = option("each member's weight in its group: its frequency or gate mass on the calibration sample",
+                                DEFAULT_MERGE_WEIGHTS, choices=MERGE_WEIGHTS)
+    router: str = option("router row of a new expert: its most used member's (dominant) or the weighted sum of its members'",
+                         DEFAULT_ROUTER_ROWS, choices=ROUTER_ROWS)
+    compensate: bool = option(COMPENSATE_HELP, action="store_true")
+    dequantize: bool = option("MXFP4 sources: write every expert in bf16 instead of re-quantising merged experts to MXFP4",
+                              action="store_true")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import CompressError
 from ..families.derived import TIERED
+from ..pruning import SCORE_CRITERIA
 from .calibration import settle
 from .options import CalibrationOptions, OutputOptions, SelectionOptions
 
@@ -29,14 +30,18 @@ class PruneResult:
     before: object  # `model_info.ModelInfo`
     after: object | None  # None for a plan-only run
     seconds: float
+    compensation: dict | None = None  # {layer: `merging.compensate.CompensationFit`} with --compensate
 
     def to_dict(self) -> dict:
+        from .merge import compensation_record
+
         if self.after is None:
             return {"out": str(self.out), "plan": self.plan.to_dict()}
         b, a = self.before.parameters, self.after.parameters
         return {"out": str(self.out), "criterion": self.plan.provenance.get("criterion"),
                 "experts_per_layer": self.plan.experts_per_layer,
                 "top_k": {"before": self.plan.source["top_k"], "after": self.plan.top_k},
+                "compensation": compensation_record(self.compensation),
                 "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
                 "bytes": self.after.checkpoint_bytes, "shards": self.after.shards, "seconds": round(self.seconds, 2)}
 
@@ -49,7 +54,10 @@ class PruneResult:
         b, a = self.before.parameters, self.after.parameters
         note = (f"note: top-k lowered from {plan.source['top_k']} to {plan.top_k}: fewer experts are kept than were routed "
                 "per token\n" if plan.top_k != plan.source["top_k"] else "")
-        return (f"{note}kept {kept_text(plan)} ({plan.provenance.get('criterion')}); parameters {human_count(b.total)} → "
+        from .merge import compensation_text
+
+        how = f"{plan.provenance.get('criterion')}{compensation_text(self.compensation)}"
+        return (f"{note}kept {kept_text(plan)} ({how}); parameters {human_count(b.total)} → "
                 f"{human_count(a.total)}, active {human_count(b.active)} → {human_count(a.active)}; "
                 f"{human_bytes(self.after.checkpoint_bytes)} in {self.after.shards} shard{'s' if self.after.shards > 1 else ''}; "
                 f"{self.seconds:.1f} s → {self.out}")
@@ -155,13 +163,13 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
     groups = source.family.routing_groups(source.config)
     if sizes is not None and selection.criterion == "reconstruct":
         raise CompressError("--criterion reconstruct searches expert sets through the family's router, but a tiered model "
-                            "routes teams: choose a score criterion (reap, frequency, gate-mass, ean, random)")
+                            f"routes teams: choose a score criterion ({', '.join(SCORE_CRITERIA)})")
     if _needs_calibration(selection, stats):
         from ..layerwise import ReconstructRequest
 
         request = (ReconstructRequest(keep, protect, groups, selection.budget, selection.min_per_layer)
                    if selection.criterion == "reconstruct" else None)
-        _, profiled, searched = collect(source, calibration, reconstruct=request, progress=progress)
+        _, profiled, searched = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
         stats = stats or profiled
     if selection.criterion == "reconstruct":
         layers, teams = searched, None
@@ -205,23 +213,31 @@ def load_plan(plan, source):
 
 
 # --- writing -------------------------------------------------------------------------------------
-def write(source, plan, staging: Path, *, stats=None, command: str | None = None, progress: bool = True,
-          max_shard_size: int | None = None):
-    """Write the pruned checkpoint of `plan` into `staging` (a claimed output's staging directory),
-    with its statistics, expert-usage picture, compress.json and card; returns its description."""
+def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, command: str | None = None,
+          progress: bool = True, max_shard_size: int | None = None):
+    """Write the pruned checkpoint of `plan` (with the compensation `fits`, through the merge
+    writer) into `staging` (a claimed output's staging directory), with its statistics,
+    expert-usage picture, compress.json and card; returns its description."""
     from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
+    from ..merging.card import compensation_section
+    from ..merging.plan import from_prune_plan
     from ..pruning.apply import write_pruned_checkpoint
     from ..pruning.card import USAGE_PLOT, model_card
     from ..stats.plots import plot_pruning
+    from .merge import compensation_record, expert_format, write_weights
     from .provenance import source_record, statistics_record, write_provenance
 
-    write_pruned_checkpoint(source, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
-    after = describe_written(staging)
+    if fits is None:
+        write_pruned_checkpoint(source, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
+        after = describe_written(staging)
+    else:
+        after = write_weights(source, from_prune_plan(plan), staging, fits=fits, progress=progress, max_shard_size=max_shard_size)
     if stats is not None:
         plot_pruning(stats, plan.layers, staging / USAGE_PLOT)
+    extra = {} if fits is None else {"compensation": compensation_record(fits), "expert_format": expert_format(source, False)}
     write_provenance(staging, operation="prune", source=source_record(source), command=command, stats=stats,
-                     plan=plan.to_dict(), card=model_card(plan, source.info, after, statistics_record(stats)),
-                     parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__})
+                     plan=plan.to_dict(), card=model_card(plan, source.info, after, statistics_record(stats)) + compensation_section(fits),
+                     parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__}, **extra)
     return after
 
 
@@ -233,26 +249,75 @@ def describe_written(staging: Path):
 
 
 def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
-          stats=None, plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True) -> PruneResult:
+          stats=None, plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True):
     """The whole pruning job (see the module docstring); `plan_only` writes the plan to ``output.out``.
-    `stats` and `plan` are files (from `compress profile` / ``--plan-only``) or the objects themselves."""
+    `stats` and `plan` are files (from `compress profile` / ``--plan-only``) or the objects themselves.
+    Several sizes (``keep`` or ``keep_ratio`` a tuple) write a size frontier (`jobs.frontier`) and
+    return a `FrontierResult`."""
     from ..checkpoint.output import claim_output
     from ..pruning.plan import is_plan_file
+    from .frontier import FrontierResult, sizes, write_index
+    from .merge import spill_directory
 
-    start = time.perf_counter()
+    several = sizes(selection)
+    if several is not None and (plan is not None or plan_only):
+        raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
+    fit_calibration = check_compensation(source, selection, calibration, plan_only)
+    for each in several or []:
+        keep_count(each, source)
     kind, what, recognise = ("file", "plan file", is_plan_file) if plan_only else ("directory", "pruned model", None)
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed:
+                      what=what) as claimed, spill_directory(output.out) as spill:
         stats = checked_statistics(stats, source) if stats is not None else None
         if plan is not None:
             plan = load_plan(plan, source)
-        else:
-            plan, stats = make_plan(source, selection, stats=stats, calibration=calibration, command=command, progress=progress)
         with claimed.write() as staging:
-            if plan_only:
-                plan.save(staging)
-                after = None
-            else:
-                after = write(source, plan, staging, stats=stats, command=command, progress=progress,
-                              max_shard_size=output.max_shard_size)
-    return PruneResult(plan, stats, claimed.path, source.info, after, time.perf_counter() - start)
+            if several is None:
+                return _prune_one(source, selection, output, staging, claimed.path, stats=stats, plan=plan, plan_only=plan_only,
+                                  calibration=calibration, fit_calibration=fit_calibration, spill=spill, command=command,
+                                  progress=progress)
+            results = []
+            for each in sorted(several, key=lambda options: keep_count(options, source)):
+                name = f"keep{keep_count(each, source)}"
+                (staging / name).mkdir()
+                results.append(_prune_one(source, each, output, staging / name, claimed.path / name, stats=stats,
+                                          calibration=calibration, fit_calibration=fit_calibration, spill=spill,
+                                          command=command, progress=progress))
+                stats = results[-1].stats
+            write_index(staging, "prune", source, command, [result.out.name for result in results])
+    return FrontierResult(claimed.path, results)
+
+
+def _prune_one(source, selection: SelectionOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
+               plan_only: bool = False, calibration=None, fit_calibration=None, spill: Path, command: str | None = None,
+               progress: bool = True) -> PruneResult:
+    """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
+    start = time.perf_counter()
+    if plan is None:
+        plan, stats = make_plan(source, selection, stats=stats, calibration=calibration, command=command, progress=progress)
+    if plan_only:
+        plan.save(staging)
+        return PruneResult(plan, stats, out, source.info, None, time.perf_counter() - start)
+    fits = None
+    if fit_calibration is not None:
+        from ..merging.plan import from_prune_plan
+        from .merge import compensation
+
+        fits = compensation(source, from_prune_plan(plan), fit_calibration, spill, progress=progress)
+    after = write(source, plan, staging, stats=stats, fits=fits, command=command, progress=progress,
+                  max_shard_size=output.max_shard_size)
+    return PruneResult(plan, stats, out, source.info, after, time.perf_counter() - start, fits)
+
+
+def check_compensation(source, selection: SelectionOptions, calibration: CalibrationOptions | None, plan_only: bool):
+    """The settled calibration `--compensate` fits on (None without it), refused before any work when it cannot run."""
+    if not selection.compensate:
+        return None
+    if plan_only:
+        raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
+                            "later with --plan PLAN --compensate")
+    if source.derived == TIERED:
+        raise CompressError("--compensate refits experts of plain MoE layers; a tiered model is pruned by whole teams without it")
+    if calibration is None or calibration.domain is None:
+        raise CompressError("--compensate fits on calibration text: pass --domain (math, code, general or your own with --dataset)")
+    return settle(calibration, source)
