@@ -1,0 +1,132 @@
+"""Beating plain pruning on the demo model: merging, one-shot compensation, mixed calibration,
+and what 300 distillation steps add to each.
+
+For keep 8 (50%) and 4 (25%) of 16 experts, calibrated on math alone and on the mixture
+math:0.8,general:0.2, every method below is applied in memory to the demo model and measured by
+held-out perplexity on math, code and general text:
+
+* prune with the best criteria (``reconstruct``; MAN and MSAN for comparison);
+* merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``;
+* each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
+* each of those after `--steps` distillation steps toward the original (on the calibration
+  mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
+
+Applying in memory is tested equal to the written checkpoints (tests/test_merge.py).
+
+    python benchmarks/merge_quality.py [--samples 120 --seq-len 128 --heldout-windows 128 --steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+
+from compress.data.corpus import DOMAINS, load_texts
+from compress.data.tokens import token_stream, token_windows
+from compress.distill import distill
+from compress.evals.perplexity import heldout_perplexity
+from compress.jobs.options import DistillSettings
+from compress.layerwise import ReconstructRequest
+from compress.merging.apply import apply_merge_to_model
+from compress.merging.plan import MergePlan, from_prune_plan
+from compress.merging.requests import CompensationRequest, MergeRequest
+from compress.model_loading import load_model, load_tokenizer
+from compress.pruning.plan import PrunePlan
+from compress.pruning.reconstruct import search_model
+from compress.pruning.select import select_experts
+from compress.resolve import demo_model_path
+from compress.stats.profile import profile
+
+CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "general": 0.2}}
+METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
+           "merge m-smoe", "merge m-smoe (weighted router)")
+DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
+
+
+def mixture_windows(tokenizer, mixture: dict, split: str, samples: int, seq_len: int) -> torch.Tensor:
+    """`samples` windows, each domain's share of them from its own text, domain after domain."""
+    parts = []
+    for domain, share in mixture.items():
+        count = max(1, round(share * samples))
+        parts.append(token_windows(token_stream(tokenizer, load_texts(domain, split), max_tokens=count * seq_len), seq_len, count))
+    return torch.cat(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=120, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--heldout-windows", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=300, help="distillation steps")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--keeps", default="8,4")
+    parser.add_argument("--distill-keeps", default="8,4", help="keeps whose models are also distilled ('' for none)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    path = demo_model_path()
+    model, tokenizer = load_model(path, dtype="float32", device="cpu"), load_tokenizer(path)
+    top_k = model.config.num_experts_per_tok
+    heldout = {d: load_texts(d, "heldout") for d in DOMAINS}
+    source = {"model": "demo", "num_experts": 16, "top_k": top_k}
+
+    def perplexities(candidate) -> dict:
+        return {d: heldout_perplexity(candidate, tokenizer, heldout[d], args.seq_len, args.heldout_windows) for d in DOMAINS}
+
+    def plan_for(method: str, keep: int, windows, stats) -> MergePlan:
+        kind, _, rest = method.partition(" ")
+        if kind == "prune":
+            criterion = rest
+            if criterion == "reconstruct":
+                layers = search_model(model, windows, ReconstructRequest(keep, {}), progress=False)
+            else:
+                layers = select_experts(stats, criterion, keep, top_k=top_k)
+            return from_prune_plan(PrunePlan(source, layers, min(top_k, keep)))
+        grouping = rest.split(" ")[0]
+        answers = search_model(model, windows, MergeRequest(keep, grouping, "frequency"), progress=False)
+        return MergePlan(source, {layer: g for layer, (g, _) in answers.items()}, {layer: w for layer, (_, w) in answers.items()},
+                         min(top_k, keep), "weighted" if "weighted" in rest else "dominant")
+
+    base = perplexities(model)
+    print(f"demo model (16 experts, top-{top_k}); calibration {args.samples} windows of {args.seq_len} tokens; held-out "
+          f"perplexity over {args.heldout_windows} windows of {args.seq_len}; distillation {args.steps} steps, lr {args.lr}, "
+          f"batch 8×{args.seq_len} of the calibration mixture's training split\n")
+    print("| keep | calibration | method | compensation | math | code | general | math distilled | general distilled | one-shot s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| 16 (all) | — | original | — | {base['math']:.2f} | {base['code']:.2f} | {base['general']:.2f} | — | — | — |", flush=True)
+    distill_keeps = {int(k) for k in args.distill_keeps.split(",") if k}
+    for keep in (int(k) for k in args.keeps.split(",")):
+        for name, mixture in CALIBRATIONS.items():
+            windows = mixture_windows(tokenizer, mixture, "calibration", args.samples, args.seq_len)
+            train = mixture_windows(tokenizer, mixture, "train", 512, args.seq_len)
+            stats = profile(model, windows, batch_size=8, model_name="demo", domain=name, data="built-in", progress=False)
+            for method in METHODS:
+                began = time.perf_counter()
+                plan = plan_for(method, keep, windows, stats)
+                planned = time.perf_counter() - began
+                for compensated in (False, True):
+                    began = time.perf_counter()
+                    fits = search_model(model, windows, CompensationRequest(plan), progress=False) if compensated else None
+                    reduced = copy.deepcopy(model)
+                    apply_merge_to_model(reduced, plan, fits)
+                    seconds = planned + time.perf_counter() - began
+                    ppl = perplexities(reduced)
+                    distilled = "— | —"
+                    if keep in distill_keeps and method in DISTILLED:
+                        with tempfile.TemporaryDirectory() as out:
+                            settings = DistillSettings(steps=args.steps, lr=args.lr, batch_size=8)
+                            distill(model, reduced.train(), tokenizer, train, out, settings, progress=False)
+                        reduced.eval()
+                        after = {d: heldout_perplexity(reduced, tokenizer, heldout[d], args.seq_len, args.heldout_windows)
+                                 for d in ("math", "general")}
+                        distilled = f"{after['math']:.2f} | {after['general']:.2f}"
+                    print(f"| {keep} | {name} | {method} | {'yes' if compensated else 'no'} | {ppl['math']:.2f} | "
+                          f"{ppl['code']:.2f} | {ppl['general']:.2f} | {distilled} | {seconds:.1f} |", flush=True)
+    print(f"\n({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
