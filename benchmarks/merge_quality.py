@@ -118,7 +118,7 @@ def main() -> None:
                     if keep in distill_keeps and method in DISTILLED:
                         with tempfile.TemporaryDirectory() as out:
                             settings = DistillSettings(steps=args.steps, lr=args.lr, batch_size=8)
-                            distill(model, reduced.train(), tokenizer, train, out, settings, progress=False)
+                            distill(model, reduced.train().requires_grad_(True), tokenizer, train, out, settings, progress=False)
                         reduced.eval()
                         after = {d: heldout_perplexity(reduced, tokenizer, heldout[d], args.seq_len, args.heldout_windows)
                                  for d in ("math", "general")}

@@ -28,6 +28,7 @@ class LayerSample:
     outputs: torch.Tensor  # [T, E, H] every expert's output for every token (float32, CPU)
     experts: torch.nn.Module  # the experts module: its flags and gate function
     expert_tensors: Callable[[list[int]], dict]  # expert ids → {fused tensor name: those experts' tensor}
+    group_size: int | None = None  # experts to hold at once when computing outputs (None: all)
 
     @classmethod
     def of_model(cls, model, layer: int, inputs: torch.Tensor, logits: torch.Tensor) -> LayerSample:
@@ -65,10 +66,10 @@ class LayerSample:
 
     def outputs_of(self, load_experts, count: int, ids: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
         """f_g(x) [T, k, H] (float32, CPU) of experts given by `load_experts` (ids → {fused tensor
-        name: [len(ids), …]}, `count` of them, read `group_size` at a time; default all) for each
-        token and each of its ids [T, k]."""
+        name: [len(ids), …]}, `count` of them, read `group_size` at a time, by default the
+        sample's) for each token and each of its ids [T, k]."""
         tokens = torch.arange(len(ids), device=self.inputs.device).repeat_interleave(ids.shape[1])
         with torch.inference_mode():
             (out,) = pair_outputs_in_groups(self.experts, [(self.inputs, tokens, ids.reshape(-1).to(self.inputs.device))],
-                                            load_experts, group_size or count, num_experts=count)
+                                            load_experts, group_size or self.group_size or count, num_experts=count)
         return out.view(*ids.shape, -1).float().cpu()

@@ -424,7 +424,7 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
             answer = search.answer(LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(),
                                                every.float().cpu(), engine.family.experts(engine.meta, layer),
-                                               functools.partial(engine.expert_tensors, layer)))
+                                               functools.partial(engine.expert_tensors, layer), engine.experts_per_group))
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
             # tokens (past the search's last) get none: in a causal decoder they never reach it.
             ids = sample_ids[:search_tokens]

@@ -19,7 +19,7 @@ from ..errors import CompressError
 from ..families.derived import TIERED
 from .calibration import settle
 from .options import CalibrationOptions, MergeOptions, OutputOptions
-from .prune import describe_written, keep_count, plan_source
+from .prune import describe_written, keep_count, plan_source, result_record
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,7 @@ class MergeResult:
     seconds: float
 
     def to_dict(self) -> dict:
-        if self.after is None:
-            return {"out": str(self.out), "plan": self.plan.to_dict()}
-        b, a = self.before.parameters, self.after.parameters
-        return {"out": str(self.out), "grouping": self.plan.provenance.get("grouping"),
-                "experts_per_layer": self.plan.experts_per_layer,
-                "top_k": {"before": self.plan.source["top_k"], "after": self.plan.top_k},
-                "compensation": compensation_record(self.compensation),
-                "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
-                "bytes": self.after.checkpoint_bytes, "shards": self.after.shards, "seconds": round(self.seconds, 2)}
+        return result_record(self, grouping=self.plan.provenance.get("grouping"))
 
     def summary(self) -> str:
         from ..report import human_bytes, human_count
@@ -194,8 +186,8 @@ def expert_format(source, dequantize: bool) -> str:
     if dequantize:
         return "bf16 (dequantised from MXFP4)"
     if source.layout.name == "mxfp4":
-        return "MXFP4 (experts that were merged or compensated are re-quantised; others are copied byte for byte)"
-    return "the source's dtype"
+        return "MXFP4 (tensors that merging or compensation changed are re-quantised; the others are copied byte for byte)"
+    return "in the source's dtype"
 
 
 def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,

@@ -96,7 +96,8 @@ COMPENSATE_HELP = ("refit each remaining expert's down projection by least squar
 class CalibrationOptions:
     """Where calibration text comes from, how it is cut into windows, where the model runs."""
 
-    domain: str | None = option("calibration domain: math, code, general built in; any name with --dataset")
+    domain: str | None = option("calibration domain: math, code, general built in; any name with --dataset; or a mixture "
+                                "of domains with weights, e.g. math:0.8,general:0.2")
     dataset: str | None = option("calibration text: a .txt/.jsonl/.parquet file, a Hub dataset id, or `preset` for the "
                                  "domain's Hub dataset (default: the built-in corpus of --domain)", metavar="PATH_OR_HUB_ID")
     text_field: str | None = option("record field(s) holding the text, comma-separated (default: text)")

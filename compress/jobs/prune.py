@@ -33,17 +33,7 @@ class PruneResult:
     compensation: dict | None = None  # {layer: `merging.compensate.CompensationFit`} with --compensate
 
     def to_dict(self) -> dict:
-        from .merge import compensation_record
-
-        if self.after is None:
-            return {"out": str(self.out), "plan": self.plan.to_dict()}
-        b, a = self.before.parameters, self.after.parameters
-        return {"out": str(self.out), "criterion": self.plan.provenance.get("criterion"),
-                "experts_per_layer": self.plan.experts_per_layer,
-                "top_k": {"before": self.plan.source["top_k"], "after": self.plan.top_k},
-                "compensation": compensation_record(self.compensation),
-                "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
-                "bytes": self.after.checkpoint_bytes, "shards": self.after.shards, "seconds": round(self.seconds, 2)}
+        return result_record(self, criterion=self.plan.provenance.get("criterion"))
 
     def summary(self) -> str:
         from ..report import human_bytes, human_count
@@ -61,6 +51,20 @@ class PruneResult:
                 f"{human_count(a.total)}, active {human_count(b.active)} → {human_count(a.active)}; "
                 f"{human_bytes(self.after.checkpoint_bytes)} in {self.after.shards} shard{'s' if self.after.shards > 1 else ''}; "
                 f"{self.seconds:.1f} s → {self.out}")
+
+
+def result_record(result, **how) -> dict:
+    """A prune or merge result as JSON (`how`: its criterion or grouping); a plan-only run's is its plan."""
+    from .merge import compensation_record
+
+    if result.after is None:
+        return {"out": str(result.out), "plan": result.plan.to_dict()}
+    b, a = result.before.parameters, result.after.parameters
+    return {"out": str(result.out), **how, "experts_per_layer": result.plan.experts_per_layer,
+            "top_k": {"before": result.plan.source["top_k"], "after": result.plan.top_k},
+            "compensation": compensation_record(result.compensation),
+            "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
+            "bytes": result.after.checkpoint_bytes, "shards": result.after.shards, "seconds": round(result.seconds, 2)}
 
 
 def kept_text(plan) -> str:

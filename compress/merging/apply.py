@@ -18,7 +18,6 @@ Router rows (weights, biases, DeepSeek's correction bias) are `router_matrix` ti
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -30,7 +29,15 @@ from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, TensorSpec
 from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
 from ..models.modeling_moe_compress import set_counts
-from ..pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, pruned_config, set_config_counts, write_tensors
+from ..pruning.apply import (
+    CheckpointPlan,
+    _Copy,
+    copy_modeling_files,
+    pruned_config,
+    set_config_counts,
+    stack_keys,
+    write_tensors,
+)
 from .plan import MergePlan
 
 
@@ -133,14 +140,9 @@ def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_
                         compensation: dict | None = None, dequantize: bool = False) -> CheckpointPlan:
     """What the merged checkpoint holds, decided from headers alone (see the module docstring)."""
     result = CheckpointPlan()
-    layer_of = re.compile(re.escape(family.modules["layers"]) + r"\.(\d+)\.")
     done: set[int] = set()
-    for key in reader.keys():
+    for key in stack_keys(reader, family, num_layers, result.dropped_keys):
         entry = reader.entries[key]
-        layer = layer_of.match(key)
-        if layer and int(layer[1]) >= num_layers:
-            result.dropped_keys.append(key)
-            continue
         role = family.classify_key(key)
         if role.kind == "other":
             result.copies.append(_Copy(key, key))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..families.derived import split_model_type
 from ..jobs.provenance import STATS_FILE
-from ..pruning.card import USAGE_PLOT, _millions
+from ..pruning.card import USAGE_PLOT, load_section, size_table
 from .plan import MergePlan
 
 GROUPING_TEXT = {
@@ -48,12 +47,7 @@ def merge_card(plan: MergePlan, before, after, statistics: dict | None, fits: di
         f"| {layer} | {g} | " + " + ".join(f"{w:.3f}·{e}" for e, w in zip(members, weights)) + " |"
         for layer, groups in sorted(plan.layers.items())
         for g, (members, weights) in enumerate(zip(groups, plan.weights[layer])))
-    stock = split_model_type(after.model_type)[1] is None
-    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(PATH)"
-            if stock else "import compress\ncompress.register()  # or pass trust_remote_code=True instead\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\nmodel = AutoModelForCausalLM.from_pretrained(PATH)")
     picture = f"\n![expert usage; each group's most used expert marked]({USAGE_PLOT})\n" if statistics else ""
-    b, a = before.parameters, after.parameters
     return f"""---
 base_model: {source['model']}
 library_name: transformers
@@ -63,13 +57,9 @@ tags: [moe, merged, moe-compress, {before.family}]
 
 Derived from `{source['model']}` by `compress merge` (moe-compress {__version__}): {merged_text}, each the
 weighted average of a group of original experts (every weight and bias), routed by {router}; {top_k_text}.
-Expert weights are stored as {experts}. Everything else is unchanged.
+Expert weights: {experts}. Everything else is unchanged.
 
-| | before | after |
-|---|---|---|
-| parameters | {_millions(b.total)} | {_millions(a.total)} |
-| active per token | {_millions(b.active)} | {_millions(a.active)} |
-| checkpoint size | {before.checkpoint_bytes / 1e6:,.1f} MB | {after.checkpoint_bytes / 1e6:,.1f} MB |
+{size_table(before, after)}
 
 ## How the groups were made
 
@@ -80,12 +70,5 @@ measured on {data}. `compress.json` records the plan; `{STATS_FILE}` holds the s
 |---|---|---|
 {rows}
 
-## How to load
-
-```python
-{load}
-tokenizer = AutoTokenizer.from_pretrained(PATH)
-```
-
-Quality is not claimed here: measure it on your task (`compress eval` compares against the base model).
+{load_section(after)}
 """

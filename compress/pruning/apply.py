@@ -123,13 +123,8 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
     result = CheckpointPlan()
     per_expert = family.layouts.get("per_expert")
     new_ids = {layer: {old: new for new, old in enumerate(kept)} for layer, kept in plan.layers.items()}
-    layer_of = re.compile(re.escape(family.modules["layers"]) + r"\.(\d+)\.")
-    for key in reader.keys():
+    for key in stack_keys(reader, family, num_layers, result.dropped_keys):
         entry = reader.entries[key]
-        layer = layer_of.match(key)
-        if layer and int(layer[1]) >= num_layers:
-            result.dropped_keys.append(key)
-            continue
         role = family.classify_key(key)
         shape = list(entry.shape)
         copy = _Copy(key, key)
@@ -150,6 +145,17 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
         result.copies.append(copy)
         result.specs.append(TensorSpec(copy.new_key, TORCH_DTYPES[entry.dtype], tuple(shape)))
     return result
+
+
+def stack_keys(reader: CheckpointReader, family: MoEFamily, num_layers: int, dropped: list[str]):
+    """The source's keys, but those of layers past the decoder stack (added to `dropped`)."""
+    layer_of = re.compile(re.escape(family.modules["layers"]) + r"\.(\d+)\.")
+    for key in reader.keys():
+        layer = layer_of.match(key)
+        if layer and int(layer[1]) >= num_layers:
+            dropped.append(key)
+        else:
+            yield key
 
 
 def _team_router_layer(key: str, family: MoEFamily, plan: PrunePlan) -> int | None:

@@ -16,6 +16,34 @@ def _millions(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
+def size_table(before: ModelInfo, after: ModelInfo) -> str:
+    b, a = before.parameters, after.parameters
+    return f"""| | before | after |
+|---|---|---|
+| parameters | {_millions(b.total)} | {_millions(a.total)} |
+| active per token | {_millions(b.active)} | {_millions(a.active)} |
+| routed-expert parameters | {_millions(b.routed_experts)} | {_millions(a.routed_experts)} |
+| checkpoint size | {before.checkpoint_bytes / 1e6:,.1f} MB | {after.checkpoint_bytes / 1e6:,.1f} MB |"""
+
+
+def load_section(after: ModelInfo) -> str:
+    """How to load the derived checkpoint: stock classes, or the project's (per-layer counts)."""
+    stock = split_model_type(after.model_type)[1] is None
+    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)" if stock else
+            "import compress\ncompress.register()  # the project's model classes; or pass trust_remote_code=True instead\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)")
+    return f"""## How to load
+
+```python
+{load}
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+```
+
+Quality is not claimed here: measure it on your task (`compress eval` compares against the base model)."""
+
+
 def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics: dict | None) -> str:
     p = plan.provenance
     source = plan.source
@@ -42,14 +70,7 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
         f"| {layer} | {len(kept)} | {', '.join(map(str, kept))} | {', '.join(map(str, plan.removed(layer))) or '—'} |"
         for layer, kept in sorted(plan.layers.items())
     )
-    stock = split_model_type(after.model_type)[1] is None
-    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(PATH)" if stock else
-            "import compress\ncompress.register()  # the project's model classes; or pass trust_remote_code=True instead\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(PATH)")
     picture = f"\n![expert usage and removed experts]({USAGE_PLOT})\n" if statistics else ""
-    b, a = before.parameters, after.parameters
     return f"""---
 base_model: {source['model']}
 library_name: transformers
@@ -60,12 +81,7 @@ tags: [moe, pruned, moe-compress, {before.family}]
 Derived from `{source['model']}` by `compress prune` (moe-compress {__version__}): keeps {kept_text}; {top_k_text}.
 Everything else — attention, shared experts, embeddings, tokenizer, chat template — is unchanged.
 
-| | before | after |
-|---|---|---|
-| parameters | {_millions(b.total)} | {_millions(a.total)} |
-| active per token | {_millions(b.active)} | {_millions(a.active)} |
-| routed-expert parameters | {_millions(b.routed_experts)} | {_millions(a.routed_experts)} |
-| checkpoint size | {before.checkpoint_bytes / 1e6:,.1f} MB | {after.checkpoint_bytes / 1e6:,.1f} MB |
+{size_table(before, after)}
 
 ## What was removed, and why
 
@@ -77,13 +93,6 @@ Experts were ranked by {why}, measured on {data}.
 |---|---|---|---|
 {rows}
 
-## How to load
-
-```python
-{load}
-tokenizer = AutoTokenizer.from_pretrained(PATH)
-```
-
-Quality is not claimed here: measure it on your task (`compress eval` compares against the base model).
+{load_section(after)}
 Pruning removes experts a domain rarely uses; other domains can lose more than the calibration domain.
 """

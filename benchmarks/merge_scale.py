@@ -1,0 +1,60 @@
+"""Merging and compensation at real size: what they add to a prune of a gpt-oss-20b-shaped MXFP4
+checkpoint, in time and peak memory.
+
+Builds a synthetic gpt-oss-20b (`synthetic_gpt_oss.py`: the published names, shapes and MXFP4
+layout, random weights) of `--layers` layers and runs, each as its own measured process (`wait4`),
+on the same calibration (`--samples` windows of `--seq-len` math tokens; 32 × 512 gives the
+default-size search sample of 2,048 tokens):
+
+1. ``compress prune --keep 16`` (criterion ``reconstruct``): the baseline;
+2. the same with ``--compensate``;
+3. ``compress merge --keep 16`` (M-SMoE, MXFP4 re-quantised);
+4. the same with ``--compensate``.
+
+It prints wall time and peak RSS of each, and each one's time as a ratio of the baseline's.
+
+    python benchmarks/merge_scale.py [--layers 2 --samples 32 --seq-len 512 --workdir /tmp/merge_scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from calibration_scale import build
+from prune_io import run_measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/merge_scale")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    source = work / "gpt-oss-20b-synthetic"
+    sizes = build(source, args.layers, 32)
+    common = ["--model", str(source), "--domain", "math", "--keep", "16", "--samples", str(args.samples),
+              "--seq-len", str(args.seq_len), "--quiet"]
+    runs = {"prune (reconstruct)": ["prune"], "prune --compensate": ["prune", "--compensate"],
+            "merge (m-smoe)": ["merge"], "merge --compensate": ["merge", "--compensate"]}
+    print(f"gpt-oss-20b-shaped MXFP4, {args.layers} layers, {sizes['total'] / 1e9:.2f} GB; keep 16 of 32; "
+          f"{args.samples} x {args.seq_len} math tokens\n")
+    print("| run | wall s | per layer s | peak RSS GB | time vs prune |\n|---|---|---|---|---|")
+    baseline = None
+    for index, (name, command) in enumerate(runs.items()):
+        out = work / f"out{index}"
+        seconds, rss = run_measured([sys.executable, "-m", "compress", *command, *common, "--out", str(out)])
+        baseline = baseline or seconds
+        print(f"| {name} | {seconds:.1f} | {seconds / args.layers:.1f} | {rss / 1e9:.2f} | {seconds / baseline:.2f}× |", flush=True)
+        shutil.rmtree(out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
