@@ -21,7 +21,7 @@ from .checkpoint.reader import INDEX_FILE, SINGLE_FILE, CheckpointReader
 from .errors import CheckpointError, CompressError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-METHOD_TAGS = {"prune": "pruned", "convert tiered": "tiered-moe", "distill": "distilled"}
+METHOD_TAGS = {"prune": "pruned", "merge": "merged", "convert tiered": "tiered-moe", "distill": "distilled"}
 # The Hub's own values of base_model_relation; a pruned or converted model is none of them, so the
 # Hub is left to infer it (tags say what was done). A distilled student is trained: a fine-tune.
 BASE_MODEL_RELATION = {"distill": "finetune"}

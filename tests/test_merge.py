@@ -283,6 +283,9 @@ def test_merge_command_end_to_end_and_its_outputs_are_models(tmp_path, capsys):
     assert provenance["operation"] == "merge" and provenance["plan"]["provenance"]["grouping"] == "m-smoe"
     assert (out / "expert_usage.png").is_file() and "experts merged" in (out / "README.md").read_text()
     assert main(["info", str(out)]) == 0
+    assert main(["eval", "--model", str(out), "--tasks", "perplexity:math", "--max-tokens", "2000"]) == 0
+    assert main(["push", str(out), "--repo", "someone/demo-merged", "--dry-run"]) == 0
+    assert "merged" in capsys.readouterr().out
     assert main(["prune", "--model", str(out), "--domain", "math", "--keep", "4", "--criterion", "frequency",
                  "--out", str(tmp_path / "pruned-again"), *calibration]) == 0
     # plan-only, edited by hand (two experts swapped between groups), then applied
