@@ -18,6 +18,7 @@ setup(
         "compress.data",
         "compress.stats",
         "compress.pruning",
+        "compress.merging",
         "compress.jobs",
         "compress.models",
         "compress.analyze",

@@ -11,6 +11,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from compress.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -43,6 +45,7 @@ def test_the_readme_has_the_examples_this_test_runs():
     assert sum(kind == "python" for kind, _ in readme_steps()) >= 2
 
 
+@pytest.mark.timeout(1200)  # some thirty commands, each a real job on the demo model
 def test_readme_examples_run_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for kind, code in readme_steps():
