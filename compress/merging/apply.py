@@ -77,6 +77,7 @@ class _LayerMerger:
 
     def __init__(self, reader, family: MoEFamily, layout, plan: MergePlan, layer: int, compensation=None):
         self.reader, self.family, self.layout, self.plan, self.layer = reader, family, layout, plan, layer
+        self.merge_matrix = plan.merge_matrix(layer)
         self.compensation = compensation  # the layer's `CompensationFit`, loaded when first needed
         self._refitted = None
         self._last = None  # (name, group, tensor): per-expert parts reuse their group's module tensor
@@ -98,7 +99,7 @@ class _LayerMerger:
         if name in self.refitted():
             return self.refitted()[name][group].float()
         members = self.plan.layers[self.layer][group]
-        weights = self.plan.merge_matrix(self.layer)[group, members]
+        weights = self.merge_matrix[group, members]
         tensors = self.family.read_module_tensor(self.reader, self.layer, name, members, self.layout, dtype=torch.float32)
         dim = self.family.expert_tensors[name]["expert_dim"]
         merged = (tensors.double() * weights.view([-1 if d == dim else 1 for d in range(tensors.dim())])).sum(dim=dim)

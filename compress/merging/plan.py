@@ -30,7 +30,7 @@ import torch
 
 from .. import __version__
 from ..errors import CompressError
-from ..pruning.plan import _id_lists, read_plan_file, save_plan_file
+from ..pruning.plan import _id_lists, check_plan_source, read_plan_file, save_plan_file
 from . import ROUTER_ROWS
 
 FORMAT = "moe-compress merge plan"
@@ -87,12 +87,7 @@ class MergePlan:
         """Refuse a plan that does not fit the model (see `pruning.plan.PrunePlan.check` for the
         common rules); with group-limited routing every merge group stays inside one routing group
         and every routing group keeps the same number of new experts."""
-        if fingerprint is not None and self.source.get("fingerprint") != fingerprint:
-            raise CompressError(
-                f"the plan was made for {self.source.get('model')} (fingerprint {self.source.get('fingerprint')}), "
-                f"not for this model ({fingerprint}): make a new plan with --plan-only")
-        if sorted(self.layers) != sorted(moe_layers):
-            raise CompressError(f"the plan covers layers {sorted(self.layers)} but the model's MoE layers are {moe_layers}")
+        check_plan_source(self, moe_layers, fingerprint)
         if self.router not in ROUTER_ROWS:
             raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
         for layer, groups in self.layers.items():

@@ -69,13 +69,7 @@ class PrunePlan:
         (with group-limited routing) unequal counts per routing group."""
         if isinstance(experts_per_layer, int):
             experts_per_layer = {layer: experts_per_layer for layer in moe_layers}
-        if fingerprint is not None and self.source.get("fingerprint") != fingerprint:
-            raise CompressError(
-                f"the plan was made for {self.source.get('model')} (fingerprint {self.source.get('fingerprint')}), "
-                f"not for this model ({fingerprint}): make a new plan with --plan-only"
-            )
-        if sorted(self.layers) != sorted(moe_layers):
-            raise CompressError(f"the plan covers layers {sorted(self.layers)} but the model's MoE layers are {moe_layers}")
+        check_plan_source(self, moe_layers, fingerprint)
         for layer, kept in self.layers.items():
             if not kept:
                 raise CompressError(f"the plan keeps no experts in layer {layer}: keep at least one")
@@ -133,6 +127,17 @@ class PrunePlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrunePlan:
         return cls.from_dict(read_plan_file(path), str(path))
+
+
+def check_plan_source(plan, moe_layers: list[int], fingerprint: str | None) -> None:
+    """Refuse a (prune or merge) plan made for another model or covering other layers."""
+    if fingerprint is not None and plan.source.get("fingerprint") != fingerprint:
+        raise CompressError(
+            f"the plan was made for {plan.source.get('model')} (fingerprint {plan.source.get('fingerprint')}), "
+            f"not for this model ({fingerprint}): make a new plan with --plan-only"
+        )
+    if sorted(plan.layers) != sorted(moe_layers):
+        raise CompressError(f"the plan covers layers {sorted(plan.layers)} but the model's MoE layers are {moe_layers}")
 
 
 def _id_lists(value, where: str, key: str, what: str) -> dict[int, list[int]]:
