@@ -21,11 +21,20 @@ class BlockAlignment:
     num_pairs: int  # T * k, also the sentinel
 
 
+def count_per_expert(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """How many of `expert_ids` name each expert: [num_experts] int64. Unlike `torch.bincount`,
+    which reads the largest id back to the host on CUDA, this never synchronises, so it can run inside
+    a CUDA graph."""
+    expert_ids = expert_ids.reshape(-1).long()
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=expert_ids.device)
+    return counts.scatter_add_(0, expert_ids, torch.ones_like(expert_ids))
+
+
 def align_block_size(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> BlockAlignment:
     experts = top_k_index.reshape(-1).to(torch.int64)
     num_pairs = experts.numel()
     capacity = -(-(num_pairs + num_experts * (block_m - 1)) // block_m) * block_m
-    counts = torch.bincount(experts, minlength=num_experts)
+    counts = count_per_expert(experts, num_experts)
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, dim=0)
     padded_start = padded_end - padded

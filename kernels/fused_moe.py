@@ -123,16 +123,27 @@ def _configs(file_name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def tuned_table(tuned: dict, num_experts: int, n: int, k: int) -> dict | None:
+    """A GPU's table for one GEMM: the shape ``E{num_experts}_N{n}_K{k}``, else the same GEMM tuned
+    at the nearest expert count (a pruned model keeps its source's N and K), else its "default"."""
+    if f"E{num_experts}_N{n}_K{k}" in tuned:
+        return tuned[f"E{num_experts}_N{n}_K{k}"]
+    same_gemm = [key for key in tuned if key.startswith("E") and key.endswith(f"_N{n}_K{k}")]
+    if same_gemm:
+        return tuned[min(same_gemm, key=lambda key: (abs(int(key[1:key.index("_")]) - num_experts), key))]
+    return tuned.get("default")
+
+
 def launch_config(device: torch.device, pairs_per_expert: float, num_experts: int, n: int, k: int) -> dict:
-    """Block sizes for one GEMM: this GPU's tuned table for the shape ``E{num_experts}_N{n}_K{k}`` when
-    there is one, else the defaults; within a table, the row for the closest pairs-per-expert count.
-    Off the GPU (the interpreter) small tiles keep the sequential programs few and fast."""
+    """Block sizes for one GEMM: this GPU's tuned table (`tuned_table`) when there is one, else the
+    defaults; within a table, the row for the closest pairs-per-expert count. Off the GPU (the
+    interpreter) small tiles keep the sequential programs few and fast."""
     defaults = _configs("default.json")
     if device.type != "cuda":
         table = defaults["cpu"]
     else:
         tuned = _configs(torch.cuda.get_device_name(device).replace(" ", "_") + ".json")
-        table = tuned.get(f"E{num_experts}_N{n}_K{k}") or tuned.get("default") or defaults["default"]
+        table = tuned_table(tuned, num_experts, n, k) or defaults["default"]
     rows = min(table, key=lambda key: abs(int(key) - pairs_per_expert))
     return table[rows]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .alignment import count_per_expert
+
 _TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
 
@@ -121,7 +123,7 @@ _TENSORS = ("gate_up_proj", "gate_up_proj_bias", "up_proj", "up_proj_bias", "dow
 
 def _expert_rows(experts: torch.nn.Module, rows: torch.Tensor, expert_ids: torch.Tensor, tensors: dict, num_experts: int) -> torch.Tensor:
     """The experts' outputs for `rows` sorted by expert (`expert_ids`, local to `tensors`)."""
-    offsets = torch.cumsum(torch.bincount(expert_ids, minlength=num_experts), dim=0, dtype=torch.int32)
+    offsets = torch.cumsum(count_per_expert(expert_ids, num_experts), dim=0, dtype=torch.int32)
 
     def bias(name: str) -> torch.Tensor | None:
         return tensors[name][expert_ids] if experts.has_bias else None

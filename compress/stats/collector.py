@@ -21,6 +21,7 @@ from functools import partial
 import torch
 
 from ..families import family_for_config
+from ..kernels.alignment import count_per_expert
 from ..kernels.reference import combine_expert_outputs, routed_expert_outputs
 from .routing_stats import RoutingStats, empty_layer_stats, to_fixed_point
 
@@ -141,17 +142,14 @@ class RoutingStatsCollector:
         norms = torch.linalg.vector_norm(outputs.float(), dim=-1)  # [T, k]
         flat = index.reshape(-1)
 
-        def count(ids: torch.Tensor) -> torch.Tensor:
-            return torch.bincount(ids.reshape(-1), minlength=num_experts)
-
         def fixed_sum(values: torch.Tensor) -> torch.Tensor:
             partial = torch.zeros(num_experts, dtype=torch.float64, device=device)
             return to_fixed_point(partial.index_add_(0, flat, values.reshape(-1).double()))
 
         stats["tokens"] += index.shape[0]
-        stats["selections"] += count(flat)
-        stats["top1"] += count(index.gather(1, weights.argmax(dim=1, keepdim=True)))
-        stats["position0"] += count(index[first])
+        stats["selections"] += count_per_expert(flat, num_experts)
+        stats["top1"] += count_per_expert(index.gather(1, weights.argmax(dim=1, keepdim=True)), num_experts)
+        stats["position0"] += count_per_expert(index[first], num_experts)
         stats["gate_mass"] += fixed_sum(weights)
         stats["reap_sum"] += fixed_sum(weights * norms)
         stats["ean_sum"] += fixed_sum(norms)
