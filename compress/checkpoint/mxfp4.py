@@ -73,7 +73,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = values.abs().amax(dim=-1)
     exponent = torch.where(amax > 0, torch.ceil(torch.log2(amax / 6.0)), torch.zeros_like(amax)).clamp(-127, 127)
     scaled = values / torch.ldexp(torch.ones_like(amax), exponent.to(torch.int32))[..., None]
-    magnitude_code = torch.bucketize(scaled.abs().clamp(max=6.0).contiguous(), _MIDPOINTS)
+    magnitude_code = torch.bucketize(scaled.abs().clamp(max=6.0).contiguous(), _MIDPOINTS.to(scaled.device))  # any device
     codes = magnitude_code | ((scaled < 0) & (magnitude_code > 0)).to(torch.int64) << 3
     packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
     return packed, (exponent + 127).to(torch.uint8)
