@@ -96,6 +96,50 @@ def test_kernel_equals_the_eager_experts_forward(layout, dtype, tokens, top_k, n
     assert (got - expected).abs().max() <= tolerance * scale
 
 
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("tokens,top_k,num_experts", [(1, 1, 4), (7, 2, 5), (33, 4, 8)])
+def test_mxfp4_weights_decoded_in_the_kernel_equal_eager_on_transformers_dequantised_weights(dtype, tokens, top_k, num_experts):
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from compress.checkpoint.mxfp4 import quantize
+
+    experts = GptOssExperts(GptOssConfig(hidden_size=64, intermediate_size=96, num_local_experts=num_experts))  # K % 32 == 0
+    generator = torch.Generator().manual_seed(num_experts + tokens)
+    with torch.no_grad():
+        for parameter in experts.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        # The checkpoint's orientation: gate_up [E, 2I, H] (rows interleave gate and up), down [E, H, I].
+        gate_up_blocks, gate_up_scales = quantize(experts.gate_up_proj.transpose(1, 2))
+        down_blocks, down_scales = quantize(experts.down_proj.transpose(1, 2))
+        experts.gate_up_proj.copy_(convert_moe_packed_tensors(gate_up_blocks, gate_up_scales, dtype=torch.float32))
+        experts.down_proj.copy_(convert_moe_packed_tensors(down_blocks, down_scales, dtype=torch.float32))
+    experts.config._experts_implementation = "eager"
+    experts = experts.to(dtype)
+    hidden = (torch.randn(tokens, 64, generator=generator) * 0.5).to(dtype)
+    index, weights = _routing(tokens, top_k, num_experts, dtype)
+    biases = (experts.gate_up_proj_bias, experts.down_proj_bias)
+    with torch.no_grad():
+        expected = experts(hidden, index, weights).float()
+        got = fused_moe.fused_experts(hidden, index, weights, gate_up_blocks, down_blocks, *biases, fused_moe.GPT_OSS,
+                                      gate_up_scales=gate_up_scales, down_scales=down_scales).float()
+        dense = fused_moe.fused_experts(hidden, index, weights, experts.gate_up_proj, experts.down_proj, *biases,
+                                        fused_moe.GPT_OSS).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (got - expected).abs().max() <= tolerance * expected.abs().max().clamp(min=1)
+    if dtype == torch.float32:  # decoding is exact: the same products as the kernel on dequantised weights
+        assert torch.equal(got, dense)
+
+
+def test_mxfp4_weights_in_another_layout_are_refused():
+    experts = _experts("standard", 4, torch.float32)
+    blocks = torch.zeros(4, 2 * INTERMEDIATE, HIDDEN // 32, 16, dtype=torch.uint8)
+    index, weights = _routing(2, 1, 4, torch.float32)
+    with pytest.raises(ValueError, match="gpt-oss layout"):
+        fused_moe.fused_experts(torch.zeros(2, HIDDEN), index, weights, blocks, experts.down_proj, None, None, fused_moe.STANDARD,
+                                gate_up_scales=blocks[..., 0], down_scales=blocks[..., 0])
+
+
 def test_alignment_groups_pairs_by_expert_in_padded_blocks():
     index = torch.tensor([[2, 3, 4], [1, 2, 4], [1, 3, 4], [1, 2, 3]])  # vLLM's documented example
     alignment = align_block_size(index, num_experts=5, block_m=4)
@@ -188,6 +232,19 @@ for cls, cfg in ((MixtralExperts, MixtralConfig), (GptOssExperts, GptOssConfig))
         w.copy_(torch.softmax(torch.randn(tokens, k, device="cuda"), -1).to(torch.bfloat16))
         graph.replay()
         assert torch.equal(captured, forward()), (cls.__name__, tokens, k, e, "graph replay")
+        if cls is GptOssExperts:  # the same weights as MXFP4, decoded in the kernel, against eager on their values
+            from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+            from compress.checkpoint.mxfp4 import quantize
+            with torch.no_grad():
+                gate_up = quantize(m.gate_up_proj.float().transpose(1, 2))
+                down = quantize(m.down_proj.float().transpose(1, 2))
+                m.gate_up_proj.copy_(convert_moe_packed_tensors(*gate_up, dtype=torch.bfloat16))
+                m.down_proj.copy_(convert_moe_packed_tensors(*down, dtype=torch.bfloat16))
+                ref = m(x, idx, w).float()
+                out = fused_experts(x, idx, w, gate_up[0], down[0], m.gate_up_proj_bias, m.down_proj_bias, kernel_layout(m),
+                                    gate_up_scales=gate_up[1], down_scales=down[1]).float()
+            err = ((out - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
+            assert err < 3e-2, ("mxfp4", tokens, k, e, err)
 print("ok")
 """
 
