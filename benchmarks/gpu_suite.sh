@@ -4,22 +4,24 @@
 # about 6 minutes (8 at most) on a machine with no network.
 #
 #   bash benchmarks/gpu_suite.sh --prepare   here, with the package registries: fetch into .whl/
-#                                            (git-ignored) the transformers wheel a GPU image may lack
+#                                            (git-ignored) the wheels a GPU image may lack
 #   bash benchmarks/gpu_suite.sh             on the GPU machine, from the repository root, .whl/ beside
 #   bash benchmarks/gpu_suite.sh --dry-run   on a CPU: the same steps in Triton's interpreter, tiny shapes
-#                                            (with $PYTHON, default .venv/bin/python; about a minute)
+#                                            (with $PYTHON, default .venv/bin/python; about two minutes)
 #
 # Everything lands in $OUT (default benchmarks/out/): suite.log, results.json (the summary, goals
 # met or not), moe_kernel.json, moe_kernel_tuned.json, tune.json, profile_overhead.json and
 # <GPU name>.json, the tuned launch configurations to commit as kernels/configs/<GPU name>.json.
 # The project is installed from this working tree into a temporary directory (the image's torch and
 # Triton are used as they are); transformers comes from .whl/ when the image's is outside setup.py's
-# range. Exits 1 when a correctness check fails (a test, or the kernel against fp32 eager in the
+# range (benchmarks/gpu_suite_wheels.py decides). Exits 1 when a correctness check fails (a test, or the kernel against fp32 eager in the
 # benchmark) or a step breaks; a speed goal missed is reported in results.json, not a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-TRANSFORMERS=transformers==5.24.0  # the newest release setup.py allows
+# The newest transformers setup.py allows, and regex, which it checks when imported (the image's
+# version is unknown); gpu_suite_wheels.py installs each only where the image's does not do.
+CARRIED=(transformers==5.24.0 regex)
 mode=gpu
 case "${1:-}" in
   "") ;;
@@ -32,9 +34,10 @@ if [ "$mode" = prepare ]; then
   exclude="$(git rev-parse --git-path info/exclude)"
   mkdir -p "$(dirname "$exclude")"
   grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
-  # The GPU image's python is CPython 3.12 on x86-64; transformers is pure Python, so any platform tag does.
+  # The GPU image's python is CPython 3.12 on x86-64.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl "$TRANSFORMERS" || exit 1
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${CARRIED[@]}" || exit 1
   ls -l .whl
   echo "now run on the GPU machine: bash benchmarks/gpu_suite.sh   (carry .whl)"
   exit 0
@@ -82,42 +85,11 @@ suite() {
 echo "=== machine: $(date -u +%FT%TZ), mode $mode"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>/dev/null \
   | tee "$SITE/nvidia_smi.csv" || echo "no nvidia-smi"
-"$PY" - <<'PY'
-import importlib.metadata as metadata
-import sys
-print("python", sys.version.split()[0], sys.executable)
-for name in ("torch", "triton", "transformers", "huggingface_hub", "tokenizers", "safetensors", "accelerate", "pytest",
-             "pytest-timeout", "matplotlib", "pyyaml", "tqdm"):
-    try:
-        print(f"{name} {metadata.version(name)}")
-    except metadata.PackageNotFoundError:
-        print(f"{name} MISSING")
-PY
-
-# transformers: the image's when setup.py allows it, else the carried wheel.
-wheels=()
-if ! "$PY" - <<'PY'
-import importlib.metadata as metadata
-import re
-from packaging.specifiers import SpecifierSet
-spec = SpecifierSet(re.search(r'"transformers([^";]*)"', open("setup.py").read()).group(1))
-try:
-    have = metadata.version("transformers")
-except metadata.PackageNotFoundError:
-    have = None
-print(f"transformers {have}; setup.py asks {spec}")
-raise SystemExit(0 if have and have in spec else 1)
-PY
-then
-  wheels=(.whl/transformers-*.whl)
-  if [ ! -f "${wheels[0]}" ]; then
-    echo "FAILED: this image's transformers is outside setup.py's range and .whl/ has no transformers wheel:" \
-      "run 'bash benchmarks/gpu_suite.sh --prepare' where PyPI is reachable, then carry .whl"
-    return 1
-  fi
-  echo "bringing ${wheels[*]}"
-fi
-"$PY" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile --target "$SITE" . "${wheels[@]}" \
+# transformers (and what it needs) from .whl/ when the image's is outside setup.py's range.
+wheels="$("$PY" benchmarks/gpu_suite_wheels.py .whl)" || return 1
+[ -n "$wheels" ] && echo "bringing" $wheels
+# shellcheck disable=SC2086  # one wheel path per word
+"$PY" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile --target "$SITE" . $wheels \
   || { echo "FAILED: could not install the project from this tree"; return 1; }
 export PYTHONPATH="$SITE"
 # -P for `-c` and `-m`: the checkout's own `compress/` (no compress.kernels) must not shadow the installed

@@ -113,3 +113,41 @@ def test_a_pruned_model_uses_the_table_tuned_for_the_nearest_expert_count_of_the
     assert fused_moe.tuned_table(tuned, 96, 2880, 2880) == {"1": "e128"}
     assert fused_moe.tuned_table(tuned, 16, 4096, 14336) == {"1": "fallback"}  # no table for this GEMM
     assert fused_moe.tuned_table({}, 16, 4096, 14336) is None
+
+
+def _fake_wheel(directory: Path, name: str, version: str, requires: list[str]) -> Path:
+    import zipfile
+
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    metadata = "\n".join([f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)])
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", metadata + "\n")
+    return path
+
+
+@pytest.mark.parametrize("image, expected", [
+    ({"transformers": "5.24.0", "regex": "2020.1.1"}, []),  # in setup.py's range: nothing is brought
+    ({"transformers": "5.17.0", "regex": "2026.1.1"}, ["transformers"]),
+    ({"transformers": "5.17.0", "regex": "2024.1.1"}, ["transformers", "regex"]),  # checked by transformers on import
+    ({"regex": "2026.1.1"}, ["transformers"]),
+])
+def test_the_suite_brings_transformers_and_only_the_requirements_the_image_lacks(image, expected, tmp_path, monkeypatch, capsys):
+    import gpu_suite_wheels
+
+    wheels = {"transformers": _fake_wheel(tmp_path, "transformers", "5.24.0",
+                                          ["regex>=2025.10.22", "numpy>=1.17", 'pytest; extra == "testing"']),
+              "regex": _fake_wheel(tmp_path, "regex", "2026.11.19", [])}
+    monkeypatch.setattr(gpu_suite_wheels, "installed", lambda name: {**image, "numpy": "2.5.2"}.get(name))
+    monkeypatch.chdir(BENCHMARKS.parent)  # it reads setup.py's transformers range
+    assert gpu_suite_wheels.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(wheels[name]) for name in expected]
+
+
+def test_the_suite_stops_when_a_needed_wheel_is_not_carried(tmp_path, monkeypatch, capsys):
+    import gpu_suite_wheels
+
+    _fake_wheel(tmp_path, "transformers", "5.24.0", ["regex>=2025.10.22"])
+    monkeypatch.setattr(gpu_suite_wheels, "installed", {"transformers": "5.17.0", "regex": "2024.1.1"}.get)
+    monkeypatch.chdir(BENCHMARKS.parent)
+    assert gpu_suite_wheels.main([str(tmp_path)]) == 1
+    assert "lacks wheels for regex" in capsys.readouterr().err
