@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import sys
@@ -156,8 +157,8 @@ def time_calls(calls: list, repeats: int, device: torch.device, graph: bool) -> 
     for call in calls:  # warm-up: compilation, autotuning caches, handles
         call()
     _synchronize(device)
-    position = iter(range(10**9))
-    launch = _median_ms(lambda: calls[next(position) % len(calls)](), repeats, device)
+    rotation = itertools.cycle(calls)
+    launch = _median_ms(lambda: next(rotation)(), repeats, device)
     result = {"launch": launch, "graph": None}
     if graph and device.type == "cuda":
         try:
