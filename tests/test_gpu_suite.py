@@ -20,9 +20,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_suite_summary  # noqa: E402
 import moe_kernel  # noqa: E402
-from test_kernels import INTERPRETER_PROBLEM  # noqa: E402
-
-interpreted = pytest.mark.skipif(INTERPRETER_PROBLEM is not None, reason=INTERPRETER_PROBLEM or "")
+from test_kernels import interpreted  # noqa: E402  (skips where Triton's interpreter is broken)
 
 
 @interpreted

@@ -208,17 +208,15 @@ for cls, cfg in ((MixtralExperts, MixtralConfig), (GptOssExperts, GptOssConfig))
         x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
         idx = torch.stack([torch.randperm(e, device="cuda")[:k] for _ in range(tokens)])
         w = torch.softmax(torch.randn(tokens, k, device="cuda"), -1).to(torch.bfloat16)
+        forward = lambda: fused_experts(x, idx, w, m.gate_up_proj, m.down_proj, getattr(m, "gate_up_proj_bias", None),
+                                        getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702),
+                                        getattr(m, "limit", 7.0))
         ref = m(x, idx, w).float()
-        out = fused_experts(x, idx, w, m.gate_up_proj, m.down_proj, getattr(m, "gate_up_proj_bias", None),
-                            getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702),
-                            getattr(m, "limit", 7.0)).float()
+        out = forward().float()
         err = ((out - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
         assert err < 3e-2, (cls.__name__, tokens, k, e, err)
         # Captured in a CUDA graph (no host synchronisation) and replayed on new inputs copied into
         # the captured buffers, the kernels give what a direct call on those inputs gives.
-        forward = lambda: fused_experts(x, idx, w, m.gate_up_proj, m.down_proj, getattr(m, "gate_up_proj_bias", None),
-                                        getattr(m, "down_proj_bias", None), kernel_layout(m), getattr(m, "alpha", 1.702),
-                                        getattr(m, "limit", 7.0))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..jobs.options import MODEL_HELP, CalibrationOptions, OutputOptions, TieredOptions, add_options, options_from
+from ..jobs.options import (
+    MODEL_HELP,
+    CalibrationOptions,
+    OutputOptions,
+    TieredOptions,
+    add_options,
+    add_plan_and_output_options,
+    options_from,
+)
 
 EPILOG = """examples:
   compress convert tiered --model demo --stats math.safetensors --tiers 0-1:4,2-3:3,4-5:2 --team-size 2 --out out/demo-tiered
@@ -32,11 +40,7 @@ def add_parser(subparsers) -> None:
     tiered.add_argument("--model", required=True, help=MODEL_HELP)
     tiered.add_argument("--stats", help="routing statistics of the model (default: profile now on --domain)")
     add_options(tiered, TieredOptions)
-    tiered.add_argument("--plan", help="apply this tiered plan JSON (from --plan-only, possibly edited)")
-    tiered.add_argument("--plan-only", action="store_true", help="write the plan JSON to --out and stop")
-    add_options(tiered, OutputOptions, helps={"out": "output directory (with --plan-only: the plan file)"})
-    tiered.add_argument("--quiet", action="store_true", help="no progress bars")
-    tiered.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    add_plan_and_output_options(tiered, "apply this tiered plan JSON (from --plan-only, possibly edited)")
     add_options(tiered.add_argument_group("calibration data and compute (when profiling)"), CalibrationOptions)
     tiered.set_defaults(run=run_tiered)
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..jobs.options import MODEL_HELP, CalibrationOptions, MergeOptions, OutputOptions, add_options, options_from
+from ..jobs.options import (
+    MODEL_HELP,
+    CalibrationOptions,
+    MergeOptions,
+    OutputOptions,
+    add_options,
+    add_plan_and_output_options,
+    options_from,
+)
 from ..merging import DEFAULT_GROUPING
 
 EPILOG = f"""examples:
@@ -37,11 +45,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     add_options(parser, MergeOptions)
-    parser.add_argument("--plan", help="apply this merge plan JSON (from --plan-only, possibly edited) instead of grouping")
-    parser.add_argument("--plan-only", action="store_true", help="write the merge plan JSON to --out and stop")
-    add_options(parser, OutputOptions, helps={"out": "output directory (with --plan-only: the plan file)"})
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    add_plan_and_output_options(parser, "apply this merge plan JSON (from --plan-only, possibly edited) instead of grouping",
+                                plan_name="merge plan")
     add_options(parser.add_argument_group("calibration data and compute"), CalibrationOptions)
     parser.set_defaults(run=run)
 

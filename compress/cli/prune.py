@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..jobs.options import MODEL_HELP, CalibrationOptions, OutputOptions, SelectionOptions, add_options, options_from
+from ..jobs.options import (
+    MODEL_HELP,
+    CalibrationOptions,
+    OutputOptions,
+    SelectionOptions,
+    add_options,
+    add_plan_and_output_options,
+    options_from,
+)
 from ..pruning import DEFAULT_CRITERION
 
 EPILOG = f"""examples:
@@ -47,11 +55,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     add_options(parser, SelectionOptions)
     parser.add_argument("--stats", help="routing statistics from `compress profile` (default: profile now)")
-    parser.add_argument("--plan", help="apply this plan JSON (from --plan-only, possibly edited) instead of selecting")
-    parser.add_argument("--plan-only", action="store_true", help="write the plan JSON to --out and stop")
-    add_options(parser, OutputOptions, helps={"out": "output directory (with --plan-only: the plan file)"})
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    add_plan_and_output_options(parser, "apply this plan JSON (from --plan-only, possibly edited) instead of selecting")
     add_options(parser.add_argument_group("calibration data and compute (when profiling)"), CalibrationOptions)
     parser.set_defaults(run=run)
 

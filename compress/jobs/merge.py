@@ -105,8 +105,7 @@ def make_plan(source, options: MergeOptions, calibration: CalibrationOptions, *,
     plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _) in answers.items()},
                      {layer: weights for layer, (_, weights) in answers.items()}, min(source.top_k, keep), options.router,
                      provenance)
-    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
-               source.family.routing_groups(source.config))
+    plan.check_model(source)
     return plan, stats
 
 
@@ -115,8 +114,7 @@ def load_plan(plan, source):
     from ..merging.plan import MergePlan
 
     plan = plan if isinstance(plan, MergePlan) else MergePlan.load(plan)
-    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
-               source.family.routing_groups(source.config))
+    plan.check_model(source)
     plan.provenance.setdefault("grouping", "plan")
     return plan
 

@@ -256,6 +256,16 @@ def add_options(parser, cls, *, exclude: tuple = (), required: tuple = (), helps
         target.add_argument(*flags, **kwargs)
 
 
+def add_plan_and_output_options(parser, plan_help: str, plan_name: str = "plan") -> None:
+    """The flags of every command that makes a plan and writes a checkpoint (prune, merge, convert):
+    --plan (`plan_help`), --plan-only, the output options, --quiet and --json."""
+    parser.add_argument("--plan", help=plan_help)
+    parser.add_argument("--plan-only", action="store_true", help=f"write the {plan_name} JSON to --out and stop")
+    add_options(parser, OutputOptions, helps={"out": "output directory (with --plan-only: the plan file)"})
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
+
+
 def options_from(cls, args, **overrides):
     """The `cls` options from parsed arguments (fields the command did not declare keep their defaults)."""
     values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}

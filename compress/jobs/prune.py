@@ -191,7 +191,7 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
                                  protect={str(layer): sorted(e) for layer, e in protect.items()},
                                  **({"seed": selection.seed} if selection.criterion == "random" else {}))
     plan = PrunePlan(plan_source(source), layers, top_k, provenance, teams)
-    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint, groups)
+    plan.check_model(source)
     return plan, stats
 
 
@@ -207,8 +207,7 @@ def load_plan(plan, source):
 
     where = "the plan" if isinstance(plan, PrunePlan) else str(plan)
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan.load(plan)
-    plan.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
-               source.family.routing_groups(source.config))
+    plan.check_model(source)
     if (plan.teams is not None) != (source.derived == TIERED):
         raise CompressError(f"{where} is {'a team' if plan.teams is not None else 'an expert'} plan but {source.name} "
                             f"{'is' if source.derived == TIERED else 'is not'} a tiered model: make a new plan with --plan-only")

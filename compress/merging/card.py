@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..jobs.provenance import STATS_FILE
-from ..pruning.card import USAGE_PLOT, load_section, size_table
+from ..pruning.card import USAGE_PLOT, calibration_text, load_section, size_table
 from .plan import MergePlan
 
 GROUPING_TEXT = {
@@ -41,8 +41,7 @@ def merge_card(plan: MergePlan, before, after, statistics: dict | None, fits: di
                   else f"top-k lowered from {source['top_k']} to {plan.top_k}")
     router = ("its most used member's router row" if plan.router == "dominant"
               else "the same weighted sum of its members' router rows")
-    data = (f"{statistics['tokens']:,} tokens of `{statistics['domain']}` calibration text ({'; '.join(statistics['data'])})"
-            if statistics else "the calibration described in `compress.json`")
+    data = calibration_text(statistics)
     rows = "\n".join(
         f"| {layer} | {g} | " + " + ".join(f"{w:.3f}·{e}" for e, w in zip(members, weights)) + " |"
         for layer, groups in sorted(plan.layers.items())

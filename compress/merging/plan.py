@@ -30,7 +30,16 @@ import torch
 
 from .. import __version__
 from ..errors import CompressError
-from ..pruning.plan import _id_lists, check_plan_source, read_plan_file, save_plan_file
+from ..pruning.plan import (
+    LayerPlan,
+    _id_lists,
+    check_plan_source,
+    check_plan_top_k,
+    check_routing_group_counts,
+    plan_header,
+    read_plan_file,
+    save_plan_file,
+)
 from . import ROUTER_ROWS
 
 FORMAT = "moe-compress merge plan"
@@ -38,7 +47,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class MergePlan:
+class MergePlan(LayerPlan):
     source: dict
     layers: dict[int, list[list[int]]]
     weights: dict[int, list[list[float]]]
@@ -46,18 +55,6 @@ class MergePlan:
     router: str = "dominant"
     provenance: dict = field(default_factory=dict)
     teams = None  # merge plans are never team plans (what `pruning.apply.pruned_config` asks)
-
-    @property
-    def uniform(self) -> bool:
-        return len({len(groups) for groups in self.layers.values()}) == 1
-
-    @property
-    def experts_per_layer(self) -> dict[int, int]:
-        return {layer: len(groups) for layer, groups in self.layers.items()}
-
-    def source_experts(self, layer: int) -> int:
-        per_layer = self.source.get("experts_per_layer") or {}
-        return int(per_layer.get(str(layer), self.source["num_experts"]))
 
     def merge_matrix(self, layer: int) -> torch.Tensor:
         """[groups, source experts] float64: row g holds new expert g's normalised member weights."""
@@ -108,15 +105,8 @@ class MergePlan:
                 if any(len({e // size for e in group}) != 1 for group in groups):
                     raise CompressError(f"layer {layer} merges experts of different routing groups (n_group = {group_count}): "
                                         "keep each merge group inside one routing group")
-                per_group = [sum(1 for group in groups if group[0] // size == r) for r in range(group_count)]
-                if len(set(per_group)) != 1 or per_group[0] < 2:
-                    raise CompressError(f"layer {layer} keeps {per_group} experts in its {group_count} routing groups: "
-                                        "group-limited routing needs the same number, at least 2, in every group")
-        expected = min(top_k, min(self.experts_per_layer.values()))
-        if self.top_k != expected:
-            raise CompressError(f"the plan's top_k is {self.top_k}; for these group counts it must be min({top_k}, groups) = {expected}")
-        if not self.uniform and min(self.experts_per_layer.values()) < top_k:
-            raise CompressError(f"a non-uniform plan must keep at least top-k = {top_k} experts in every layer")
+                check_routing_group_counts(layer, [sum(1 for group in groups if group[0] // size == r) for r in range(group_count)])
+        check_plan_top_k(self, top_k, "groups")
 
     # --- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -147,13 +137,8 @@ class MergePlan:
         if not isinstance(weights, dict):
             raise CompressError(f'{where}: "weights" must map each MoE layer to its groups\' merge weights')
         weights = {int(layer): value for layer, value in weights.items() if str(layer).isdigit()}
-        if not isinstance(data.get("top_k"), int) or isinstance(data.get("top_k"), bool):
-            raise CompressError(f'{where}: "top_k" must be a whole number, not {data.get("top_k")!r}')
-        if not isinstance(data.get("source"), dict):
-            raise CompressError(f'{where}: "source" is missing: compare it with a plan from --plan-only')
-        provenance = data.get("provenance", {})
-        return cls(dict(data["source"]), layers, weights, data["top_k"], data.get("router", "dominant"),
-                   dict(provenance) if isinstance(provenance, dict) else {})
+        source, top_k, provenance = plan_header(data, where)
+        return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MergePlan:

@@ -44,6 +44,13 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 Quality is not claimed here: measure it on your task (`compress eval` compares against the base model)."""
 
 
+def calibration_text(statistics: dict | None) -> str:
+    """What the plan was measured on, for a card: the statistics' tokens, domain and data sources."""
+    if not statistics:
+        return "the calibration described in `compress.json`"
+    return f"{statistics['tokens']:,} tokens of `{statistics['domain']}` calibration text ({'; '.join(statistics['data'])})"
+
+
 def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics: dict | None) -> str:
     p = plan.provenance
     source = plan.source
@@ -64,8 +71,7 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
         "reconstruct": "a search for the kept set that best reconstructs each layer's output on calibration tokens",
         "plan": "a plan given by hand (--plan)",
     }.get(p.get("criterion"), p.get("criterion", "unknown"))
-    data = (f"{statistics['tokens']:,} tokens of `{statistics['domain']}` calibration text ({'; '.join(statistics['data'])})"
-            if statistics else "the calibration described in `compress.json`")
+    data = calibration_text(statistics)
     rows = "\n".join(
         f"| {layer} | {len(kept)} | {', '.join(map(str, kept))} | {', '.join(map(str, plan.removed(layer))) or '—'} |"
         for layer, kept in sorted(plan.layers.items())

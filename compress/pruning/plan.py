@@ -37,26 +37,36 @@ FORMAT = "moe-compress prune plan"
 FORMAT_VERSION = 1
 
 
-@dataclass
-class PrunePlan:
-    source: dict  # model, fingerprint, family, num_experts, top_k, experts_per_layer
-    layers: dict[int, list[int]]
-    top_k: int
-    provenance: dict = field(default_factory=dict)
-    teams: dict[int, list[int]] | None = None  # tiered sources only
+class LayerPlan:
+    """What prune and merge plans share: ``layers`` maps each MoE layer to its new experts (kept
+    ids, or merge groups), ``source`` describes the model the plan was made for."""
 
     @property
     def uniform(self) -> bool:
-        return len({len(kept) for kept in self.layers.values()}) == 1
+        return len(set(self.experts_per_layer.values())) == 1
 
     @property
     def experts_per_layer(self) -> dict[int, int]:
-        return {layer: len(kept) for layer, kept in self.layers.items()}
+        return {layer: len(new) for layer, new in self.layers.items()}
 
     def source_experts(self, layer: int) -> int:
         """How many experts layer `layer` holds in the source."""
         per_layer = self.source.get("experts_per_layer") or {}
         return int(per_layer.get(str(layer), self.source["num_experts"]))
+
+    def check_model(self, source) -> None:
+        """`check` (each plan class's own) against an opened model (`jobs.SourceModel`)."""
+        self.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
+                   source.family.routing_groups(source.config))
+
+
+@dataclass
+class PrunePlan(LayerPlan):
+    source: dict  # model, fingerprint, family, num_experts, top_k, experts_per_layer
+    layers: dict[int, list[int]]
+    top_k: int
+    provenance: dict = field(default_factory=dict)
+    teams: dict[int, list[int]] | None = None  # tiered sources only
 
     def removed(self, layer: int) -> list[int]:
         kept = set(self.layers[layer])
@@ -78,20 +88,11 @@ class PrunePlan:
                 raise CompressError(f"layer {layer} of the plan names duplicate or out-of-range experts (0..{count - 1}): {kept}")
         if self.teams is not None:
             return  # team plans are made from the source's teams (`team_plan_layers`); their top-k counts teams
-        expected_top_k = min(top_k, min(self.experts_per_layer.values()))
-        if self.top_k != expected_top_k:
-            raise CompressError(f"the plan's top_k is {self.top_k}; for these kept counts it must be min({top_k}, kept) = {expected_top_k}")
-        if not self.uniform and min(self.experts_per_layer.values()) < top_k:
-            raise CompressError(f"a non-uniform plan must keep at least top-k = {top_k} experts in every layer")
+        check_plan_top_k(self, top_k, "kept")
         if group_count > 1:
             for layer, kept in self.layers.items():
                 group_size = experts_per_layer[layer] // group_count
-                per_group = [sum(1 for e in kept if e // group_size == g) for g in range(group_count)]
-                if len(set(per_group)) != 1 or per_group[0] < 2:
-                    raise CompressError(
-                        f"layer {layer} keeps {per_group} experts in its {group_count} routing groups: group-limited "
-                        "routing (n_group) needs the same number, at least 2, in every group"
-                    )
+                check_routing_group_counts(layer, [sum(1 for e in kept if e // group_size == g) for g in range(group_count)])
 
     # --- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -116,13 +117,8 @@ class PrunePlan:
             raise CompressError(f"{where} is not a prune plan written by `compress prune --plan-only`")
         layers = _id_lists(data.get("layers"), where, "layers", "expert")
         teams = _id_lists(data["teams"], where, "teams", "team") if "teams" in data else None
-        if not isinstance(data.get("top_k"), int) or isinstance(data.get("top_k"), bool):
-            raise CompressError(f'{where}: "top_k" must be a whole number, not {data.get("top_k")!r}')
-        if not isinstance(data.get("source"), dict):
-            raise CompressError(f'{where}: "source" is missing: compare it with a plan from --plan-only')
-        provenance = data.get("provenance", {})
-        return cls(source=dict(data["source"]), layers=layers, top_k=data["top_k"],
-                   provenance=dict(provenance) if isinstance(provenance, dict) else {}, teams=teams)
+        source, top_k, provenance = plan_header(data, where)
+        return cls(source=source, layers=layers, top_k=top_k, provenance=provenance, teams=teams)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrunePlan:
@@ -138,6 +134,34 @@ def check_plan_source(plan, moe_layers: list[int], fingerprint: str | None) -> N
         )
     if sorted(plan.layers) != sorted(moe_layers):
         raise CompressError(f"the plan covers layers {sorted(plan.layers)} but the model's MoE layers are {moe_layers}")
+
+
+def check_plan_top_k(plan, top_k: int, what: str) -> None:
+    """Refuse a plan whose top-k is not min(source top-k, new experts), or a non-uniform plan with
+    fewer than top-k new experts in a layer; `what` names the new experts ("kept", "groups")."""
+    fewest = min(plan.experts_per_layer.values())
+    if plan.top_k != min(top_k, fewest):
+        raise CompressError(f"the plan's top_k is {plan.top_k}; for these {what} counts it must be "
+                            f"min({top_k}, {what}) = {min(top_k, fewest)}")
+    if not plan.uniform and fewest < top_k:
+        raise CompressError(f"a non-uniform plan must keep at least top-k = {top_k} experts in every layer")
+
+
+def check_routing_group_counts(layer: int, per_group: list[int]) -> None:
+    """Refuse new-expert counts per routing group that group-limited routing (n_group) cannot use."""
+    if len(set(per_group)) != 1 or per_group[0] < 2:
+        raise CompressError(f"layer {layer} keeps {per_group} experts in its {len(per_group)} routing groups: group-limited "
+                            "routing (n_group) needs the same number, at least 2, in every group")
+
+
+def plan_header(data: dict, where: str) -> tuple[dict, int, dict]:
+    """(source, top_k, provenance) of a plan's JSON, refusing a missing source or a top_k that is no whole number."""
+    if not isinstance(data.get("top_k"), int) or isinstance(data.get("top_k"), bool):
+        raise CompressError(f'{where}: "top_k" must be a whole number, not {data.get("top_k")!r}')
+    if not isinstance(data.get("source"), dict):
+        raise CompressError(f'{where}: "source" is missing: compare it with a plan from --plan-only')
+    provenance = data.get("provenance", {})
+    return dict(data["source"]), data["top_k"], dict(provenance) if isinstance(provenance, dict) else {}
 
 
 def _id_lists(value, where: str, key: str, what: str) -> dict[int, list[int]]:
