@@ -60,9 +60,25 @@ def missing_parts(directory: Path) -> list[str]:
     return missing
 
 
-def files_to_upload(directory: Path) -> list[Path]:
-    """Every top-level file but hidden ones and the card (rebuilt); training checkpoints stay home."""
-    return sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "README.md")
+def files_to_upload(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(files to upload, files left out): every top-level file but hidden ones and the card
+    (rebuilt); training checkpoints stay home. Safetensors files that are not the checkpoint's
+    weights (statistics written by moe-compress before 0.1 under a ``.safetensors`` name) are left
+    out: vLLM and SGLang load every ``*.safetensors`` file of a repository without an index."""
+    directory = Path(directory)
+    try:
+        reader = CheckpointReader(directory)
+        shards = set(reader.files)
+        reader.close()
+    except CheckpointError:  # an incomplete checkpoint pushed with --force: nothing to tell apart
+        shards = None
+    files, left_out = [], []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name == "README.md":
+            continue
+        weights_glob = path.suffix == ".safetensors" and shards is not None and path.name not in shards
+        (left_out if weights_glob else files).append(path)
+    return files, left_out
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -99,6 +115,7 @@ def eval_results(provenance: dict, model_name: str):
 class PushPlan:
     files: list[Path]
     card: object  # huggingface_hub.ModelCard
+    left_out: list[Path]  # safetensors files that engines would take for weights
 
 
 def build_card(directory: Path, repo_id: str):
@@ -138,7 +155,8 @@ def plan_push(directory: Path, repo_id: str, force: bool = False) -> PushPlan:
                             "(pass --force to push it anyway)")
     if not (directory / "compress.json").is_file():
         raise CompressError(f"{directory} has no compress.json: the card cannot say what was done, so it cannot be pushed")
-    return PushPlan(files_to_upload(directory), build_card(directory, repo_id))
+    files, left_out = files_to_upload(directory)
+    return PushPlan(files, build_card(directory, repo_id), left_out)
 
 
 def push(directory: Path, repo_id: str, plan: PushPlan, *, private: bool, revision: str | None, commit_message: str | None) -> str:

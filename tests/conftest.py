@@ -95,3 +95,23 @@ def cli_error(capsys, *argv) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
+
+
+def glob_loaded_weight_files(directory) -> list[str]:
+    """The files a loader that globs ``*.safetensors`` takes as weights (vLLM and SGLang without an
+    index, mlx-lm and llama.cpp's converter by name), checked to be exactly the checkpoint's shards:
+    the files its index names (or the one ``model.safetensors``), none holding anything but weights."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    globbed = sorted(path.name for path in directory.glob("*.safetensors"))
+    index = directory / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    assert globbed == shards, f"{directory}: a *.safetensors glob takes {globbed}, the checkpoint's weights are {shards}"
+    for name in globbed:
+        with safe_open(directory / name, "pt") as handle:
+            assert "routing_stats" not in (handle.metadata() or {}), f"{name} holds routing statistics, not weights"
+    return globbed

@@ -17,6 +17,7 @@ from compress.jobs.source import open_model
 from compress.models import modeling_moe_compress, modeling_tiered_moe
 from compress.pruning.apply import apply_plan_to_model
 from compress.pruning.plan import PrunePlan
+from conftest import glob_loaded_weight_files
 
 FAST = ["--samples", "8", "--seq-len", "64", "--quiet"]
 
@@ -36,6 +37,7 @@ def outputs(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["per-layer", "tiered"])
 def test_every_command_takes_the_projects_outputs(outputs, kind, capsys):
     model = outputs / kind
+    glob_loaded_weight_files(model)
     assert main(["info", str(model)]) == 0
     assert "(non-uniform)" in capsys.readouterr().out
     stats = outputs / f"{kind}.safetensors"
@@ -47,6 +49,7 @@ def test_every_command_takes_the_projects_outputs(outputs, kind, capsys):
     assert main(["prune", "--model", str(model), "--stats", str(stats), "--keep", "2", "--criterion", "frequency",
                  "--out", str(pruned), "--quiet"]) == 0
     AutoModelForCausalLM.from_pretrained(pruned)  # loads (stock classes, or ours after compress.register())
+    glob_loaded_weight_files(pruned)
     assert main(["eval", "--model", str(pruned), "--tasks", "perplexity:math", "--max-tokens", "200", "--seq-len", "64",
                  "--quiet"]) == 0
     assert main(["push", str(pruned), "--repo", "someone/derived", "--dry-run"]) == 0

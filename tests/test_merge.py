@@ -34,7 +34,7 @@ from compress.merging.requests import CompensationRequest, MergeRequest
 from compress.pruning.apply import write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import capture_layer_inputs, search_model
-from conftest import FAMILIES, build_tiny_model, cli_error
+from conftest import FAMILIES, build_tiny_model, cli_error, glob_loaded_weight_files
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(3))
 WINDOWS = torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(5))
@@ -282,6 +282,7 @@ def test_merge_command_end_to_end_and_its_outputs_are_models(tmp_path, capsys):
     provenance = json.loads((out / "compress.json").read_text())
     assert provenance["operation"] == "merge" and provenance["plan"]["provenance"]["grouping"] == "m-smoe"
     assert (out / "expert_usage.png").is_file() and "experts merged" in (out / "README.md").read_text()
+    glob_loaded_weight_files(out)
     assert main(["info", str(out)]) == 0
     assert main(["eval", "--model", str(out), "--tasks", "perplexity:math", "--max-tokens", "2000"]) == 0
     assert main(["push", str(out), "--repo", "someone/demo-merged", "--dry-run"]) == 0
@@ -345,6 +346,8 @@ def test_a_size_frontier_writes_one_model_per_size_from_one_profile(tmp_path, ca
     prune = ["prune", "--model", "demo", "--stats", str(stats), "--criterion", "gate-mass", "--quiet"]
     assert main([*prune, "--keep", "4,8", "--out", str(tmp_path / "frontier")]) == 0
     assert json.loads((tmp_path / "frontier" / "compress.json").read_text())["models"] == ["keep4", "keep8"]
+    assert not list((tmp_path / "frontier").glob("*.safetensors"))
+    glob_loaded_weight_files(tmp_path / "frontier" / "keep4")
     for keep in (4, 8):
         assert main([*prune, "--keep", str(keep), "--out", str(tmp_path / f"single{keep}")]) == 0
         alone, in_frontier = CheckpointReader(tmp_path / f"single{keep}"), CheckpointReader(tmp_path / "frontier" / f"keep{keep}")
@@ -368,6 +371,7 @@ def test_prune_with_compensation_records_it_and_needs_calibration_text(tmp_path,
     assert all(layer["error_after"] < layer["error_before"] for layer in record["compensation"].values())
     assert "## Compensation" in (tmp_path / "pruned" / "README.md").read_text()
     assert not any(path.name.startswith(".moe-compress-compensation") for path in tmp_path.iterdir())  # spill removed
+    glob_loaded_weight_files(tmp_path / "pruned")
     AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
 
 

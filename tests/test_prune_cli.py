@@ -22,7 +22,7 @@ from compress.pruning.plan import PrunePlan
 from compress.pruning.select import expert_scores
 from compress.resolve import demo_model_path
 from compress.stats import RoutingStats
-from conftest import cli_error
+from conftest import cli_error, glob_loaded_weight_files
 
 FAST = ["--samples", "8", "--seq-len", "64", "--dtype", "float32", "--quiet"]
 
@@ -48,8 +48,9 @@ def test_main_job_profiles_selects_and_writes_a_stock_checkpoint(tmp_path, capsy
     assert (config["num_local_experts"], config["num_experts_per_tok"], config["model_type"]) == (8, 4, "gpt_oss")
     provenance = json.loads((out / "compress.json").read_text())
     assert provenance["plan"]["provenance"]["criterion"] == "reconstruct"
-    assert provenance["statistics"]["sha256"] == "sha256:" + hashlib.sha256((out / "routing_stats.safetensors").read_bytes()).hexdigest()
-    stats = RoutingStats.load(out / "routing_stats.safetensors")
+    assert provenance["statistics"]["sha256"] == "sha256:" + hashlib.sha256((out / "routing_stats.moe-stats").read_bytes()).hexdigest()
+    stats = RoutingStats.load(out / "routing_stats.moe-stats")
+    assert glob_loaded_weight_files(out) == ["model.safetensors"]  # engines take the weights and nothing else
     assert stats.metadata["domain"] == "math" and stats.metadata["tokens"] == 16 * 128
     card = (out / "README.md").read_text()
     assert "base_model: demo" in card and "![expert usage and removed experts](expert_usage.png)" in card
@@ -71,7 +72,7 @@ def test_score_criteria_keep_the_top_scores_of_the_statistics(math_stats, tmp_pa
         s = stats.layers[layer]
         scores = s["reap_sum"] / s["selections"].clamp(min=1) if criterion == "reap" else s["gate_mass"]
         assert sorted(kept) == sorted(torch.argsort(scores, descending=True, stable=True)[:8].tolist())
-    assert (out / "routing_stats.safetensors").read_bytes() == math_stats.read_bytes()
+    assert (out / "routing_stats.moe-stats").read_bytes() == math_stats.read_bytes()
 
 
 def test_plan_only_then_an_edited_plan(math_stats, tmp_path):

@@ -73,6 +73,16 @@ def test_dry_run_lists_sufficient_files_and_a_valid_card(derived, capsys, tmp_pa
         assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 2048)
 
 
+def test_statistics_under_a_weights_name_are_not_uploaded(derived, capsys, tmp_path):
+    """An output written before statistics moved out of `*.safetensors`: engines would load the file as weights."""
+    old = tmp_path / "old-output"
+    shutil.copytree(derived / "uniform", old)
+    (old / "routing_stats.moe-stats").rename(old / "routing_stats.safetensors")
+    files, _ = _dry_run(capsys, old)
+    assert "routing_stats.safetensors" not in files and "model.safetensors" in files
+    assert main(["push", str(old), "--repo", "someone/old", "--dry-run"]) == 0
+    assert "left out routing_stats.safetensors" in capsys.readouterr().err
+
 
 def test_bad_input_gives_one_line_errors(derived, capsys, tmp_path, monkeypatch):
     assert "not a Hub repository id" in cli_error(capsys, "push", str(derived / "uniform"), "--repo", "just-a-name", "--dry-run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 EPILOG = """examples:
@@ -35,6 +36,9 @@ def run(args) -> int:
     from ..publish import plan_push, push
 
     plan = plan_push(Path(args.directory), args.repo, force=args.force)
+    for path in plan.left_out:
+        print(f"left out {path.name}: not one of the model's weight files, and engines that load every *.safetensors file "
+              "would take it for weights", file=sys.stderr)
     if args.dry_run:
         total = sum(p.stat().st_size for p in plan.files)
         print(f"would upload to {args.repo}{' (private)' if args.private else ''}{f' @ {args.revision}' if args.revision else ''}:")

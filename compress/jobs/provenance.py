@@ -16,7 +16,10 @@ from pathlib import Path
 from .. import __version__
 from ..checkpoint.files import PROVENANCE_FILE
 
-STATS_FILE = "routing_stats.safetensors"
+# The statistics a derived checkpoint was made from, in safetensors format under a name that no
+# weight loader picks up: vLLM and SGLang load every ``*.safetensors`` file of a folder that has no
+# index, so a statistics file named so would be read as weights (and refused).
+STATS_FILE = "routing_stats.moe-stats"
 CARD_FILE = "README.md"
 
 
