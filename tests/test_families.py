@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
@@ -84,7 +86,7 @@ def test_rewrite_config_sets_every_alias_present():
     assert new == {"model_type": "gpt_oss", "num_local_experts": 8, "num_experts_per_tok": 3, "experts_per_token": 3}
     assert raw["num_local_experts"] == 32  # the input is not modified
     qwen3 = get_family("qwen3_moe").rewrite_config({"num_local_experts": 128, "num_experts_per_tok": 8}, num_experts=64)
-    assert qwen3 == {"num_local_experts": 64, "num_experts_per_tok": 8}
+    assert qwen3 == {"num_local_experts": 64, "num_experts": 64, "num_experts_per_tok": 8}  # + the family's own name
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
@@ -156,3 +158,22 @@ def test_unsupported_and_dense_configs_are_named():
     with pytest.raises(UnsupportedModelError, match="did you mean mixtral"):
         get_family("mixtrall")
     assert family_for_config(tiny_config("olmoe")).name == "olmoe"
+
+
+# What engines that read config.json themselves look for (their model code, e.g. mlx-lm's ModelArgs
+# and vLLM's deepseek_v2.py): the family's own count field, top-level rope_theta, DeepSeek's routing.
+ENGINE_FIELDS = {"qwen3_moe": {"num_experts": 4}, "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}}
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_derived_configs_carry_the_fields_engines_read(family_name, tmp_path):
+    tiny_config(family_name).save_pretrained(tmp_path)  # transformers 5 moves or drops these fields
+    source = read_config(tmp_path)
+    rewritten = get_family(family_name).rewrite_config(source, num_experts=4, top_k=2)
+    assert rewritten["rope_theta"] == source["rope_parameters"]["rope_theta"]
+    for field, value in ENGINE_FIELDS.get(family_name, {}).items():
+        assert rewritten[field] == value
+    (tmp_path / "config.json").write_text(json.dumps(rewritten))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.rope_parameters["rope_theta"] == source["rope_parameters"]["rope_theta"]  # transformers reads it the same
+    assert get_family(family_name).num_experts(loaded) == 4

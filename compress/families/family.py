@@ -93,6 +93,9 @@ class MoEFamily:
     num_experts_fields: tuple[str, ...]
     top_k_fields: tuple[str, ...]
     shared_experts_field: str | None
+    # Fields the family's published config.json files carry and engines read (vLLM takes DeepSeek-V3's
+    # routing from topk_method / scoring_func), which configs saved by transformers 5 lack.
+    engine_fields: dict[str, Any]
     routing: dict[str, Any]
     modules: dict[str, Any]
     router_tensors: dict[str, dict]
@@ -110,6 +113,7 @@ class MoEFamily:
             num_experts_fields=tuple(data["config"]["num_experts"]),
             top_k_fields=tuple(data["config"]["top_k"]),
             shared_experts_field=data["config"].get("shared_experts"),
+            engine_fields=data["config"].get("engine_fields", {}),
             routing=data["routing"],
             modules=data["modules"],
             router_tensors=data["router_tensors"],
@@ -163,14 +167,23 @@ class MoEFamily:
         return int(config_value(config, "n_group") or 1)
 
     def rewrite_config(self, config: dict, num_experts: int | None = None, top_k: int | None = None) -> dict:
-        """A copy of a raw config.json dict with every alias of the expert count and top-k rewritten."""
-        config = dict(config)
+        """A copy of a raw config.json dict with every alias of the expert count and top-k rewritten.
+
+        Engines that read config.json themselves (mlx-lm, llama.cpp's converter) look for the
+        family's own field names at the top level, which configs saved by transformers 5 can lack:
+        the family's first (canonical) count field is always written (Qwen3-MoE's ``num_experts``,
+        which transformers 5 saves as ``num_local_experts``), ``rope_theta`` is repeated from
+        ``rope_parameters`` (without it mlx-lm silently uses its own default), and the family's
+        `engine_fields` are added where missing (vLLM routes DeepSeek-V3 by softmax without them)."""
+        config = {**self.engine_fields, **config}
         for fields, value in ((self.num_experts_fields, num_experts), (self.top_k_fields, top_k)):
             if value is None:
                 continue
-            present = [name for name in fields if name in config]
-            for name in present or fields[:1]:
+            for name in dict.fromkeys([fields[0], *(name for name in fields if name in config)]):
                 config[name] = value
+        rope = config.get("rope_parameters")
+        if "rope_theta" not in config and isinstance(rope, dict) and "rope_theta" in rope:
+            config["rope_theta"] = rope["rope_theta"]
         return config
 
     # --- routing ---------------------------------------------------------------------------------
