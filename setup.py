@@ -61,5 +61,9 @@ setup(
         # scipy: the reference clustering HC-SMoE is tested against; setuptools: the GPU suite's dry
         # run installs the project offline, without build isolation, as the GPU machine must
     },
-    entry_points={"console_scripts": ["compress=compress.cli:main"]},
+    entry_points={
+        "console_scripts": ["compress=compress.cli:main"],
+        # vLLM loads this in every process: our per-layer architectures join its model registry
+        "vllm.general_plugins": ["moe_compress = compress.vllm_plugin:register"],
+    },
 )
