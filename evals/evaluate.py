@@ -31,6 +31,7 @@ from compress.jobs.options import option, positive_int
 from compress.model_loading import DTYPE_HELP, DTYPES
 
 PERPLEXITY_PREFIX = "perplexity:"
+BACKENDS = ("transformers", "vllm")
 PERPLEXITY_METRICS_LOWER_IS_BETTER = {"perplexity": False, "nll": False, "bits_per_byte": False, "tokens": True}
 
 
@@ -46,6 +47,12 @@ class EvalSettings:
     dtype: str = option(DTYPE_HELP, "auto", choices=DTYPES)
     text_field: str | None = option("record field(s) of perplexity files / Hub datasets (default: text)")
     split: str = option("Hub dataset split for perplexity", "test")
+    backend: str = option("what runs the model: transformers, or vllm (vLLM's engine and lm-eval's vLLM model; run "
+                          "from vLLM's own venv)", "transformers", choices=BACKENDS)
+    apply_chat_template: str = option("lm-eval prompts through the tokenizer's chat template; auto: for generative "
+                                      "tasks when the tokenizer has one", "auto", choices=("auto", "on", "off"))
+    max_gen_toks: int | None = option("tokens each lm-eval generation may produce (default: the task's, often 256, "
+                                      "which truncates reasoning models)", type=positive_int)
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -118,6 +125,10 @@ def window_length(config: dict, settings: EvalSettings) -> int:
 
 def check_settings(config: dict, settings: EvalSettings) -> None:
     """Refuse settings that do not fit the model, before it is loaded."""
+    if settings.backend == "vllm":
+        from .vllm_backend import require_vllm
+
+        require_vllm()
     if settings.limit is not None and settings.limit < 1:
         raise CompressError(f"--limit must be at least 1, not {settings.limit}")
     if settings.seq_len is not None and settings.seq_len < 2:
@@ -144,11 +155,22 @@ def evaluate(source, tasks: list[str], settings: EvalSettings, *, device: str = 
             results[task] = {**json.loads(cached.read_text()), "cached": True}
     missing = [task for task in tasks if task not in results]
     if missing:
-        if model is None:
+        max_length = window_length(source.raw_config, settings)
+        perplexity_tasks = [t for t in missing if t.startswith(PERPLEXITY_PREFIX)]
+        lm_eval_tasks = [t for t in missing if not t.startswith(PERPLEXITY_PREFIX)]
+        lm = None
+        if settings.backend == "vllm":  # one engine for both kinds of task
+            from .vllm_backend import VllmScorer, engine_length, lm_eval_model
+
+            length = engine_length(source.raw_config, max_length if perplexity_tasks else None, settings.seq_len)
+            if lm_eval_tasks:
+                lm = lm_eval_model(source.path, settings.dtype, length, settings.batch_size)
+            model = VllmScorer(lm.model) if lm is not None else VllmScorer.load(source.path, settings.dtype, length)
+            tokenizer = source.tokenizer()
+        elif model is None:
             model, tokenizer = source.load(dtype=settings.dtype, device=device), source.tokenizer()
-        max_length = window_length(model.config.to_dict(), settings)
         fresh = {}
-        for task in [t for t in missing if t.startswith(PERPLEXITY_PREFIX)]:
+        for task in perplexity_tasks:
             from .perplexity import text_perplexity
 
             texts, description = _perplexity_texts(task, settings)
@@ -162,12 +184,13 @@ def evaluate(source, tasks: list[str], settings: EvalSettings, *, device: str = 
                 "data": description,
                 "seconds": round(time.perf_counter() - start, 2),
             }
-        lm_eval_tasks = [t for t in missing if not t.startswith(PERPLEXITY_PREFIX)]
         if lm_eval_tasks:
-            from .harness import run_lm_eval
+            from .harness import chat_template_tasks, run_lm_eval, transformers_lm
 
-            fresh.update(run_lm_eval(model, tokenizer, lm_eval_tasks, limit=settings.limit, batch_size=settings.batch_size,
-                                     max_length=settings.seq_len))
+            if lm is None:
+                lm = transformers_lm(model, tokenizer, batch_size=settings.batch_size, max_length=settings.seq_len)
+            fresh.update(run_lm_eval(lm, lm_eval_tasks, limit=settings.limit, max_gen_toks=settings.max_gen_toks,
+                                     chat_tasks=chat_template_tasks(lm_eval_tasks, settings.apply_chat_template, tokenizer)))
         for task, result in fresh.items():
             path = _cache_file(identity, task, settings)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,13 +45,23 @@ def _windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, 
 
 
 @torch.no_grad()
+def token_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+    """log p(ids[:, j + 1] | ids[:, : j + 1]) [B, L - 1] in fp32, on the CPU: from a transformers
+    model's logits, or from an engine that computes them itself (`evals.vllm_backend.VllmScorer`)."""
+    if hasattr(model, "token_logprobs"):
+        return model.token_logprobs(ids)
+    ids = ids.to(model.get_input_embeddings().weight.device)
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
+    return logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+
+
+@torch.no_grad()
 def stream_perplexity(model, stream: torch.Tensor, max_length: int, stride: int | None = None, batch_size: int = 8,
                       text_bytes: int | None = None, progress: bool = False) -> PerplexityResult:
     """Perplexity of one token stream [N]; `text_bytes` (UTF-8 bytes it encodes) gives bits per byte."""
     stride = stride or max_length
     if not 0 < stride <= max_length:
         raise ValueError(f"stride must be in (0, max_length]; got {stride} with max_length {max_length}")
-    device = model.get_input_embeddings().weight.device
     windows = _windows(len(stream), max_length, stride)
     total_nll, total_tokens = 0.0, 0
     # Windows of one length batch together (all but the last have max_length tokens).
@@ -62,9 +72,7 @@ def stream_perplexity(model, stream: torch.Tensor, max_length: int, stride: int 
     for group in groups.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            ids = torch.stack([stream[begin:end] for begin, end, _ in chunk]).to(device)
-            logprobs = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
-            nll = -logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # nll[:, j] scores token j + 1
+            nll = -token_logprobs(model, torch.stack([stream[begin:end] for begin, end, _ in chunk]))  # [:, j]: token j + 1
             for row, (begin, _, first) in enumerate(chunk):
                 scored = nll[row, first - begin - 1 :]
                 total_nll += float(scored.double().sum())

@@ -3,6 +3,7 @@ quality gate's exit codes, comparisons, model cards and one-line errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -70,11 +71,12 @@ def test_lm_eval_bridge_runs_a_local_task_offline_and_its_loglikelihoods_are_exa
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from compress.evals.harness import run_lm_eval
+    from compress.evals.harness import run_lm_eval, transformers_lm
 
     path = demo_model_path()
     model, tokenizer = load_model(path, dtype="float32", device="cpu"), load_tokenizer(path)
-    report = run_lm_eval(model, tokenizer, ["compress_arithmetic", "compress_prose_perplexity"], limit=6, batch_size=4)
+    report = run_lm_eval(transformers_lm(model, tokenizer, batch_size=4), ["compress_arithmetic", "compress_prose_perplexity"],
+                         limit=6)
     assert report["compress_arithmetic"]["samples"] == 6
     assert 0 <= report["compress_arithmetic"]["metrics"]["exact_match,final_answer"] <= 1
     assert report["compress_prose_perplexity"]["metrics"]["bits_per_byte,none"] > 0
@@ -95,6 +97,30 @@ def test_lm_eval_bridge_runs_a_local_task_offline_and_its_loglikelihoods_are_exa
         targets = torch.tensor(whole[len(context_ids):])
         expected = torch.log_softmax(logits[len(context_ids) - 1 : -1], -1).gather(-1, targets[:, None]).sum()
         assert logprob == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_chat_templates_go_to_generative_tasks_of_chat_models():
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from compress.errors import CompressError
+    from compress.evals.harness import chat_template_tasks
+
+    tasks = ["compress_arithmetic", "compress_prose_perplexity"]  # generate_until, loglikelihood_rolling (their YAML)
+    chat, plain = SimpleNamespace(chat_template="{{ messages }}"), SimpleNamespace(chat_template=None)
+    assert chat_template_tasks(tasks, "auto", chat) == {"compress_arithmetic"}
+    assert chat_template_tasks(tasks, "auto", plain) == set()
+    assert chat_template_tasks(tasks, "on", chat) == set(tasks)
+    assert chat_template_tasks(tasks, "off", chat) == set()
+    with pytest.raises(CompressError, match="has no chat template"):
+        chat_template_tasks(tasks, "on", plain)
+
+
+def test_the_vllm_backend_without_vllm_is_one_line(capsys):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; the interop check (benchmarks/interop) runs this backend")
+    err = cli_error(capsys, "eval", "--model", "demo", "--tasks", "perplexity:math", "--backend", "vllm")
+    assert "needs vLLM in this environment" in err and "pip install --no-deps moe-compress" in err
 
 
 @pytest.fixture(scope="module")

