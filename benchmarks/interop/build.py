@@ -3,7 +3,8 @@
 For every family a tiny source (random weights with engine-friendly shapes: hidden size 64, head
 size 32) carrying the demo model's tokenizer, then through the command line as users run it: a
 uniform prune, a non-uniform (global budget) prune, a merge, a compensated prune; for gpt-oss also
-the source in the MXFP4 layout and its uniform and non-uniform prunes. The reference is
+the source in the MXFP4 layout and its uniform and non-uniform prunes; and the trained demo model
+with a global-budget prune of it. The reference is
 transformers in fp32 (MXFP4 experts dequantised): per prompt, the log-probability of each next
 token and the greedy continuation. Writes OUT/manifest.json (the engines' input, see engine_vllm.py).
 
@@ -175,6 +176,13 @@ def main() -> int:
             entries.append({"name": f"{family}/{kind}", "family": family, "kind": kind, "path": str(path.resolve()),
                             "prompts": PROMPTS, "greedy_tokens": GREEDY_TOKENS, "reference": reference(path)})
         print(f"{family}: {', '.join(outputs)}", flush=True)
+    # The trained demo model (gpt-oss architecture) and a global-budget prune of it: real routing.
+    demo = args.out / "demo" / "non-uniform"
+    compress_cli("prune", "--model", "demo", "--domain", "math", "--keep", "8", "--budget", "global", "--criterion",
+                 "frequency", "--samples", "16", "--seq-len", "128", "--out", str(demo), "--quiet")
+    for kind, path in {"original": demo_model_path(), "non-uniform": demo}.items():
+        entries.append({"name": f"demo/{kind}", "family": "gpt_oss", "kind": kind, "path": str(Path(path).resolve()),
+                        "prompts": PROMPTS, "greedy_tokens": GREEDY_TOKENS, "reference": reference(path)})
     (args.out / "manifest.json").write_text(json.dumps({"outputs": entries}, indent=1) + "\n")
     return 0
 

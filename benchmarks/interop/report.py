@@ -21,19 +21,20 @@ from pathlib import Path
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 ENGINES = {"vllm": "vLLM", "mlx": "mlx-lm"}
-# (engine, a refusal's error text, the output kinds it may concern, why it is the engine's limit)
+# (engine, a refusal's error text, which outputs it may concern, why it is the engine's limit)
 KNOWN_LIMITS = [
-    ("vllm", "No MXFP4 MoE backend supports", ("mxfp4",),
+    ("vllm", "No MXFP4 MoE backend supports", lambda entry: "mxfp4" in entry["kind"],
      "vLLM's CPU MXFP4 kernel needs AMX (Sapphire Rapids or later); GPUs serve it"),
-    ("mlx", "not supported", ("non-uniform",), "mlx-lm has no per-layer expert counts"),
-    ("mlx", "parameters not in model", ("gpt_oss/",), "mlx-lm reads gpt-oss only in the MXFP4 layout"),
+    ("mlx", "not supported", lambda entry: "non-uniform" in entry["kind"], "mlx-lm has no per-layer expert counts"),
+    ("mlx", "parameters not in model", lambda entry: entry["family"] == "gpt_oss",
+     "mlx-lm reads gpt-oss only in the MXFP4 layout"),
 ]
 BEGIN, END = "<!-- interop table: begin -->", "<!-- interop table: end -->"
 
 
-def known_limit(engine: str, name: str, error: str) -> str | None:
+def known_limit(engine: str, entry: dict, error: str) -> str | None:
     for limit_engine, text, concerns, why in KNOWN_LIMITS:
-        if limit_engine == engine and text in error and any(part in name for part in concerns):
+        if limit_engine == engine and text in error and concerns(entry):
             return why
     return None
 
@@ -54,7 +55,7 @@ def verdict(entry: dict, result: dict | None, engine: str, control: dict | None)
     if result is None:
         return "not run", False
     if result["status"] != "ok":
-        why = known_limit(engine, entry["name"], result["error"])
+        why = known_limit(engine, entry, result["error"])
         return (f"— {why}", True) if why else (f"**refused**: {result['error'][:120]}", False)
     delta, same_tokens, matches = difference(entry, result)
     dtype = "" if result.get("dtype", "float32") == "float32" else f" ({result['dtype']})"
@@ -69,22 +70,23 @@ def verdict(entry: dict, result: dict | None, engine: str, control: dict | None)
 def table(manifest: dict, results: dict[str, dict]) -> tuple[str, list[str]]:
     """The markdown table (rows: family and output kind; columns: engines) and the failures."""
     engines = [engine for engine in ENGINES if engine in results]
-    header = "| family | output | " + " | ".join(
+    header = "| model | output | " + " | ".join(
         f"{ENGINES[e]} {results[e]['version']}" for e in engines) + " |"
     lines = [header, "|" + "---|" * (2 + len(engines))]
     failures = []
-    originals = {entry["family"]: entry for entry in manifest["outputs"] if entry["kind"] == "original"}
+    group = lambda entry: entry["name"].split("/")[0]  # noqa: E731 — a source and what was derived from it
+    originals = {group(entry): entry for entry in manifest["outputs"] if entry["kind"] == "original"}
     for entry in manifest["outputs"]:
         cells = []
         for engine in engines:
             outputs = results[engine]["outputs"]
-            original = originals.get(entry["family"])
+            original = originals.get(group(entry))
             control = (original, outputs[original["name"]]) if original and original["name"] in outputs else None
             cell, ok = verdict(entry, outputs.get(entry["name"]), engine, control)
             cells.append(cell)
             if not ok:
                 failures.append(f"{ENGINES[engine]} {entry['name']}: {cell}")
-        lines.append(f"| {entry['family']} | {entry['kind']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {group(entry)} | {entry['kind']} | " + " | ".join(cells) + " |")
     return "\n".join(lines), failures
 
 
@@ -113,8 +115,8 @@ def served_line(out: Path) -> tuple[str, list[str]]:
         return "", []
     answer = json.loads(path.read_text())
     tokens = answer.get("usage", {}).get("completion_tokens")
-    text = (f"`vllm.entrypoints.openai.api_server` on the gpt_oss non-uniform output answered a completion "
-            f"request with {tokens} tokens: {answer['choices'][0]['text']!r}")
+    text = (f"vLLM's OpenAI-compatible server on the demo's non-uniform prune answered "
+            f"`Q: What is 17 + 25?\\nA:` with {tokens} tokens: `{answer['choices'][0]['text']}`")
     return text, [] if tokens == 8 else [f"the vLLM server answered {tokens} tokens, not 8"]
 
 

