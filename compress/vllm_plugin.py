@@ -57,7 +57,7 @@ def _register() -> None:
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
     for base, (config_class, model_class) in _per_layer_classes().items():
-        AutoConfig.register(config_class.model_type, _config_seen_by_vllm(config_class, base), exist_ok=True)
+        AutoConfig.register(config_class.model_type, __getattr__(config_class.__name__), exist_ok=True)
         name = model_class.__name__
         ModelRegistry.register_model(name, f"{__name__}:{name}")
         stock = VLLM_CLASSES[base][1]
@@ -76,21 +76,17 @@ def _config_seen_by_vllm(config_class: type, base: str) -> type:
     return type(config_class.__name__, (config_class,), {"__init__": __init__, "__module__": __name__})
 
 
-def _family_of(model_class_name: str):
-    for base, (_, model_class) in _per_layer_classes().items():
-        if model_class.__name__ == model_class_name:
-            return base
-    return None
-
-
 def __getattr__(name: str):
-    """vLLM's registry imports ``compress.vllm_plugin:<Name>ForCausalLM``: build that class on first use."""
-    base = _family_of(name)
-    if base is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    cls = _vllm_per_layer_class(base, name)
-    globals()[name] = cls
-    return cls
+    """The classes this module names, built on first use: ``<Name>ForCausalLM`` (vLLM's registry
+    imports ``compress.vllm_plugin:<Name>ForCausalLM``) and ``<Name>Config`` (vLLM pickles configs
+    to its engine process, by reference to this module)."""
+    for base, (config_class, model_class) in _per_layer_classes().items():
+        if name in (config_class.__name__, model_class.__name__):
+            built = (_config_seen_by_vllm(config_class, base) if name == config_class.__name__
+                     else _vllm_per_layer_class(base, name))
+            globals()[name] = built
+            return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -130,6 +126,7 @@ def _vllm_per_layer_class(base: str, name: str) -> type:
         per_layer = counts(config)
         make_layers = module.make_layers
 
+        # vLLM passes both prefixes by keyword: the stack's ("model.layers") and each layer's ("model.layers.3")
         def make_layers_per_layer(num_layers, layer_fn, prefix, *args, **kwargs):
             def build(prefix):
                 with _expert_count(config, fields, per_layer.get(_layer_of(prefix + "."))):
