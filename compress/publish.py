@@ -63,7 +63,7 @@ def missing_parts(directory: Path) -> list[str]:
 def files_to_upload(directory: Path) -> tuple[list[Path], list[Path]]:
     """(files to upload, files left out): every top-level file but hidden ones and the card
     (rebuilt); training checkpoints stay home. Safetensors files that are not the checkpoint's
-    weights (statistics written by moe-compress before 0.1 under a ``.safetensors`` name) are left
+    weights (statistics that earlier versions wrote under a ``.safetensors`` name) are left
     out: vLLM and SGLang load every ``*.safetensors`` file of a repository without an index."""
     directory = Path(directory)
     try:
