@@ -5,6 +5,8 @@ model types come from one registry."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from compress.jobs.source import open_model
 from compress.models import modeling_moe_compress, modeling_tiered_moe
 from compress.pruning.apply import apply_plan_to_model
 from compress.pruning.plan import PrunePlan
+from compress.stats import RoutingStats
 from conftest import glob_loaded_weight_files
 
 FAST = ["--samples", "8", "--seq-len", "64", "--quiet"]
@@ -54,6 +57,23 @@ def test_every_command_takes_the_projects_outputs(outputs, kind, capsys):
                  "--quiet"]) == 0
     assert main(["push", str(pruned), "--repo", "someone/derived", "--dry-run"]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", ["per-layer", "tiered"])
+def test_the_layerwise_engine_takes_our_outputs_in_a_fresh_process(outputs, kind):
+    """As a user runs it: a new process that never loaded a stock model first (transformers caches,
+    per class, whether a model may switch experts implementations; a stock class's answer used to
+    hide that ours were refused, and calibration then ran meta-device experts)."""
+    model, stats = outputs / kind, outputs / f"{kind}-fresh.safetensors"
+    command = [sys.executable, "-m", "compress", "profile", "--model", str(model), "--domain", "math", "--out", str(stats), *FAST]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert RoutingStats.load(stats).metadata["fingerprint"] == open_model(str(model)).fingerprint
+    if kind == "per-layer":
+        merged = [sys.executable, "-m", "compress", "merge", "--model", str(model), "--domain", "math", "--keep", "4",
+                  "--out", str(outputs / "per-layer-merged"), *FAST]
+        done = subprocess.run(merged, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
 
 
 def test_a_uniform_prune_of_a_per_layer_model_is_stock_again(outputs):

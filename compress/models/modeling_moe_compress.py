@@ -101,8 +101,12 @@ def derive_classes(namespace: dict, bases: list[str], suffix: str, name: str, mi
         config_name, model_name = f"{prefix}{name}Config", f"{prefix}{name}ForCausalLM"
         module = namespace["__name__"]
         config_class = type(config_name, (config_base,), {"model_type": base + suffix, "__module__": module, "__qualname__": config_name})
+        # transformers lets a class switch experts implementations (set_experts_implementation: the
+        # profiler, the kernels) only when its module's source mentions the stock experts decorator,
+        # cached per class; ours keep the stock experts modules but live in this file, so they say so.
         model_class = type(model_name, (mixin, model_base),
-                           {"config_class": config_class, "__module__": module, "__qualname__": model_name})
+                           {"config_class": config_class, "__module__": module, "__qualname__": model_name,
+                            "_can_set_experts_implementation_cached_value": True})
         namespace[config_name], namespace[model_name] = config_class, model_class
         classes[base] = (config_class, model_class)
     return classes
