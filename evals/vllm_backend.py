@@ -27,10 +27,11 @@ def require_vllm():
 
 
 def engine_dtype(dtype: str) -> str:
-    """vLLM's dtype for the project's --dtype: auto is fp32 without a GPU, as for transformers."""
-    if dtype == "auto" and not torch.cuda.is_available():
-        return "float32"
-    return dtype
+    """vLLM's dtype for the project's --dtype, by the transformers loader's rule (auto: fp32 without a GPU)."""
+    from compress.model_loading import compute_dtype, device_map_for
+
+    resolved = compute_dtype(dtype, device_map_for("auto"))
+    return resolved if isinstance(resolved, str) else str(resolved).removeprefix("torch.")
 
 
 def engine_length(config: dict, window: int | None, seq_len: int | None) -> int | None:

@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CONVERTER = Path(os.environ.get("LLAMA_CPP_CONVERTER", Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py"))
 sys.path.insert(0, str(CONVERTER.parent / "gguf-py"))  # the gguf the converter itself uses
 import gguf  # noqa: E402
+from manifest_runner import run_manifest  # noqa: E402
 
 ENGINE = "llama.cpp convert_hf_to_gguf (llama-cpp-python 0.3.36 vendored)"
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
@@ -108,6 +109,10 @@ def read_back(path: Path) -> dict:
     }
 
 
+def convert_entry(entry: dict) -> dict:
+    return convert(Path(entry["path"]))
+
+
 def convert(folder: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="llama-cpp-") as tmp:
         out = Path(tmp) / "model.gguf"
@@ -137,21 +142,5 @@ def convert(folder: Path) -> dict:
         return result
 
 
-def main() -> int:
-    manifest_path, results_path = Path(sys.argv[1]), Path(sys.argv[2])
-    manifest = json.loads(manifest_path.read_text())
-    results = {"engine": ENGINE, "outputs": {}}
-    for entry in manifest["outputs"]:
-        name = entry["name"]
-        try:
-            result = convert(Path(entry["path"]))
-        except Exception as error:  # a timeout or an unreadable GGUF: record it and go on
-            result = {"status": "refused", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
-        results["outputs"][name] = result
-        print(f"{name}: {result.get('note') or result['status'] + ': ' + result.get('error', '')}", flush=True)
-        results_path.write_text(json.dumps(results, indent=1) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_manifest("llama.cpp", ENGINE, convert_entry, sys.argv[1:]))

@@ -14,18 +14,14 @@ stay packed and are dequantised by MLX's kernels), and for every prompt:
 - greedy: `greedy_tokens` argmax tokens after the whole prompt, decoded one at a time with the
   model's KV cache (the prompt's pass fills it), without stopping at EOS.
 
-An output that fails (load or run) is recorded as "refused" with the first line of the exception
-and the others go on; RESULTS.json is rewritten after every output; the exit status is 0 whenever
-the manifest could be read.
+The loop, refusals and the results file are manifest_runner.py's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # folders are local; never reach for the Hub
@@ -33,13 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
+from manifest_runner import run_manifest  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 from mlx_lm.utils import load_model  # noqa: E402
-
-
-def first_line(error: BaseException) -> str:
-    lines = [line.rstrip() for line in str(error).strip().splitlines()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def run_prompt(model, prompt: list[int], greedy_tokens: int) -> tuple[list[float], list[int]]:
@@ -76,33 +68,5 @@ def run_output(entry: dict) -> dict:
     return {"status": "ok", "prompt_logprobs": prompt_logprobs, "greedy": greedy, "seconds": round(seconds, 4)}
 
 
-def write(path: Path, results: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
-    manifest = json.loads(Path(argv[0]).read_text())
-    out_path = Path(argv[1])
-    results = {"engine": "mlx-lm", "version": mlx_lm.__version__, "outputs": {}}
-    write(out_path, results)
-    for entry in manifest["outputs"]:
-        name = entry["name"]
-        print(f"[mlx-lm] {name} ({entry.get('family')}, {entry.get('kind')}): {entry['path']}", file=sys.stderr, flush=True)
-        try:
-            results["outputs"][name] = run_output(entry)
-            print(f"[mlx-lm]   ok in {results['outputs'][name]['seconds']:.2f} s", file=sys.stderr, flush=True)
-        except Exception as error:  # one output's failure must not stop the others
-            results["outputs"][name] = {"status": "refused", "error": first_line(error)}
-            print(f"[mlx-lm]   refused: {first_line(error)}", file=sys.stderr, flush=True)
-            traceback.print_exc(limit=3, file=sys.stderr)
-        write(out_path, results)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_manifest("mlx-lm", mlx_lm.__version__, run_output, sys.argv[1:]))

@@ -67,6 +67,11 @@ def verdict(entry: dict, result: dict | None, engine: str, control: dict | None)
     return f"**✗** Δ {delta:.1e}{dtype}, greedy {'equal' if same_tokens else 'differs'}", False
 
 
+def group(entry: dict) -> str:
+    """A source and what was derived from it share the first part of their names ("mixtral/merged")."""
+    return entry["name"].split("/")[0]
+
+
 def table(manifest: dict, results: dict[str, dict]) -> tuple[str, list[str]]:
     """The markdown table (rows: family and output kind; columns: engines) and the failures."""
     engines = [engine for engine in ENGINES if engine in results]
@@ -74,7 +79,6 @@ def table(manifest: dict, results: dict[str, dict]) -> tuple[str, list[str]]:
         f"{ENGINES[e]} {results[e]['version']}" for e in engines) + " |"
     lines = [header, "|" + "---|" * (2 + len(engines))]
     failures = []
-    group = lambda entry: entry["name"].split("/")[0]  # noqa: E731 — a source and what was derived from it
     originals = {group(entry): entry for entry in manifest["outputs"] if entry["kind"] == "original"}
     for entry in manifest["outputs"]:
         cells = []
