@@ -83,6 +83,21 @@ def gate(changes: list[MetricChange], max_ppl_gap: float, max_drop: float) -> Ve
     return Verdict(not failures, band(worst) if worst is not None else "no perplexity measured", worst, failures)
 
 
+# Charts carry this in their metadata (PNG text, SVG creator, PDF Creator), so `--overwrite`
+# recognises a chart of ours and never replaces someone else's image.
+CHART_CREATOR = "moe-compress compare chart"
+CHART_FORMATS = ("png", "svg", "pdf")
+
+
+def is_chart_file(path: Path) -> bool:
+    """Whether `path` is a chart `compress compare` wrote (`CHART_CREATOR` in its first 16 MiB)."""
+    try:
+        with open(path, "rb") as handle:
+            return CHART_CREATOR.encode() in handle.read(16 << 20)
+    except OSError:
+        return False
+
+
 def plot_comparison(base_name: str, candidates: dict[str, list[MetricChange]], path: Path) -> None:
     """One bar group per metric: each candidate's relative change against the base."""
     import matplotlib
@@ -102,7 +117,7 @@ def plot_comparison(base_name: str, candidates: dict[str, list[MetricChange]], p
     ax.set_ylabel(f"change vs {base_name} (%)")
     ax.set_title("candidate vs base (perplexity: lower is better; accuracy: higher is better)", fontsize="medium")
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Creator": CHART_CREATOR})
     plt.close(fig)
 
 
@@ -136,5 +151,5 @@ def plot_frontier(base: tuple[str, int], candidates: dict[str, tuple[int, list[M
         ax.set_title(task, fontsize="medium")
         ax.legend(fontsize="x-small")
     fig.suptitle("size frontier: quality against parameters", fontsize="medium")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Creator": CHART_CREATOR})
     plt.close(fig)

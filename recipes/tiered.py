@@ -39,7 +39,7 @@ from compress.errors import CompressError
 from compress.families import MoEFamily
 from compress.models import modeling_tiered_moe
 from compress.pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, plan_tensors, write_tensors
-from compress.pruning.plan import PrunePlan, plan_file_format, read_plan_file, save_plan_file
+from compress.pruning.plan import PrunePlan, layer_number, plan_file_format, read_plan_file, save_plan_file
 from compress.stats import RoutingStats
 
 CLUSTERING = ("greedy", "agglomerative")
@@ -207,7 +207,7 @@ class TieredPlan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise CompressError(f"{path} is not a tiered plan written by `compress convert tiered --plan-only`")
         try:
-            layers = {int(layer): spec for layer, spec in data["layers"].items()}
+            layers = {layer_number(layer, str(path)): spec for layer, spec in data["layers"].items()}
             teams = {layer: [[_expert_id(e) for e in team] for team in spec["teams"]] for layer, spec in layers.items()}
             mixing = {layer: torch.tensor(spec["mixing"], dtype=torch.float32) for layer, spec in layers.items()}
             plan = cls(dict(data["source"]), teams, mixing, _expert_id(data["team_top_k"]), dict(data.get("provenance") or {}))
@@ -215,6 +215,14 @@ class TieredPlan:
             raise CompressError(f"{path} is malformed ({exc!r}): compare it with a plan from --plan-only") from None
         if data.get("router_init", ROUTER_INIT) != ROUTER_INIT:
             raise CompressError(f"{path}: router_init must be {ROUTER_INIT!r}, the one rule the conversion knows")
+        for layer, layer_teams in teams.items():
+            if not layer_teams or not all(layer_teams):
+                raise CompressError(f"{path}: layer {layer} has no teams or an empty team: every layer needs teams, "
+                                    "each of at least one expert")
+            weights = mixing[layer]
+            if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or bool((weights.sum(-1) <= 0).any()):
+                raise CompressError(f"{path}: layer {layer}'s mixing weights must be finite float32 numbers, 0 or more, "
+                                    "and not all 0 in a team")
         return plan
 
     def check(self, moe_layers: list[int], experts_per_layer: dict[int, int], fingerprint: str | None = None) -> None:

@@ -327,7 +327,14 @@ def test_mixed_calibration_takes_each_domains_share_of_the_windows():
     mixed, description = calibration_windows(CalibrationOptions(domain="math:0.75,general:0.25", samples=8, seq_len=32), tokenizer)
     math, _ = calibration_windows(CalibrationOptions(domain="math", samples=6, seq_len=32), tokenizer)
     general, _ = calibration_windows(CalibrationOptions(domain="general", samples=2, seq_len=32), tokenizer)
-    assert torch.equal(mixed, torch.cat([math, general])) and description.startswith("mixture: 75% math")
+    assert torch.equal(mixed, torch.cat([math, general]))
+    assert description.startswith("mixture: math, 6 of 8 windows (weight 0.75): ")
+    assert "; general, 2 of 8 windows (weight 0.25): " in description
+    # Weights near the float limit are a ratio like any others; a tiny share still gets its one window, and says so.
+    huge, description = calibration_windows(CalibrationOptions(domain="math:1e308,general:1e308", samples=4, seq_len=32), tokenizer)
+    assert huge.shape[0] == 4 and "math, 2 of 4 windows (weight 0.5)" in description and "general, 2 of 4 windows" in description
+    _, description = calibration_windows(CalibrationOptions(domain="math:1,general:1e-9", samples=4, seq_len=32), tokenizer)
+    assert "math, 3 of 4 windows (weight 1)" in description and "general, 1 of 4 windows (weight 1e-09)" in description
 
 
 def test_bad_mixtures_are_refused(tmp_path, capsys):

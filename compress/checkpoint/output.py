@@ -292,6 +292,21 @@ class ClaimedOutput:
             self._commit(staging)
 
     @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """Yield a scratch directory for intermediate files (compensation fits), a hidden sibling
+        named like a staging one: removed when the block ends or the command is interrupted, and by
+        the next run to this target after a ``kill -9``."""
+        directory = self._sibling("tmp")
+        directory.mkdir()
+        token = _register(lambda: _remove(directory))
+        try:
+            yield directory
+        finally:
+            with _commit_lock:
+                _remove(directory)
+                _unregister(token)
+
+    @contextmanager
     def in_place(self, keep_partial: Callable[[Path], bool]) -> Iterator[Path]:
         """Yield the target directory itself, for work that must survive an interruption (training
         checkpoints to resume from). With ``overwrite`` an earlier output is set aside first and

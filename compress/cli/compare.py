@@ -27,8 +27,11 @@ def add_parser(subparsers) -> None:
                         help="derived model(s); repeatable, and several may follow one flag (e.g. a shell glob OUT/keep*)")
     add_options(parser, EvaluationOptions)
     add_options(parser, EvalSettings)
-    parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the relative changes")
-    parser.add_argument("--frontier", metavar="PNG", help="write each task's quality against parameter count (a size frontier)")
+    parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the relative changes (.png, .svg or .pdf)")
+    parser.add_argument("--frontier", metavar="PNG", help="write each task's quality against parameter count (a size frontier "
+                        "of models derived from --base)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --plot / --frontier charts written earlier by "
+                        "compress compare (other files are never replaced)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -41,6 +44,6 @@ def run(args) -> int:
     base = open_model(args.base, flag="--base")
     candidates = [open_model(spec, flag="--candidate") for group in args.candidate for spec in group]
     result = compare(base, candidates, options_from(EvaluationOptions, args), options_from(EvalSettings, args),
-                     plot=args.plot, frontier=args.frontier, progress=not args.quiet)
+                     plot=args.plot, frontier=args.frontier, overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0

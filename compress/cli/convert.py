@@ -13,6 +13,7 @@ from ..jobs.options import (
     add_options,
     add_plan_and_output_options,
     options_from,
+    refuse_with_plan,
 )
 
 EPILOG = """examples:
@@ -49,6 +50,7 @@ def run_tiered(args) -> int:
     from ..jobs.source import open_model
     from ..jobs.tiered import convert_tiered
 
+    refuse_with_plan(args, ("recipe", "tiers", "team_size", "team_top_k", "clustering"))
     result = convert_tiered(open_model(args.model), options_from(TieredOptions, args), options_from(OutputOptions, args),
                             calibration=options_from(CalibrationOptions, args), stats=args.stats, plan=args.plan,
                             plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)

@@ -13,6 +13,7 @@ from ..jobs.options import (
     add_options,
     add_plan_and_output_options,
     options_from,
+    refuse_with_plan,
 )
 from ..merging import DEFAULT_GROUPING
 
@@ -55,6 +56,7 @@ def run(args) -> int:
     from ..jobs.merge import merge
     from ..jobs.source import open_model
 
+    refuse_with_plan(args, ("keep", "keep_ratio", "grouping", "merge_weights", "router"))
     result = merge(open_model(args.model, revision=args.revision), options_from(MergeOptions, args),
                    options_from(OutputOptions, args), calibration=options_from(CalibrationOptions, args), plan=args.plan,
                    plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)

@@ -13,6 +13,7 @@ from ..jobs.options import (
     add_options,
     add_plan_and_output_options,
     options_from,
+    refuse_with_plan,
 )
 from ..pruning import DEFAULT_CRITERION
 
@@ -64,6 +65,7 @@ def run(args) -> int:
     from ..jobs.prune import prune
     from ..jobs.source import open_model
 
+    refuse_with_plan(args, ("keep", "keep_ratio", "criterion", "budget", "min_per_layer", "protect", "seed"))
     result = prune(open_model(args.model, revision=args.revision), options_from(SelectionOptions, args),
                    options_from(OutputOptions, args), calibration=options_from(CalibrationOptions, args), stats=args.stats,
                    plan=args.plan, plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)

@@ -9,6 +9,7 @@ domain's built-in corpus, or each domain's Hub preset with ``--dataset preset``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 from ..errors import CompressError, DataError
@@ -36,8 +37,9 @@ def mixture(domain: str) -> list[tuple[str, float]]:
     names = [name for name, _ in parts]
     if len(set(names)) != len(names):
         raise CompressError(f"--domain {domain!r} names a domain twice")
-    total = sum(value for _, value in parts)
-    return [(name, value / total) for name, value in parts]
+    largest = max(value for _, value in parts)  # scaled first, so weights near the float limit do not overflow their sum
+    total = math.fsum(value / largest for _, value in parts)
+    return [(name, value / largest / total) for name, value in parts]
 
 
 def _shares(count: int, parts: list[tuple[str, float]], minimum: int = 1) -> list[int]:
@@ -93,8 +95,11 @@ def calibration_windows(options: CalibrationOptions, tokenizer, builtin_split: s
     for (name, share, source), count, skip in zip(sources, samples, skips):
         windows, description = _windows(dataclasses.replace(options, domain=name, samples=count, skip_samples=skip), tokenizer, source)
         parts.append(windows)
-        described.append(f"{share:.0%} {name}: {description}")
-    return torch.cat(parts), "mixture: " + "; ".join(described)
+        described.append((name, share, len(windows), description))
+    total = sum(len(windows) for windows in parts)
+    # What was used, in windows: a share rounds to a whole number of them (at least one each).
+    return torch.cat(parts), "mixture: " + "; ".join(f"{name}, {count} of {total} windows (weight {share:.3g}): {description}"
+                                                     for name, share, count, description in described)
 
 
 def _windows(options: CalibrationOptions, tokenizer, source):

@@ -105,18 +105,59 @@ def evaluate(source, options: EvaluationOptions, settings, *, json_path: str | N
     return EvaluationResult(source.name, report, Path(source.path) / "README.md" if written else None)
 
 
-def compare(base, candidates: list, options: EvaluationOptions, settings, *, plot: str | None = None,
-            frontier: str | None = None, progress: bool = True) -> ComparisonResult:
-    """Every metric of each candidate against the base; `plot` draws the relative changes, `frontier`
-    each task's quality against parameter count."""
+def _chart_claims(base, candidates: list, charts: dict[str, str | None], overwrite: bool) -> list:
+    """The claims (or null contexts) of the chart files `charts` {flag: path}: images of a format
+    we write, never inside a model folder, never the same file twice, replacing only our own
+    charts and only with `overwrite` (`checkpoint.output.claim_output`)."""
     from ..checkpoint.output import claim_output
+    from ..errors import CompressError
+    from ..evals.compare import CHART_FORMATS, is_chart_file
+
+    paths = {}
+    for flag, path in charts.items():
+        if path is None:
+            continue
+        if Path(path).suffix.lower().lstrip(".") not in CHART_FORMATS:
+            raise CompressError(f"{flag} {path}: a chart is written as {', '.join(CHART_FORMATS)}: end the name with "
+                                f"{', '.join('.' + ext for ext in CHART_FORMATS)}")
+        resolved = Path(path).expanduser().resolve()
+        same = [other for other, taken in paths.items() if taken == resolved]
+        if same:
+            raise CompressError(f"{same[0]} and {flag} both name {path}: give each chart its own file")
+        paths[flag] = resolved
+    models = (base.path, *(candidate.path for candidate in candidates))
+    return [claim_output(charts[flag], kind="file", overwrite=overwrite, flag=flag, sources=models, recognise=is_chart_file,
+                         what="chart") if flag in paths else contextlib.nullcontext() for flag in charts]
+
+
+def _check_frontier_candidates(base, candidates: list) -> None:
+    """A size frontier draws models derived from the base: refuse a candidate made from another model."""
+    from ..checkpoint.files import PROVENANCE_FILE
+    from ..errors import CompressError
+
+    for candidate in candidates:
+        try:
+            record = json.loads((Path(candidate.path) / PROVENANCE_FILE).read_text())
+            made_from = record["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            made_from = None
+        if not isinstance(made_from, dict) or made_from.get("fingerprint") != base.fingerprint:
+            origin = f"made from {made_from.get('model')}" if isinstance(made_from, dict) else "not a moe-compress output"
+            raise CompressError(f"--frontier draws models derived from --base {base.name}, but {candidate.name} is {origin}: "
+                                "compare it without --frontier, or with its own --base")
+
+
+def compare(base, candidates: list, options: EvaluationOptions, settings, *, plot: str | None = None,
+            frontier: str | None = None, overwrite: bool = False, progress: bool = True) -> ComparisonResult:
+    """Every metric of each candidate against the base; `plot` draws the relative changes, `frontier`
+    each task's quality against parameter count (`overwrite` replaces earlier charts of ours)."""
     from ..evals.compare import metric_changes, plot_comparison, plot_frontier
     from ..evals.model_card import evaluation_record, write_evaluation
 
     tasks = _prepared(options, settings, base, *candidates)
-    claim = claim_output(plot, kind="report", flag="--plot", what="chart") if plot else contextlib.nullcontext()
-    frontier_claim = (claim_output(frontier, kind="report", flag="--frontier", what="chart") if frontier
-                      else contextlib.nullcontext())
+    if frontier is not None:
+        _check_frontier_candidates(base, candidates)
+    claim, frontier_claim = _chart_claims(base, candidates, {"--plot": plot, "--frontier": frontier}, overwrite)
     with claim as claimed, frontier_claim as frontier_claimed:
         base_report = _run(base, tasks, options, settings, progress)
         changes = {}

@@ -18,14 +18,33 @@ from .. import __version__
 from ..checkpoint.files import PROVENANCE_FILE
 
 
-def sizes(options) -> list | None:
-    """One copy of `options` per requested size when several are asked for (``keep`` or
-    ``keep_ratio`` a tuple), else None."""
+def sizes(options, source) -> list | None:
+    """One copy of `options` per requested size (``keep`` or ``keep_ratio`` a tuple), smallest
+    first, or None for one size. Refuses sizes that come to the same count, or one that keeps
+    every expert (the base model itself, which `compress compare` draws anyway)."""
+    from ..errors import CompressError
+    from ..families.derived import TIERED
+    from .prune import keep_count, units_per_layer
+
     if isinstance(options.keep, tuple):
-        return [dataclasses.replace(options, keep=keep) for keep in options.keep]
-    if isinstance(options.keep_ratio, tuple):
-        return [dataclasses.replace(options, keep_ratio=ratio) for ratio in options.keep_ratio]
-    return None
+        flag, values, copies = "--keep", options.keep, [dataclasses.replace(options, keep=keep) for keep in options.keep]
+    elif isinstance(options.keep_ratio, tuple):
+        flag, values = "--keep-ratio", options.keep_ratio
+        copies = [dataclasses.replace(options, keep_ratio=ratio) for ratio in options.keep_ratio]
+    else:
+        return None
+    text = ",".join(map(str, values))
+    counts = [keep_count(copy, source) for copy in copies]
+    units = units_per_layer(source)
+    what = "teams" if source.derived == TIERED else "experts"
+    for count in counts:
+        if counts.count(count) > 1:
+            raise CompressError(f"{flag} {text} comes to {count} of the {min(units.values())} {what} per layer more than once: "
+                                f"give sizes that differ by at least one {what[:-1]}")
+        if all(count >= n for n in units.values()):
+            raise CompressError(f"{flag} {text}: keeping {count} {what} keeps every one, which is the model itself "
+                                "(`compress compare --base` draws it): drop it from the frontier")
+    return [copy for _, copy in sorted(zip(counts, copies), key=lambda pair: pair[0])]
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,9 @@ class FrontierResult:
         return {"out": str(self.out), "models": [result.to_dict() for result in self.results]}
 
     def summary(self) -> str:
-        return "\n".join(result.summary() for result in self.results) + f"\nsize frontier of {len(self.results)} models → {self.out}"
+        names = ", ".join(result.out.name for result in self.results)
+        lines = [result.summary() for result in self.results]
+        return "\n".join([*lines, f"size frontier of {len(self.results)} models ({names}) → {self.out}"])
 
 
 def write_index(staging: Path, operation: str, source, command: str | None, names: list[str]) -> None:

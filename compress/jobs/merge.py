@@ -10,7 +10,6 @@ plan fixed, so it also applies to a plan given by hand.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +136,6 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
     return fits
 
 
-@contextlib.contextmanager
-def spill_directory(out: str):
-    """A temporary directory beside the output for compensation fits (removed afterwards)."""
-    parent = Path(out).expanduser().resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".moe-compress-compensation-", dir=parent) as directory:
-        yield Path(directory)
-
-
 # --- writing -------------------------------------------------------------------------------------
 def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, dequantize: bool = False,
           command: str | None = None, progress: bool = True, max_shard_size: int | None = None):
@@ -197,7 +187,7 @@ def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: 
     from ..pruning.plan import plan_file_format
     from .frontier import FrontierResult, sizes, write_index
 
-    several = sizes(options)
+    several = sizes(options, source)
     if several is not None and (plan is not None or plan_only):
         raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
     if plan_only and options.compensate:
@@ -208,14 +198,14 @@ def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: 
     kind, what = ("file", "merge plan file") if plan_only else ("directory", "merged model")
     recognise = (lambda path: plan_file_format(path) == FORMAT) if plan_only else None
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed, spill_directory(output.out) as spill:
+                      what=what) as claimed, (claimed.scratch() if options.compensate else contextlib.nullcontext()) as spill:
         plan = load_plan(plan, source) if plan is not None else None
         with claimed.write() as staging:
             if several is None:
                 return _merge_one(source, options, output, staging, claimed.path, plan=plan, plan_only=plan_only,
                                   calibration=calibration_settled, spill=spill, command=command, progress=progress)
             results, stats = [], None
-            for each in sorted(several, key=lambda o: keep_count(o, source)):
+            for each in several:
                 name = f"keep{keep_count(each, source)}"
                 (staging / name).mkdir()
                 results.append(_merge_one(source, each, output, staging / name, claimed.path / name, stats=stats,
@@ -226,7 +216,7 @@ def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: 
 
 
 def _merge_one(source, options: MergeOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
-               plan_only: bool = False, calibration=None, spill: Path, command: str | None = None,
+               plan_only: bool = False, calibration=None, spill: Path | None, command: str | None = None,
                progress: bool = True) -> MergeResult:
     """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
     start = time.perf_counter()

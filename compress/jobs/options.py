@@ -13,6 +13,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
+from ..errors import CompressError
 from ..merging import DEFAULT_GROUPING, DEFAULT_MERGE_WEIGHTS, DEFAULT_ROUTER_ROWS, GROUPINGS, MERGE_WEIGHTS, ROUTER_ROWS
 from ..model_loading import DEVICES, DTYPE_HELP, DTYPES
 from ..pruning import BUDGETS, CRITERIA, DEFAULT_CRITERION
@@ -235,9 +236,8 @@ def add_options(parser, cls, *, exclude: tuple = (), required: tuple = (), helps
         help_text = helps.get(f.name, meta["help"])
         if default not in (None, False, ()) and "(default" not in help_text:
             help_text += f" (default: {default})"
-        kwargs = {"dest": f.name, "help": help_text}
+        kwargs = {"dest": f.name, "help": help_text, "action": _RECORDED[meta["action"] or "store"]}
         if meta["action"] in ("store_true", "append"):
-            kwargs["action"] = meta["action"]
             kwargs["default"] = [] if meta["action"] == "append" else False
         else:
             kwargs.update(default=default, type=meta["type"], choices=meta["choices"])
@@ -254,6 +254,31 @@ def add_options(parser, cls, *, exclude: tuple = (), required: tuple = (), helps
             target = groups[meta["group"]]
         flags = [meta["flag"] or "--" + f.name.replace("_", "-")] + ([meta["short"]] if meta["short"] else [])
         target.add_argument(*flags, **kwargs)
+
+
+def _recording(action: type) -> type:
+    """`action` that also notes, on the namespace, that its flag was given (see `refuse_with_plan`)."""
+    class Recorded(action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            namespace.__dict__.setdefault("given_flags", {})[self.dest] = option_string
+
+    return Recorded
+
+
+_RECORDED = {"store": _recording(argparse._StoreAction), "store_true": _recording(argparse._StoreTrueAction),
+             "append": _recording(argparse._AppendAction)}
+
+
+def refuse_with_plan(args, decided: tuple[str, ...]) -> None:
+    """Refuse the flags (named on the command line, even with their default value) whose choice a
+    ``--plan`` file already holds: a plan is applied as written."""
+    if getattr(args, "plan", None) is None:
+        return
+    named = [flag for field_name, flag in getattr(args, "given_flags", {}).items() if field_name in decided]
+    if named:
+        raise CompressError(f"{' and '.join(named)} {'is' if len(named) == 1 else 'are'} decided by the plan: with --plan "
+                            f"{args.plan}, drop {'it' if len(named) == 1 else 'them'} (or make a new plan with --plan-only)")
 
 
 def add_plan_and_output_options(parser, plan_help: str, plan_name: str = "plan") -> None:

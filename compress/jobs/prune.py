@@ -11,6 +11,7 @@ A tiered source is pruned by whole teams: the statistics are summed over each te
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,14 @@ def _team_sizes(source) -> dict[int, int] | None:
     return {int(layer): int(spec["team_size"]) for layer, spec in source.config.tiered_layers.items()}
 
 
-def _units(source) -> dict[int, int]:
+def units_per_layer(source) -> dict[int, int]:
     """What a plan keeps per layer: experts, or a tiered source's teams."""
     sizes = _team_sizes(source)
     return source.experts_per_layer if sizes is None else {layer: source.experts_per_layer[layer] // sizes[layer] for layer in sizes}
 
 
 def keep_count(selection: SelectionOptions, source) -> int:
-    units = _units(source)
+    units = units_per_layer(source)
     what = "teams" if source.derived == TIERED else "experts"
     if selection.keep is None and selection.keep_ratio is None:
         raise CompressError(f"say how many {what} to keep: --keep N or --keep-ratio R")
@@ -114,7 +115,7 @@ def protected(specs, source) -> dict[int, set[int]]:
         for layer in layers:
             if layer not in source.moe_layers:
                 raise CompressError(f"--protect {spec!r}: layer {layer} is not a MoE layer ({source.moe_layers})")
-            count = _units(source)[layer]
+            count = units_per_layer(source)[layer]
             if any(not 0 <= e < count for e in ids):
                 raise CompressError(f"--protect {spec!r}: {'team' if source.derived == TIERED else 'expert'} ids run from 0 to {count - 1}")
             protect.setdefault(layer, set()).update(ids)
@@ -145,6 +146,10 @@ def check_request(source, selection: SelectionOptions, calibration: CalibrationO
     protected(selection.protect, source)
     if not _needs_calibration(selection, stats):
         return None
+    if (calibration is None or calibration.domain is None) and stats is not None:
+        raise CompressError(f"--criterion reconstruct (the default) searches expert sets on calibration tokens, which --stats "
+                            f"does not hold: pass --domain too, or choose a criterion the statistics score "
+                            f"({', '.join(SCORE_CRITERIA)})")
     if calibration is None or calibration.domain is None:
         raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
                             "(math, code, general or your own with --dataset)")
@@ -260,17 +265,14 @@ def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibra
     from ..checkpoint.output import claim_output
     from ..pruning.plan import is_plan_file
     from .frontier import FrontierResult, sizes, write_index
-    from .merge import spill_directory
 
-    several = sizes(selection)
+    several = sizes(selection, source)
     if several is not None and (plan is not None or plan_only):
         raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
     fit_calibration = check_compensation(source, selection, calibration, plan_only)
-    for each in several or []:
-        keep_count(each, source)
     kind, what, recognise = ("file", "plan file", is_plan_file) if plan_only else ("directory", "pruned model", None)
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed, spill_directory(output.out) as spill:
+                      what=what) as claimed, (claimed.scratch() if fit_calibration else contextlib.nullcontext()) as spill:
         stats = checked_statistics(stats, source) if stats is not None else None
         if plan is not None:
             plan = load_plan(plan, source)
@@ -280,7 +282,7 @@ def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibra
                                   calibration=calibration, fit_calibration=fit_calibration, spill=spill, command=command,
                                   progress=progress)
             results = []
-            for each in sorted(several, key=lambda options: keep_count(options, source)):
+            for each in several:
                 name = f"keep{keep_count(each, source)}"
                 (staging / name).mkdir()
                 results.append(_prune_one(source, each, output, staging / name, claimed.path / name, stats=stats,
@@ -292,7 +294,7 @@ def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibra
 
 
 def _prune_one(source, selection: SelectionOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
-               plan_only: bool = False, calibration=None, fit_calibration=None, spill: Path, command: str | None = None,
+               plan_only: bool = False, calibration=None, fit_calibration=None, spill: Path | None, command: str | None = None,
                progress: bool = True) -> PruneResult:
     """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
     start = time.perf_counter()

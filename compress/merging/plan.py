@@ -36,6 +36,7 @@ from ..pruning.plan import (
     check_plan_source,
     check_plan_top_k,
     check_routing_group_counts,
+    layer_number,
     plan_header,
     read_plan_file,
     save_plan_file,
@@ -60,9 +61,10 @@ class MergePlan(LayerPlan):
         """[groups, source experts] float64: row g holds new expert g's normalised member weights."""
         matrix = torch.zeros(len(self.layers[layer]), self.source_experts(layer), dtype=torch.float64)
         for g, (members, weights) in enumerate(zip(self.layers[layer], self.weights[layer])):
-            total = math.fsum(weights)
+            largest = max(weights)  # scaled first, so weights near the float limit do not overflow their sum
+            total = math.fsum(weight / largest for weight in weights)
             for member, weight in zip(members, weights):
-                matrix[g, member] = weight / total
+                matrix[g, member] = weight / largest / total
         return matrix
 
     def router_matrix(self, layer: int) -> torch.Tensor:
@@ -84,7 +86,7 @@ class MergePlan(LayerPlan):
         """Refuse a plan that does not fit the model (see `pruning.plan.PrunePlan.check` for the
         common rules); with group-limited routing every merge group stays inside one routing group
         and every routing group keeps the same number of new experts."""
-        check_plan_source(self, moe_layers, fingerprint)
+        check_plan_source(self, moe_layers, experts_per_layer, fingerprint)
         if self.router not in ROUTER_ROWS:
             raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
         for layer, groups in self.layers.items():
@@ -97,9 +99,6 @@ class MergePlan(LayerPlan):
             weights = self.weights.get(layer)
             if weights is None or [len(w) for w in weights] != [len(g) for g in groups]:
                 raise CompressError(f'layer {layer}: "weights" must hold one weight per expert of each group, like "layers"')
-            if any(not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 or not math.isfinite(w)
-                   for group in weights for w in group):
-                raise CompressError(f"layer {layer}: merge weights must be positive numbers, not {weights}")
             if group_count > 1:
                 size = count // group_count
                 if any(len({e // size for e in group}) != 1 for group in groups):
@@ -132,11 +131,18 @@ class MergePlan(LayerPlan):
         layers = {}
         for layer, groups in raw.items():
             _id_lists({layer: [e for group in groups for e in group]}, where, "layers", "expert")  # whole-number ids only
-            layers[int(layer)] = [list(group) for group in groups]
-        weights = data.get("weights")
-        if not isinstance(weights, dict):
-            raise CompressError(f'{where}: "weights" must map each MoE layer to its groups\' merge weights')
-        weights = {int(layer): value for layer, value in weights.items() if str(layer).isdigit()}
+            layers[layer_number(layer, where)] = [list(group) for group in groups]
+        raw = data.get("weights")
+        if not isinstance(raw, dict) or any(not isinstance(groups, list) or not all(isinstance(w, list) for w in groups)
+                                            for groups in raw.values()):
+            raise CompressError(f'{where}: "weights" must map each MoE layer to one list of weights per group, like "layers", '
+                                'e.g. {"0": [[0.6, 0.4], [1.0]]}')
+        weights = {layer_number(layer, where): value for layer, value in raw.items()}
+        for layer, groups in weights.items():
+            bad = [w for group in groups for w in group
+                   if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 or not math.isfinite(w)]
+            if bad:
+                raise CompressError(f"{where}: layer {layer} has merge weight {bad[0]!r}: weights must be positive finite numbers")
         source, top_k, provenance = plan_header(data, where)
         return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance)
 

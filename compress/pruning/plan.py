@@ -79,7 +79,7 @@ class PrunePlan(LayerPlan):
         (with group-limited routing) unequal counts per routing group."""
         if isinstance(experts_per_layer, int):
             experts_per_layer = {layer: experts_per_layer for layer in moe_layers}
-        check_plan_source(self, moe_layers, fingerprint)
+        check_plan_source(self, moe_layers, experts_per_layer, fingerprint)
         for layer, kept in self.layers.items():
             if not kept:
                 raise CompressError(f"the plan keeps no experts in layer {layer}: keep at least one")
@@ -125,8 +125,9 @@ class PrunePlan(LayerPlan):
         return cls.from_dict(read_plan_file(path), str(path))
 
 
-def check_plan_source(plan, moe_layers: list[int], fingerprint: str | None) -> None:
-    """Refuse a (prune or merge) plan made for another model or covering other layers."""
+def check_plan_source(plan, moe_layers: list[int], experts_per_layer: dict[int, int], fingerprint: str | None) -> None:
+    """Refuse a (prune or merge) plan made for another model, covering other layers or describing
+    other expert counts than the model's."""
     if fingerprint is not None and plan.source.get("fingerprint") != fingerprint:
         raise CompressError(
             f"the plan was made for {plan.source.get('model')} (fingerprint {plan.source.get('fingerprint')}), "
@@ -134,6 +135,14 @@ def check_plan_source(plan, moe_layers: list[int], fingerprint: str | None) -> N
         )
     if sorted(plan.layers) != sorted(moe_layers):
         raise CompressError(f"the plan covers layers {sorted(plan.layers)} but the model's MoE layers are {moe_layers}")
+    for layer in moe_layers:  # the plan's ids are read against these counts (a merge plan's matrices are sized by them)
+        try:
+            claimed = plan.source_experts(layer)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            claimed = None
+        if claimed != experts_per_layer[layer]:
+            raise CompressError(f'the plan\'s "source" says layer {layer} has {claimed} experts, but the model has '
+                                f"{experts_per_layer[layer]}: it was edited or made for another model; make a new plan with --plan-only")
 
 
 def check_plan_top_k(plan, top_k: int, what: str) -> None:
@@ -169,13 +178,20 @@ def _id_lists(value, where: str, key: str, what: str) -> dict[int, list[int]]:
     if not isinstance(value, dict) or not all(isinstance(ids, list) for ids in value.values()):
         raise CompressError(f'{where}: "{key}" must map each MoE layer to a list of {what} ids, e.g. {{"0": [0, 3, 5]}}')
     for layer, ids in value.items():
-        if not str(layer).isdigit():
-            raise CompressError(f"{where}: layer {layer!r} is not a decoder-layer number")
+        layer_number(layer, where)
         bad = [e for e in ids if not isinstance(e, int) or isinstance(e, bool)]
         if bad:
             raise CompressError(f"{where}: layer {layer} names {bad[0]!r}, which is not {'an' if what[0] in 'aeiou' else 'a'} "
                                f"{what} id (whole numbers from 0)")
     return {int(layer): list(ids) for layer, ids in value.items()}
+
+
+def layer_number(key, where: str) -> int:
+    """A plan's layer key ("0", "12") as a number; anything else is refused (``"²"`` is a digit to
+    `str.isdigit` but no layer)."""
+    if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+        raise CompressError(f"{where}: layer {key!r} is not a decoder-layer number")
+    return int(key)
 
 
 # --- plan files (prune plans here, tiered plans in recipes/tiered.py) ----------------------------------
