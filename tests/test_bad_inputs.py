@@ -77,6 +77,33 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     dense.save_pretrained(root / "dense")
     w["dense"] = root / "dense"
 
+    assert main(["merge", "--model", str(w["src"]), "--domain", "math", "--keep", "8", "--plan-only", "--out",
+                 str(root / "merge-plan.json"), *FAST]) == 0
+    merge_plan = json.loads((root / "merge-plan.json").read_text())
+    assert main(["convert", "tiered", "--model", str(w["src"]), "--stats", str(w["stats"]), "--plan-only", "--out",
+                 str(root / "tiered-plan.json"), "--quiet"]) == 0
+    tiered_plan = json.loads((root / "tiered-plan.json").read_text())
+
+    def variant(name: str, plan: dict, change) -> None:
+        changed = json.loads(json.dumps(plan))
+        change(changed)
+        (root / name).write_text(json.dumps(changed))
+
+    groups = len(merge_plan["layers"]["0"])
+    variant("merge-weights-flat.json", merge_plan, lambda p: p["weights"].__setitem__("0", [1.0] * groups))
+    variant("merge-weight-negative.json", merge_plan, lambda p: p["weights"]["0"][0].__setitem__(0, -1.0))
+    variant("merge-weight-nan.json", merge_plan, lambda p: p["weights"]["0"][0].__setitem__(0, float("nan")))
+    variant("merge-layer-superscript.json", merge_plan, lambda p: (p["layers"].__setitem__("²", p["layers"]["0"]),
+                                                                    p["weights"].__setitem__("²", p["weights"]["0"])))
+    variant("merge-source-edited.json", merge_plan, lambda p: p["source"].update(
+        num_experts=8, experts_per_layer={layer: 8 for layer in p["source"]["experts_per_layer"]}))
+    variant("tiered-no-teams.json", tiered_plan, lambda p: p["layers"]["0"].update(teams=[], mixing=[]))
+    variant("tiered-empty-team.json", tiered_plan, lambda p: [layer.update(teams=[[], *layer["teams"][1:]],
+                                                                           mixing=[[], *layer["mixing"][1:]])
+                                                              for layer in p["layers"].values()])
+    for name, value in (("nan", float("nan")), ("negative", -1.0), ("inf", float("inf"))):
+        variant(f"tiered-mixing-{name}.json", tiered_plan, lambda p, value=value: p["layers"]["0"]["mixing"][0].__setitem__(0, value))
+    (root / "notes.png").write_text("my picture\n")
     (root / "notes.txt").write_text("my notes\n")
     w["notes"] = root / "notes.txt"
     (root / "plan-array.json").write_text("[1, 2]")
@@ -275,6 +302,60 @@ CASES = [
     ("push-incomplete", "push {src} --repo someone/x --dry-run", "is not a complete derived checkpoint"),
     ("train-demo-report-without-training", "train-demo --out {root}/user-dir --report-only", "holds no training.json"),
     ("train-demo-missing-recipe", "train-demo --out {root}/x --recipe {root}/nope.yaml", "does not exist"),
+    # --- the newest features: sizes, plans, charts (issue 24) -----------------------------------------
+    ("prune-keep-ratios-round-to-one-count",
+     "prune --model {src} --stats {stats} --criterion frequency --keep-ratio 0.5,0.51 --out {root}/x",
+     "--keep-ratio 0.5,0.51 comes to 8 of the 16 experts per layer more than once"),
+    ("merge-keep-ratios-round-to-one-count", "merge --model {src} --domain math --keep-ratio 0.5,0.51 --out {root}/x",
+     "comes to 8 of the 16 experts per layer more than once"),
+    ("prune-frontier-keeps-every-expert", "prune --model {src} --stats {stats} --criterion frequency --keep 8,16 --out {root}/x",
+     "keeping 16 experts keeps every one"),
+    ("prune-reconstruct-from-stats-alone", "prune --model {src} --stats {stats} --keep 8 --out {root}/x",
+     "which --stats does not hold: pass --domain too"),
+    ("merge-plan-weights-not-per-member", "merge --model {src} --plan {root}/merge-weights-flat.json --out {root}/x",
+     '"weights" must map each MoE layer to one list of weights per group'),
+    ("merge-plan-negative-weight", "merge --model {src} --plan {root}/merge-weight-negative.json --out {root}/x",
+     "has merge weight -1.0: weights must be positive finite numbers"),
+    ("merge-plan-nan-weight", "merge --model {src} --plan {root}/merge-weight-nan.json --out {root}/x",
+     "has merge weight nan"),
+    ("merge-plan-layer-not-a-number", "merge --model {src} --plan {root}/merge-layer-superscript.json --out {root}/x",
+     "layer '²' is not a decoder-layer number"),
+    ("merge-plan-source-edited", "merge --model {src} --plan {root}/merge-source-edited.json --out {root}/x",
+     'the plan\'s "source" says layer 0 has 8 experts, but the model has 16'),
+    ("merge-plan-with-keep", "merge --model {src} --plan {root}/merge-plan.json --keep 4 --out {root}/x",
+     "--keep is decided by the plan"),
+    ("merge-plan-with-grouping-and-router", "merge --model {src} --plan {root}/merge-plan.json --grouping m-smoe "
+     "--router weighted --out {root}/x", "--grouping and --router are decided by the plan"),
+    ("prune-plan-with-criterion", "prune --model {src} --plan {plan} --criterion frequency --out {root}/x",
+     "--criterion is decided by the plan"),
+    ("convert-plan-with-team-size", "convert tiered --model {src} --plan {root}/tiered-plan.json --team-size 2 --out {root}/x",
+     "--team-size is decided by the plan"),
+    ("convert-plan-layer-without-teams", "convert tiered --model {src} --plan {root}/tiered-no-teams.json --out {root}/x",
+     "layer 0 has no teams or an empty team"),
+    ("convert-plan-empty-teams", "convert tiered --model {src} --plan {root}/tiered-empty-team.json --out {root}/x",
+     "has no teams or an empty team"),
+    *[(f"convert-plan-mixing-{name}", f"convert tiered --model {{src}} --plan {{root}}/tiered-mixing-{name}.json --out {{root}}/x",
+       "mixing weights must be finite float32 numbers, 0 or more") for name in ("nan", "negative", "inf")],
+    ("compare-frontier-not-an-image", "compare --base {src} --candidate {pruned} --tasks perplexity:math --frontier {notes}",
+     "a chart is written as png, svg, pdf"),
+    ("compare-frontier-onto-model-weights",
+     "compare --base {src} --candidate {pruned} --tasks perplexity:math --frontier {src}/model.safetensors",
+     "a chart is written as png, svg, pdf"),
+    ("compare-frontier-inside-the-base", "compare --base {src} --candidate {pruned} --tasks perplexity:math --frontier {src}/f.png",
+     "is the source model or inside it"),
+    ("compare-plot-into-a-candidate",
+     "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {pruned}/expert_usage.png --overwrite",
+     "is the source model or inside it"),
+    ("compare-plot-over-a-users-file", "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {root}/notes.png",
+     "exists: pass --overwrite"),
+    ("compare-overwrite-a-users-file",
+     "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {root}/notes.png --overwrite",
+     "is not a chart written by moe-compress"),
+    ("compare-two-charts-one-file",
+     "compare --base {src} --candidate {pruned} --tasks perplexity:math --plot {root}/c.png --frontier {root}/c.png",
+     "--plot and --frontier both name"),
+    ("compare-frontier-of-another-base", "compare --base {mixtral} --candidate {pruned} --tasks perplexity:math --frontier {root}/f.png",
+     "--frontier draws models derived from --base"),
 ]
 
 

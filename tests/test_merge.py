@@ -351,7 +351,9 @@ def test_a_size_frontier_writes_one_model_per_size_from_one_profile(tmp_path, ca
     calibration = ["--samples", "8", "--seq-len", "64", "--quiet"]
     assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(stats), *calibration]) == 0
     prune = ["prune", "--model", "demo", "--stats", str(stats), "--criterion", "gate-mass", "--quiet"]
-    assert main([*prune, "--keep", "4,8", "--out", str(tmp_path / "frontier")]) == 0
+    capsys.readouterr()
+    assert main([*prune, "--keep", "8,4", "--out", str(tmp_path / "frontier")]) == 0  # any order: written smallest first
+    assert capsys.readouterr().out.strip().endswith(f"size frontier of 2 models (keep4, keep8) → {tmp_path / 'frontier'}")
     assert json.loads((tmp_path / "frontier" / "compress.json").read_text())["models"] == ["keep4", "keep8"]
     assert not list((tmp_path / "frontier").glob("*.safetensors"))
     glob_loaded_weight_files(tmp_path / "frontier" / "keep4")
@@ -410,3 +412,10 @@ def test_fused_sources_merge_in_their_own_layout(tmp_path):
     assert written.entries[key].shape[0] == 4
     torch.testing.assert_close(written.read(key), _naive_merged(model.model.layers[0].mlp.experts.gate_up_proj.detach(),
                                                                 GROUPS, WEIGHTS).float())
+
+
+def test_merge_weights_near_the_float_limit_are_a_ratio_like_any_others():
+    from compress.merging.plan import MergePlan
+
+    ones, huge = (MergePlan({"num_experts": 4}, {0: [[0, 1], [2]]}, {0: [[w, w], [w]]}, 2) for w in (1.0, 1e308))
+    assert huge.merge_matrix(0).tolist() == ones.merge_matrix(0).tolist() == [[0.5, 0.5, 0, 0], [0, 0, 1, 0]]

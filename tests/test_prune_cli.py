@@ -181,3 +181,42 @@ def test_an_interrupted_run_leaves_no_output_and_the_source_unchanged(math_stats
     if sig == signal.SIGTERM:  # a catchable stop also removes the half-written staging directory
         assert not list(tmp_path.glob(".pruned*")), list(tmp_path.iterdir())
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_compensation_leaves_nothing_the_next_run_does_not_remove(math_stats, tmp_path, sig, capsys):
+    """--compensate keeps its fits in a scratch sibling of the output: an interrupt removes it, and
+    after a ``kill -9`` the next run to the same output does (and says so)."""
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", "demo", "--stats", str(math_stats), "--keep", "8", "--criterion", "frequency", "--compensate",
+            "--domain", "math", "--samples", "64", "--seq-len", "128", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "compress", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".pruned.tmp-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    assert process.returncode != 0 and not out.exists()
+    left = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("."))
+    if sig == signal.SIGTERM:
+        assert left == [], process.stderr.read().decode()[-3000:]
+        return
+    assert left and all(name.startswith(".pruned.") for name in left), left
+    capsys.readouterr()
+    assert main([*argv[:9], "--out", str(out), "--quiet"]) == 0  # the same output, without --compensate
+    assert "left by an interrupted moe-compress run" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pruned"]
+
+
+def test_only_compensation_makes_a_scratch_directory(math_stats, tmp_path, monkeypatch):
+    from compress.checkpoint.output import ClaimedOutput
+
+    def refuse(self):
+        raise AssertionError("a scratch directory without --compensate")
+
+    monkeypatch.setattr(ClaimedOutput, "scratch", refuse)
+    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--samples", "4", "--seq-len", "64", "--quiet",
+                 "--out", str(tmp_path / "merged")]) == 0
+    assert main(["prune", "--model", "demo", "--stats", str(math_stats), "--keep", "8", "--criterion", "frequency", "--quiet",
+                 "--out", str(tmp_path / "pruned")]) == 0

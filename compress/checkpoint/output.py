@@ -50,10 +50,15 @@ _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]
 # so an interrupt never sees a half-done rename.
 _commit_lock = threading.RLock()
 _cleanups: dict[int, Callable[[], None]] = {}
+_interrupted = threading.Event()  # set once partial outputs are removed: the process is on its way out
 
 
 def _register(cleanup: Callable[[], None]) -> int:
+    """Register `cleanup` before the thing it removes is made; after an interrupt nothing new may
+    start (the worker thread runs on until the process exits), so this raises instead."""
     with _commit_lock:
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
         token = id(cleanup)
         _cleanups[token] = cleanup
         return token
@@ -67,6 +72,7 @@ def _unregister(token: int) -> None:
 def remove_partial_outputs() -> None:
     """Undo every output in progress (called on an interrupt, from the main thread)."""
     with _commit_lock:
+        _interrupted.set()
         for cleanup in reversed(list(_cleanups.values())):
             try:
                 cleanup()
@@ -184,10 +190,14 @@ class ClaimedOutput:
 
     # --- claiming --------------------------------------------------------------------------------
     def acquire(self) -> ClaimedOutput:
-        self._make_parents()
-        self._lock()
         self._token = _register(self.release)
-        self._remove_stale_siblings()
+        try:
+            self._make_parents()
+            self._lock()
+            self._remove_stale_siblings()
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def _make_parents(self) -> None:
@@ -277,10 +287,10 @@ class ClaimedOutput:
         """Yield a staging path (a directory for ``kind="directory"``, else a file path) that
         becomes the target when the block finishes without an exception."""
         staging = self._sibling("tmp")
-        if self.kind == "directory":
-            staging.mkdir()
-        token = _register(lambda: _remove(staging))
+        token = _register(lambda: _remove(staging))  # before it exists: an interrupt may come at any moment
         try:
+            if self.kind == "directory":
+                staging.mkdir()
             yield staging
         except BaseException:
             with _commit_lock:
@@ -297,9 +307,9 @@ class ClaimedOutput:
         named like a staging one: removed when the block ends or the command is interrupted, and by
         the next run to this target after a ``kill -9``."""
         directory = self._sibling("tmp")
-        directory.mkdir()
-        token = _register(lambda: _remove(directory))
+        token = _register(lambda: _remove(directory))  # before it exists: an interrupt may come at any moment
         try:
+            directory.mkdir()
             yield directory
         finally:
             with _commit_lock:
