@@ -1,12 +1,10 @@
-"""The project's own outputs as inputs: every command takes a non-uniform (per-layer) and a tiered
-checkpoint; tiered models prune by whole teams, exactly; tiered plans round-trip; the derived
-model types come from one registry."""
+"""The project's own outputs as inputs: non-uniform (per-layer) and tiered checkpoints prune again
+(every command on every output kind: test_cli_matrix.py); tiered models prune by whole teams,
+exactly; tiered plans round-trip; the derived model types come from one registry."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -34,46 +32,14 @@ def outputs(tmp_path_factory):
                  "frequency", "--out", str(root / "per-layer"), "--quiet"]) == 0
     assert main(["convert", "tiered", "--model", "demo", "--stats", str(stats), "--tiers", "0-1:4,2-3:3,4-5:2", "--team-size", "2",
                  "--out", str(root / "tiered"), "--quiet"]) == 0
+    for kind in ("per-layer", "tiered"):  # each pruned again (every other command on them: test_cli_matrix.py)
+        kind_stats = root / f"{kind}.safetensors"
+        assert main(["profile", "--model", str(root / kind), "--domain", "math", "--out", str(kind_stats), *FAST]) == 0
+        assert RoutingStats.load(kind_stats).metadata["fingerprint"] == open_model(str(root / kind)).fingerprint
+        assert main(["prune", "--model", str(root / kind), "--stats", str(kind_stats), "--keep", "2", "--criterion", "frequency",
+                     "--out", str(root / f"{kind}-pruned"), "--quiet"]) == 0
+        glob_loaded_weight_files(root / f"{kind}-pruned")
     return root
-
-
-@pytest.mark.parametrize("kind", ["per-layer", "tiered"])
-def test_every_command_takes_the_projects_outputs(outputs, kind, capsys):
-    model = outputs / kind
-    glob_loaded_weight_files(model)
-    assert main(["info", str(model)]) == 0
-    assert "(non-uniform)" in capsys.readouterr().out
-    stats = outputs / f"{kind}.safetensors"
-    assert main(["profile", "--model", str(model), "--domain", "math", "--out", str(stats), *FAST]) == 0
-    from compress.stats import RoutingStats
-
-    assert RoutingStats.load(stats).metadata["fingerprint"] == open_model(str(model)).fingerprint
-    pruned = outputs / f"{kind}-pruned"
-    assert main(["prune", "--model", str(model), "--stats", str(stats), "--keep", "2", "--criterion", "frequency",
-                 "--out", str(pruned), "--quiet"]) == 0
-    AutoModelForCausalLM.from_pretrained(pruned)  # loads (stock classes, or ours after compress.register())
-    glob_loaded_weight_files(pruned)
-    assert main(["eval", "--model", str(pruned), "--tasks", "perplexity:math", "--max-tokens", "200", "--seq-len", "64",
-                 "--quiet"]) == 0
-    assert main(["push", str(pruned), "--repo", "someone/derived", "--dry-run"]) == 0
-    capsys.readouterr()
-
-
-@pytest.mark.parametrize("kind", ["per-layer", "tiered"])
-def test_the_layerwise_engine_takes_our_outputs_in_a_fresh_process(outputs, kind):
-    """As a user runs it: a new process that never loaded a stock model first (transformers caches,
-    per class, whether a model may switch experts implementations; a stock class's answer used to
-    hide that ours were refused, and calibration then ran meta-device experts)."""
-    model, stats = outputs / kind, outputs / f"{kind}-fresh.safetensors"
-    command = [sys.executable, "-m", "compress", "profile", "--model", str(model), "--domain", "math", "--out", str(stats), *FAST]
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert RoutingStats.load(stats).metadata["fingerprint"] == open_model(str(model)).fingerprint
-    if kind == "per-layer":
-        merged = [sys.executable, "-m", "compress", "merge", "--model", str(model), "--domain", "math", "--keep", "4",
-                  "--out", str(outputs / "per-layer-merged"), *FAST]
-        done = subprocess.run(merged, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
 
 
 def test_a_uniform_prune_of_a_per_layer_model_is_stock_again(outputs):
@@ -142,3 +108,34 @@ def test_derived_model_types_come_from_one_registry():
         module = modeling_tiered_moe if config_class.model_type.endswith("_tiered") else modeling_moe_compress
         assert getattr(module, model_class.__name__) is model_class  # auto_map names resolve
         assert model_class.config_class is config_class
+
+
+@pytest.mark.parametrize("kind", ["per-layer", "tiered"])
+def test_routing_analyses_see_the_experts_the_model_runs(outputs, kind):
+    """`analyze`'s routing on our own model types equals what each experts module is handed in the
+    model's own forward (transformers' experts interface: ``top_k_index`` / ``top_k_weights``)."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    from compress.analyze.routing import token_routing
+    from compress.kernels.reference import combine_expert_outputs, routed_expert_outputs
+
+    model = AutoModelForCausalLM.from_pretrained(outputs / kind, dtype=torch.float32).eval()
+    family = family_for_config(model.config)
+    handed = {}
+
+    def recording(experts, hidden_states, top_k_index, top_k_weights):
+        handed[experts._layer] = (top_k_index.clone(), top_k_weights.clone())
+        return combine_expert_outputs(routed_expert_outputs(experts, hidden_states, top_k_index), top_k_weights, hidden_states.dtype)
+
+    ALL_EXPERTS_FUNCTIONS.register("record_routing", recording)
+    for layer in family.moe_layer_indices(model):
+        family.experts(model, layer)._layer = layer
+    ids = torch.randint(3, 2000, (2, 12), generator=torch.Generator().manual_seed(0))
+    routing = token_routing(model, ids)
+    model.set_experts_implementation("record_routing")
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    assert sorted(routing) == sorted(handed) == family.moe_layer_indices(model)
+    for layer, (index, weights) in handed.items():
+        assert torch.equal(routing[layer].experts, index)
+        torch.testing.assert_close(routing[layer].weights, weights.float(), rtol=0, atol=0)

@@ -18,7 +18,7 @@ from ..kernels.reference import routed_expert_outputs
 from ..pruning.apply import apply_plan_to_model
 from ..pruning.plan import PrunePlan
 from ..stats import RoutingStats
-from .routing import forced_routing, perplexity_change, token_routing, top_k_override, window_nll
+from .routing import forced_routing, forward_with_router_outputs, perplexity_change, routed, token_routing, top_k_override, window_nll
 
 
 def _check_length(model, length: int) -> None:
@@ -238,23 +238,20 @@ def predict(model, windows: torch.Tensor, probe_layer: int, steps: int = 300, lr
     layers = [layer for layer in family.moe_layer_indices(model) if layer > probe_layer]
     if not 0 <= probe_layer < len(family.decoder_layers(model)) or not layers:
         raise CompressError(f"--probe-layer {probe_layer} must be a decoder layer with MoE layers after it")
-    with torch.no_grad():
-        device = model.get_input_embeddings().weight.device
-        out = model(input_ids=windows.to(device), output_hidden_states=True, output_router_logits=True, use_cache=False)
+    out, router_outputs = forward_with_router_outputs(model, windows, output_hidden_states=True)
     features = out.hidden_states[probe_layer + 1].reshape(-1, out.hidden_states[0].shape[-1]).float().cpu()
     features = (features - features.mean(0)) / features.std(0).clamp(min=1e-6)
     split = int(len(windows) * 0.8) * windows.shape[1]
     if split == 0 or split >= len(features):
         raise CompressError("predict needs at least 5 windows (4/5 to train the probe, 1/5 to test it)")
     torch.manual_seed(seed)
-    routing = dict(zip(family.moe_layer_indices(model), out.router_logits))
     per_layer, total_hits, total_used = {}, 0, 0
     from tqdm.auto import tqdm
 
     for layer in tqdm(layers, desc="training probes", unit="layer", disable=not progress):
-        _, experts = family.route(routing[layer], model.config, family.router_buffers(model, layer))
+        _, _, experts = routed(model, layer, router_outputs[layer])
         experts = experts.cpu()
-        num_experts, k = routing[layer].shape[1], experts.shape[1]
+        num_experts, k = family.num_experts_in(family.experts(model, layer)), experts.shape[1]
         target = torch.zeros(len(experts), num_experts).scatter_(1, experts, 1.0)
         probe = torch.nn.Linear(features.shape[1], num_experts)
         optimizer = torch.optim.Adam(probe.parameters(), lr=lr)

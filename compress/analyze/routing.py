@@ -1,7 +1,7 @@
 """Per-token routing of a forward pass, and interventions on the routers (force one expert, change k).
 
-`token_routing` reads the raw router logits transformers returns with ``output_router_logits``
-and routes them with the family's own function (tested bit-exact against the router modules), so
+`token_routing` reads the raw router logits (what transformers returns with ``output_router_logits``,
+taken from the routers by hooks) and routes them with the family's own function (tested bit-exact against the router modules), so
 every analysis sees exactly the experts the model uses. The interventions replace router forwards
 for the duration of a ``with`` block and restore them after.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -34,15 +35,44 @@ class LayerRouting:
 
 
 @torch.no_grad()
+def forward_with_router_outputs(model, input_ids: torch.Tensor, **kwargs) -> tuple[object, dict[int, object]]:
+    """(the model's output, {MoE layer: what its router module returned}) of one forward without a
+    KV cache. Taken from the routers by hooks, not with ``output_router_logits``: that also makes
+    transformers compute its load-balancing loss, which assumes one expert count in every layer and
+    fails on per-layer and tiered models."""
+    family = family_for_config(model.config)
+    router_outputs = {}
+
+    def keep(layer, module, args, output):
+        router_outputs[layer] = output
+
+    handles = [family.router(model, layer).register_forward_hook(partial(keep, layer)) for layer in family.moe_layer_indices(model)]
+    try:
+        out = model(input_ids=input_ids.to(model.get_input_embeddings().weight.device), use_cache=False, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, router_outputs
+
+
+def routed(model, layer: int, router_output) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(router logits [T, n], weights [T, k], expert ids [T, k]) of one router's output. A tiered
+    model's team router returns the chosen teams' members and weights itself (its logits score teams)."""
+    if getattr(model.config, "team_top_k", None) is not None:
+        return router_output
+    family = family_for_config(model.config)
+    logits = router_output[0] if isinstance(router_output, tuple) else router_output
+    logits = logits.reshape(-1, logits.shape[-1])
+    weights, experts = family.route(logits, model.config, family.router_buffers(model, layer))
+    return logits, weights, experts
+
+
 def token_routing(model, input_ids: torch.Tensor) -> dict[int, LayerRouting]:
     """{MoE layer: routing of every token of `input_ids` [B, L] (flattened to T = B·L rows)}."""
     family = family_for_config(model.config)
-    layers = family.moe_layer_indices(model)
-    device = model.get_input_embeddings().weight.device
-    out = model(input_ids=input_ids.to(device), output_router_logits=True, use_cache=False)
     routing = {}
-    for layer, logits in zip(layers, out.router_logits):
-        weights, experts = family.route(logits, model.config, family.router_buffers(model, layer))
+    for layer, output in forward_with_router_outputs(model, input_ids)[1].items():
+        logits, weights, experts = routed(model, layer, output)
         routing[layer] = LayerRouting(weights.float().cpu(), experts.cpu(), family.routing_distribution(logits).cpu())
     return routing
 
