@@ -40,7 +40,7 @@ assert main(["prune", "--keep", "0"]) == 2
 heavy = sorted(name for name in ("torch", "transformers", "compress.models", "safetensors") if name in sys.modules)
 print("HEAVY", heavy)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
 
@@ -81,7 +81,8 @@ def slow_model(tmp_path_factory) -> Path:
     return directory
 
 
-def _wait_for(path: Path, text: str, timeout: float = 120) -> str:
+def _wait_for(path: Path, text: str, timeout: float = 540) -> str:
+    """The file's text once it holds `text` (`timeout`: a hang guard under pytest's own 600 s, not a time limit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         content = path.read_text() if path.exists() else ""
@@ -104,7 +105,7 @@ def test_sigterm_inside_a_long_step_stops_within_seconds_and_a_second_writer_fai
     try:
         _wait_for(log, "calibrating layers")  # the (long) layer is running
         second = subprocess.run([sys.executable, "-m", "compress", *_profile_argv(slow_model, out)],
-                                capture_output=True, text=True, timeout=120, env={**os.environ, "TRITON_INTERPRET": "0"})
+                                capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
         assert second.returncode == 2
         assert second.stderr.count("\n") == 1 and f"another moe-compress process (pid {first.pid}) is writing" in second.stderr
         progress = log.read_text()

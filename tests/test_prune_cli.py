@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,21 +162,28 @@ def test_statistics_of_another_model_and_dense_models_are_refused(math_stats, tm
     assert "dense" in _error(capsys, "--model", str(tmp_path / "dense"), "--keep", "2", "--out", str(tmp_path / "y"))
 
 
+def _interrupted_once_staging_appears(argv: list[str], sig) -> subprocess.Popen:
+    """`compress ARGV` in a process of its own, sent `sig` as soon as a staging sibling of its
+    --out appears; returned once it has ended."""
+    out = Path(argv[argv.index("--out") + 1])
+    process = subprocess.Popen([sys.executable, "-m", "compress", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 540  # a hang guard under pytest's own 600 s, not a time limit on the work
+    while not list(out.parent.glob(f".{out.name}.tmp-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    return process
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_an_interrupted_run_leaves_no_output_and_the_source_unchanged(math_stats, tmp_path, sig):
     source = tmp_path / "source"
     shutil.copytree(demo_model_path(), source)
     before = {p.name: p.read_bytes() for p in source.iterdir()}
     out = tmp_path / "pruned"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "compress", "prune", "--model", str(source), "--stats", str(math_stats), "--keep", "8",
-         "--criterion", "ean", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".pruned.tmp-*")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    assert process.poll() is None, "the run ended before it could be interrupted"
-    process.send_signal(sig)
-    process.wait(timeout=60)
+    process = _interrupted_once_staging_appears(["prune", "--model", str(source), "--stats", str(math_stats), "--keep", "8",
+                                                 "--criterion", "ean", "--out", str(out)], sig)
     assert process.returncode != 0
     assert not out.exists()
     if sig == signal.SIGTERM:  # a catchable stop also removes the half-written staging directory
@@ -190,13 +198,7 @@ def test_an_interrupted_compensation_leaves_nothing_the_next_run_does_not_remove
     out = tmp_path / "pruned"
     argv = ["prune", "--model", "demo", "--stats", str(math_stats), "--keep", "8", "--criterion", "frequency", "--compensate",
             "--domain", "math", "--samples", "64", "--seq-len", "128", "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "compress", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".pruned.tmp-*")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    assert process.poll() is None, "the run ended before it could be interrupted"
-    process.send_signal(sig)
-    process.wait(timeout=60)
+    process = _interrupted_once_staging_appears(argv, sig)
     assert process.returncode != 0 and not out.exists()
     left = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("."))
     if sig == signal.SIGTERM:
