@@ -21,6 +21,10 @@ from compress.checkpoint.mxfp4 import write_mxfp4_checkpoint
 from compress.cli import main
 from compress.resolve import demo_model_path
 
+# A hang guard, not a time limit: the 88 processes take about 4 minutes on a quiet 2-core machine
+# and several times that on a busy one (pytest-timeout also counts the fixture that runs them).
+pytestmark = pytest.mark.timeout(3600)
+
 FAST = "--samples 4 --seq-len 32 --quiet"
 SCORE = "--max-tokens 128 --seq-len 32 --quiet"
 
