@@ -32,13 +32,13 @@ from compress.data.tokens import token_stream, token_windows
 from compress.distill import distill
 from compress.evals.perplexity import heldout_perplexity
 from compress.jobs.options import DistillSettings
-from compress.layerwise import ReconstructRequest
+from compress.layer_sample import search_model
 from compress.merging.apply import apply_merge_to_model
 from compress.merging.plan import MergePlan, from_prune_plan
 from compress.merging.requests import CompensationRequest, MergeRequest
 from compress.model_loading import load_model, load_tokenizer
 from compress.pruning.plan import PrunePlan
-from compress.pruning.reconstruct import search_model
+from compress.pruning.reconstruct import ReconstructRequest
 from compress.pruning.select import select_experts
 from compress.resolve import demo_model_path
 from compress.stats.profile import profile

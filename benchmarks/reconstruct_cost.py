@@ -91,8 +91,9 @@ def former_search(family, config, buffers: dict, logits: torch.Tensor, outputs: 
 
 def measure(directory: Path, keep: int, windows: torch.Tensor) -> dict:
     from compress.jobs.source import open_model
-    from compress.layerwise import ReconstructRequest, calibrate
+    from compress.layerwise import calibrate
     from compress.pruning import reconstruct
+    from compress.pruning.reconstruct import ReconstructRequest
 
     source = open_model(str(directory))
     run = dict(batch_size=8, domain="random", data="random ids", progress=False)

@@ -4,17 +4,23 @@ The ``reconstruct`` criterion, the merge groupings and compensation all decide o
 a time from the same things: the experts' inputs for a sample of calibration tokens, the router's
 logits for them, and every expert's output for them. The layer-wise engine (`compress.layerwise`)
 makes one per MoE layer as it passes (expert tensors read from the checkpoint); `of_model` makes
-one for a loaded model.
+one for a loaded model. Which windows are sampled is decided here too (`search_windows`), and
+`search_model` runs a whole search on a loaded model from one forward pass.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .kernels.reference import pair_outputs_in_groups, routed_expert_outputs
+
+DEFAULT_MAX_TOKENS = 2048
+SEARCH_BYTES = 2**30  # every expert's fp32 outputs for the search's tokens are held at once
 
 
 @dataclass
@@ -33,7 +39,7 @@ class LayerSample:
     @classmethod
     def of_model(cls, model, layer: int, inputs: torch.Tensor, logits: torch.Tensor) -> LayerSample:
         """For MoE layer `layer` of a loaded model, from its experts' inputs and router logits
-        (`pruning.reconstruct.capture_layer_inputs`)."""
+        (`capture_layer_inputs`)."""
         from .families import family_for_config
 
         family = family_for_config(model.config)
@@ -73,3 +79,60 @@ class LayerSample:
             (out,) = pair_outputs_in_groups(self.experts, [(self.inputs, tokens, ids.reshape(-1).to(self.inputs.device))],
                                             load_experts, group_size or self.group_size or count, num_experts=count)
         return out.view(*ids.shape, -1).float().cpu()
+
+
+# --- the sample windows, and a search on a loaded model -------------------------------------------
+def search_tokens(total_tokens: int, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None) -> int:
+    """Tokens the search measures on: `max_tokens` when given; otherwise at most `DEFAULT_MAX_TOKENS`,
+    few enough that all E experts' outputs for them cost no more than the k routed experts'
+    outputs for all `total_tokens` (tokens · E ≤ total · k), and that those outputs fit in
+    `SEARCH_BYTES` in fp32."""
+    if max_tokens is not None:
+        return max_tokens
+    by_memory = SEARCH_BYTES // (num_experts * hidden_size * 4)
+    return max(1, min(DEFAULT_MAX_TOKENS, total_tokens * top_k // num_experts, by_memory))
+
+
+def search_windows(windows: torch.Tensor, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None):
+    """(windows spread evenly over the calibration set, tokens to use from them) for the search."""
+    tokens = search_tokens(windows.numel(), top_k, num_experts, hidden_size, max_tokens)
+    rows = min(len(windows), max(1, math.ceil(tokens / windows.shape[1])))
+    return windows[torch.linspace(0, len(windows) - 1, rows).round().long()], tokens
+
+
+@torch.inference_mode()
+def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_tokens: int | None = None) -> dict[int, tuple]:
+    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} of the search's
+    sample of `windows` (see `search_windows`), in one forward pass of a loaded model."""
+    from .families import family_for_config
+
+    family = family_for_config(model.config)
+    captured: dict[int, list] = {layer: [[], []] for layer in family.moe_layer_indices(model)}
+    hooks = []
+    for layer in captured:
+        hooks.append(family.experts(model, layer).register_forward_pre_hook(
+            lambda module, args, layer=layer: captured[layer][0].append(args[0].detach().float().cpu())))
+        hooks.append(family.router(model, layer).register_forward_hook(
+            lambda module, args, output, layer=layer: captured[layer][1].append(
+                (output[0] if isinstance(output, tuple) else output).detach().float().cpu())))
+    device = model.get_input_embeddings().weight.device
+    sample, tokens = search_windows(windows, family.top_k(model.config), family.num_experts(model.config),
+                                            model.config.hidden_size, max_tokens)
+    try:
+        for batch in sample.split(batch_size):
+            model.base_model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {layer: (torch.cat(h)[:tokens], torch.cat(logits)[:tokens]) for layer, (h, logits) in captured.items()}
+
+
+def search_model(model, windows: torch.Tensor, request, *, batch_size: int = 8, max_tokens: int | None = None,
+                 progress: bool = True):
+    """A per-layer search `request` (``reconstruct``, a merge grouping, compensation: anything with
+    ``answer(LayerSample)`` and ``finish(answers)``) on a loaded model, from one forward pass."""
+    answers = {}
+    for layer, (hidden, logits) in tqdm(capture_layer_inputs(model, windows, batch_size, max_tokens).items(),
+                                        desc="layer search", unit="layer", disable=not progress):
+        answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))
+    return request.finish(answers)

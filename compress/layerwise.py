@@ -35,7 +35,6 @@ import ctypes
 import functools
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -48,36 +47,6 @@ EXPERT_GROUP_BYTES = 512 * 2**20  # default budget for one group of experts in t
 # (token, expert) pairs whose outputs are computed together, each expert group read once for them:
 # 2**17 pairs of gpt-oss's 2880-wide outputs are 1.5 GB in fp32.
 CHUNK_PAIRS = 2**17
-
-
-@dataclass(frozen=True)
-class ReconstructRequest:
-    """What the ``reconstruct`` search keeps (see `pruning.reconstruct`).
-
-    Like every per-layer search the engine runs on its sample windows (merge groupings and
-    compensation in `merging.requests`), it is checked before the pass (`check`), answers one
-    `layer_sample.LayerSample` at a time (`answer`) and turns the answers into its result (`finish`)."""
-
-    keep: int
-    protect: dict
-    groups: int = 1
-    budget: str = "uniform"
-    min_per_layer: int | None = None
-
-    def check(self, top_k: int) -> None:
-        from .pruning.reconstruct import check_request
-
-        check_request(self, top_k)
-
-    def answer(self, sample):
-        from .pruning.reconstruct import LayerReconstruction, choose_kept
-
-        return choose_kept(LayerReconstruction.of_sample(sample), sample.layer, self)
-
-    def finish(self, answers: dict):
-        from .pruning.reconstruct import finish_selection
-
-        return finish_selection(answers, self)
 
 
 def compute_device(device: str, local_rank: int | None = None) -> torch.device:
@@ -340,11 +309,11 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
               search=None, statistics: bool = True, attention_mask: torch.Tensor | None = None,
               local_rank: int | None = None, progress: bool = True):
     """(routing statistics or None, `search`'s result or None) of `source` on token `windows`
-    [N, L], one decoder layer at a time. `search` is a per-layer search (a `ReconstructRequest`, a
+    [N, L], one decoder layer at a time. `search` is a per-layer search (a `pruning.reconstruct.ReconstructRequest`, a
     merge grouping, compensation: see `ReconstructRequest`) answered on the sample windows of the
     same pass; without `statistics` only those windows run. `attention_mask` [N, L] marks padding
     (left out of every statistic, as in the whole-model collector)."""
-    from .pruning.reconstruct import reconstruction_windows
+    from .layer_sample import search_windows
     from .stats.collector import RoutingStatsCollector, batch_state
     from .stats.profile import all_reduce, world
     from .stats.routing_stats import metadata_for_sources
@@ -356,7 +325,7 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
     samples, search_tokens = [], 0
     if search is not None:
         search.check(source.top_k)
-        sample, search_tokens = reconstruction_windows(windows, source.top_k, source.num_experts,
+        sample, search_tokens = search_windows(windows, source.top_k, source.num_experts,
                                                              source.config.hidden_size)
         samples = list(sample.split(batch_size))
     hidden = engine.embeddings(batches + samples)

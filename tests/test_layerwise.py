@@ -15,8 +15,8 @@ from compress.checkpoint.mxfp4 import write_mxfp4_checkpoint
 from compress.errors import CompressError
 from compress.jobs.options import OutputOptions, SelectionOptions
 from compress.jobs.source import open_model
-from compress.layerwise import LayerwiseModel, ReconstructRequest, calibrate
-from compress.pruning.reconstruct import reconstruction_selection
+from compress.layerwise import LayerwiseModel, calibrate
+from compress.pruning.reconstruct import ReconstructRequest, reconstruction_selection
 from compress.stats.collector import RoutingStatsCollector
 from conftest import FAMILIES, build_tiny_model
 

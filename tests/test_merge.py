@@ -24,7 +24,7 @@ from compress.checkpoint.reader import CheckpointReader
 from compress.cli import main
 from compress.families import get_family
 from compress.jobs.source import open_model
-from compress.layer_sample import LayerSample
+from compress.layer_sample import LayerSample, capture_layer_inputs, search_model
 from compress.layerwise import calibrate
 from compress.merging.apply import apply_merge_to_model, write_merged_checkpoint
 from compress.merging.compensate import compensate_layer
@@ -33,7 +33,6 @@ from compress.merging.plan import MergePlan, from_prune_plan
 from compress.merging.requests import CompensationRequest, MergeRequest
 from compress.pruning.apply import write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from compress.pruning.reconstruct import capture_layer_inputs, search_model
 from conftest import FAMILIES, build_tiny_model, cli_error, glob_loaded_weight_files
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(3))

@@ -9,9 +9,9 @@ import torch
 
 from compress.errors import CompressError
 from compress.families import get_family
-from compress.layer_sample import LayerSample
+from compress.layer_sample import LayerSample, capture_layer_inputs
 from compress.pruning.plan import PrunePlan
-from compress.pruning.reconstruct import LayerReconstruction, capture_layer_inputs, reconstruction_selection
+from compress.pruning.reconstruct import LayerReconstruction, reconstruction_selection
 from compress.pruning.select import expert_scores, select_experts
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
 from conftest import build_tiny_model

@@ -204,7 +204,7 @@ def similarity(model, layer: int, windows: torch.Tensor | None = None, threshold
     weight_cosine = flat @ flat.T
     output_cosine = None
     if windows is not None:
-        from ..pruning.reconstruct import capture_layer_inputs
+        from ..layer_sample import capture_layer_inputs
 
         hidden, _ = capture_layer_inputs(model, windows, batch_size=8, max_tokens=max_tokens)[layer]
         count = family.num_experts_in(experts)

@@ -87,23 +87,22 @@ def write_mxfp4_checkpoint(source: str | Path, target: str | Path, max_shard_byt
     or freshly built ``GptOssForCausalLM``); everything but ``gate_up_proj``/``down_proj`` is copied
     unchanged and ``quantization_config`` is added to config.json, as in openai/gpt-oss-20b.
     """
-    from ..families import get_family  # here, not at the top: the families read MXFP4 through this module
-
-    family = get_family("gpt_oss")
     reader = CheckpointReader(source)
     config = read_config(source)
     if config.get("model_type") != "gpt_oss":
         raise CheckpointError(f"MXFP4 writing is for gpt-oss checkpoints; {source} is {config.get('model_type')!r}")
     plan = []  # (output spec, how to compute it)
     for key in reader.keys():
-        role = family.classify_key(key)
+        # gpt-oss's fused expert tensors are `model.layers.N.mlp.experts.NAME` (the family's key
+        # rules are not needed: the families read MXFP4 through this module)
+        module, _, name = key.rpartition(".")
         entry = reader.entries[key]
-        if role.kind == "experts" and role.suffix in QUANTIZED_PARAMS:
+        if module.endswith(".mlp.experts") and name in QUANTIZED_PARAMS:
             experts, in_dim, out_dim = entry.shape
             groups = in_dim // BLOCK_VALUES
             plan.append((TensorSpec(key + "_blocks", torch.uint8, (experts, out_dim, groups, 16)), key, 0))
             plan.append((TensorSpec(key + "_scales", torch.uint8, (experts, out_dim, groups)), key, 1))
-        elif role.kind == "experts" and role.suffix.endswith(("_blocks", "_scales")):
+        elif module.endswith(".mlp.experts") and name.endswith(("_blocks", "_scales")):
             raise CheckpointError(f"{source} is already MXFP4 ({key})")
         else:
             plan.append((TensorSpec(key, TORCH_DTYPES[entry.dtype], entry.shape), key, None))

@@ -24,7 +24,7 @@ def sizes(options, source) -> list | None:
     every expert (the base model itself, which `compress compare` draws anyway)."""
     from ..errors import CompressError
     from ..families.derived import TIERED
-    from .prune import keep_count, units_per_layer
+    from .reduction import keep_count, units_per_layer
 
     if isinstance(options.keep, tuple):
         flag, values, copies = "--keep", options.keep, [dataclasses.replace(options, keep=keep) for keep in options.keep]

@@ -18,7 +18,16 @@ from ..errors import CompressError
 from ..families.derived import TIERED
 from .calibration import settle
 from .options import CalibrationOptions, MergeOptions, OutputOptions
-from .prune import describe_written, keep_count, plan_source, result_record
+from .reduction import (
+    compensation,
+    compensation_record,
+    compensation_text,
+    expert_format,
+    keep_count,
+    plan_source,
+    result_record,
+    write_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -48,22 +57,6 @@ class MergeResult:
         return (f"merged into {merged} in each of {len(counts)} MoE layers ({how}){compensation_text(self.compensation)}; "
                 f"parameters {human_count(b.total)} → {human_count(a.total)}, active {human_count(b.active)} → "
                 f"{human_count(a.active)}; {human_bytes(self.after.checkpoint_bytes)}; {self.seconds:.1f} s → {self.out}")
-
-
-def compensation_record(fits: dict | None) -> dict | None:
-    """The relative layer-output errors on the sample before and after compensation, per layer."""
-    if fits is None:
-        return None
-    return {str(layer): {"error_before": round(fit.error_before, 6), "error_after": round(fit.error_after, 6)}
-            for layer, fit in sorted(fits.items())}
-
-
-def compensation_text(fits: dict | None) -> str:
-    if not fits:
-        return ""
-    before = sum(f.error_before for f in fits.values()) / len(fits)
-    after = sum(f.error_after for f in fits.values()) / len(fits)
-    return f", compensated: mean relative layer error {before:.4f} → {after:.4f}"
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -118,24 +111,6 @@ def load_plan(plan, source):
     return plan
 
 
-def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, progress: bool = True) -> dict:
-    """{layer: `CompensationFit`} of a merge plan (or a prune plan's `from_prune_plan`), fitted on
-    the sample windows of settled `calibration` in one pass over them alone; each layer's refitted
-    tensors are written into the directory `spill` as soon as they are made (in the dtype the
-    output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
-    import torch
-
-    from ..checkpoint.dtypes import TORCH_DTYPES
-    from ..merging.requests import CompensationRequest
-    from .profile import collect
-
-    probe = source.layout.probe_keys(source.moe_layers[0])[-1]
-    dtype = torch.bfloat16 if source.layout.name == "mxfp4" else TORCH_DTYPES[source.reader.entries[probe].dtype]
-    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype), statistics=False,
-                         progress=progress)
-    return fits
-
-
 # --- writing -------------------------------------------------------------------------------------
 def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, dequantize: bool = False,
           command: str | None = None, progress: bool = True, max_shard_size: int | None = None):
@@ -156,26 +131,6 @@ def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, 
                      card=merge_card(plan, source.info, after, statistics_record(stats), fits, experts),
                      parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__})
     return after
-
-
-def write_weights(source, plan, staging: Path, *, fits: dict | None = None, dequantize: bool = False, progress: bool = True,
-                  max_shard_size: int | None = None):
-    """The merged (or compensated) checkpoint's weights and config, without provenance; its description."""
-    from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
-    from ..merging.apply import write_merged_checkpoint
-
-    write_merged_checkpoint(source, staging, plan, compensation=fits, dequantize=dequantize,
-                            max_shard_bytes=max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
-    return describe_written(staging)
-
-
-def expert_format(source, dequantize: bool) -> str:
-    """How the output stores its experts (said in the card and compress.json)."""
-    if dequantize:
-        return "bf16 (dequantised from MXFP4)"
-    if source.layout.name == "mxfp4":
-        return "MXFP4 (tensors that merging or compensation changed are re-quantised; the others are copied byte for byte)"
-    return "in the source's dtype"
 
 
 def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,

@@ -46,7 +46,7 @@ class ProfileResult:
 def collect(source, calibration: CalibrationOptions, *, search=None, statistics: bool = True, progress: bool = True,
             local_rank: int | None = None):
     """(calibration windows, statistics or None, the result of a per-layer `search` such as a
-    `layerwise.ReconstructRequest`, or None) for settled `calibration` options, one decoder layer
+    `pruning.reconstruct.ReconstructRequest`, or None) for settled `calibration` options, one decoder layer
     at a time (`compress.layerwise.calibrate`)."""
     from ..layerwise import calibrate
 

@@ -21,6 +21,20 @@ from ..families.derived import TIERED
 from ..pruning import SCORE_CRITERIA
 from .calibration import settle
 from .options import CalibrationOptions, OutputOptions, SelectionOptions
+from .reduction import (
+    checked_statistics,
+    compensation,
+    compensation_record,
+    compensation_text,
+    describe_written,
+    expert_format,
+    keep_count,
+    plan_source,
+    result_record,
+    team_sizes,
+    units_per_layer,
+    write_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -45,27 +59,11 @@ class PruneResult:
         b, a = self.before.parameters, self.after.parameters
         note = (f"note: top-k lowered from {plan.source['top_k']} to {plan.top_k}: fewer experts are kept than were routed "
                 "per token\n" if plan.top_k != plan.source["top_k"] else "")
-        from .merge import compensation_text
-
         how = f"{plan.provenance.get('criterion')}{compensation_text(self.compensation)}"
         return (f"{note}kept {kept_text(plan)} ({how}); parameters {human_count(b.total)} → "
                 f"{human_count(a.total)}, active {human_count(b.active)} → {human_count(a.active)}; "
                 f"{human_bytes(self.after.checkpoint_bytes)} in {self.after.shards} shard{'s' if self.after.shards > 1 else ''}; "
                 f"{self.seconds:.1f} s → {self.out}")
-
-
-def result_record(result, **how) -> dict:
-    """A prune or merge result as JSON (`how`: its criterion or grouping); a plan-only run's is its plan."""
-    from .merge import compensation_record
-
-    if result.after is None:
-        return {"out": str(result.out), "plan": result.plan.to_dict()}
-    b, a = result.before.parameters, result.after.parameters
-    return {"out": str(result.out), **how, "experts_per_layer": result.plan.experts_per_layer,
-            "top_k": {"before": result.plan.source["top_k"], "after": result.plan.top_k},
-            "compensation": compensation_record(result.compensation),
-            "parameters": {"before": b.total, "after": a.total}, "active_parameters": {"before": b.active, "after": a.active},
-            "bytes": result.after.checkpoint_bytes, "shards": result.after.shards, "seconds": round(result.seconds, 2)}
 
 
 def kept_text(plan) -> str:
@@ -79,30 +77,6 @@ def kept_text(plan) -> str:
 
 
 # --- checking ------------------------------------------------------------------------------------
-def _team_sizes(source) -> dict[int, int] | None:
-    if source.derived != TIERED:
-        return None
-    return {int(layer): int(spec["team_size"]) for layer, spec in source.config.tiered_layers.items()}
-
-
-def units_per_layer(source) -> dict[int, int]:
-    """What a plan keeps per layer: experts, or a tiered source's teams."""
-    sizes = _team_sizes(source)
-    return source.experts_per_layer if sizes is None else {layer: source.experts_per_layer[layer] // sizes[layer] for layer in sizes}
-
-
-def keep_count(selection: SelectionOptions, source) -> int:
-    units = units_per_layer(source)
-    what = "teams" if source.derived == TIERED else "experts"
-    if selection.keep is None and selection.keep_ratio is None:
-        raise CompressError(f"say how many {what} to keep: --keep N or --keep-ratio R")
-    if selection.keep_ratio is not None:
-        return max(1, round(selection.keep_ratio * min(units.values())))
-    if selection.keep > min(units.values()):
-        raise CompressError(f"--keep {selection.keep} is more than the {min(units.values())} {what} per layer this model has")
-    return selection.keep
-
-
 def protected(specs, source) -> dict[int, set[int]]:
     protect: dict[int, set[int]] = {}
     for spec in specs:
@@ -120,19 +94,6 @@ def protected(specs, source) -> dict[int, set[int]]:
                 raise CompressError(f"--protect {spec!r}: {'team' if source.derived == TIERED else 'expert'} ids run from 0 to {count - 1}")
             protect.setdefault(layer, set()).update(ids)
     return protect
-
-
-def checked_statistics(stats, source):
-    """Statistics (a file, or `RoutingStats`), refused when they were measured on another model."""
-    from ..stats.routing_stats import RoutingStats
-
-    where = "the statistics" if isinstance(stats, RoutingStats) else str(stats)
-    stats = stats if isinstance(stats, RoutingStats) else RoutingStats.load(stats)
-    if stats.metadata.get("fingerprint") != source.fingerprint:
-        raise CompressError(
-            f"{where} was measured on {stats.metadata.get('model')}, a different model than {source.name} "
-            f"(fingerprints {stats.metadata.get('fingerprint')} vs {source.fingerprint}): profile this model")
-    return stats
 
 
 def _needs_calibration(selection: SelectionOptions, stats) -> bool:
@@ -168,13 +129,13 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
 
     stats = checked_statistics(stats, source) if stats is not None else None
     calibration = check_request(source, selection, calibration, stats)
-    keep, protect, sizes = keep_count(selection, source), protected(selection.protect, source), _team_sizes(source)
+    keep, protect, sizes = keep_count(selection, source), protected(selection.protect, source), team_sizes(source)
     groups = source.family.routing_groups(source.config)
     if sizes is not None and selection.criterion == "reconstruct":
         raise CompressError("--criterion reconstruct searches expert sets through the family's router, but a tiered model "
                             f"routes teams: choose a score criterion ({', '.join(SCORE_CRITERIA)})")
     if _needs_calibration(selection, stats):
-        from ..layerwise import ReconstructRequest
+        from ..pruning.reconstruct import ReconstructRequest
 
         request = (ReconstructRequest(keep, protect, groups, selection.budget, selection.min_per_layer)
                    if selection.criterion == "reconstruct" else None)
@@ -198,12 +159,6 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
     plan = PrunePlan(plan_source(source), layers, top_k, provenance, teams)
     plan.check_model(source)
     return plan, stats
-
-
-def plan_source(source) -> dict:
-    return {"model": source.name, "fingerprint": source.fingerprint, "family": source.family.name,
-            "num_experts": source.num_experts, "top_k": source.top_k,
-            "experts_per_layer": {str(layer): count for layer, count in source.experts_per_layer.items()}}
 
 
 def load_plan(plan, source):
@@ -232,7 +187,6 @@ def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, 
     from ..pruning.apply import write_pruned_checkpoint
     from ..pruning.card import USAGE_PLOT, model_card
     from ..stats.plots import plot_pruning
-    from .merge import compensation_record, expert_format, write_weights
     from .provenance import source_record, statistics_record, write_provenance
 
     if fits is None:
@@ -247,13 +201,6 @@ def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, 
                      plan=plan.to_dict(), card=model_card(plan, source.info, after, statistics_record(stats)) + compensation_section(fits),
                      parameters={"before": source.info.parameters.__dict__, "after": after.parameters.__dict__}, **extra)
     return after
-
-
-def describe_written(staging: Path):
-    """The description of a checkpoint just written (reading it back checks it as a source)."""
-    from .source import open_model
-
-    return open_model(str(staging), flag="").info
 
 
 def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
@@ -306,7 +253,6 @@ def _prune_one(source, selection: SelectionOptions, output: OutputOptions, stagi
     fits = None
     if fit_calibration is not None:
         from ..merging.plan import from_prune_plan
-        from .merge import compensation
 
         fits = compensation(source, from_prune_plan(plan), fit_calibration, spill, progress=progress)
     after = write(source, plan, staging, stats=stats, fits=fits, command=command, progress=progress,

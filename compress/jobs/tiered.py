@@ -74,7 +74,7 @@ def convert_tiered(source, options: TieredOptions, output: OutputOptions, *, cal
     from ..recipes.tiered import TieredPlan, check_tiers, design_teams, is_tiered_plan_file, parse_tiers
     from .profile import collect
     from .provenance import plan_provenance
-    from .prune import checked_statistics, plan_source
+    from .reduction import checked_statistics, plan_source
 
     start = time.perf_counter()
     if source.derived is not None:
@@ -114,7 +114,7 @@ def write(source, plan, staging: Path, *, stats=None, command: str | None = None
     from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
     from ..recipes.tiered import tiered_card, write_tiered_checkpoint
     from .provenance import source_record, write_provenance
-    from .prune import describe_written
+    from .reduction import describe_written
 
     write_tiered_checkpoint(source, staging, plan, max_shard_size or DEFAULT_MAX_SHARD_BYTES, progress=progress)
     after = describe_written(staging)

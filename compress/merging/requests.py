@@ -1,5 +1,5 @@
 """The merge grouping and compensation as per-layer searches of the layer-wise engine (see
-`layerwise.ReconstructRequest` for the protocol): each answers one `LayerSample` at a time."""
+`pruning.reconstruct.ReconstructRequest` for the protocol): each answers one `LayerSample` at a time."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ For a sample of calibration tokens the experts' inputs and the router logits of 
 captured (in one forward pass of a loaded model here, or layer by layer by `compress.layerwise`);
 each expert's output f_j(x) is computed once for every sampled token. The sample is small enough
 that every expert's outputs for it cost no more than the routed experts' outputs for all the
-calibration tokens (`reconstruction_tokens`), so the search never costs more than profiling.
+calibration tokens (`layer_sample.search_tokens`), so the search never costs more than profiling.
 The output of a kept set S is the family's routing over S alone (the other experts' logits at
 −inf) applied to those outputs; its error is Σ_x ‖y_S(x) − y_all(x)‖². Every set is tried when
 there are few (at most `EXHAUSTIVE_LIMIT`), otherwise experts are removed greedily, each time the
@@ -17,60 +17,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import CompressError
 from ..families import family_for_config
+from ..layer_sample import search_model
 
 EXHAUSTIVE_LIMIT = 2000
-DEFAULT_MAX_TOKENS = 2048
-SEARCH_BYTES = 2**30  # every expert's fp32 outputs for the search's tokens are held at once
 CANDIDATE_ELEMENTS = 2**24
-
-
-def reconstruction_tokens(total_tokens: int, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None) -> int:
-    """Tokens the search measures on: `max_tokens` when given; otherwise at most `DEFAULT_MAX_TOKENS`,
-    few enough that all E experts' outputs for them cost no more than the k routed experts'
-    outputs for all `total_tokens` (tokens · E ≤ total · k), and that those outputs fit in
-    `SEARCH_BYTES` in fp32."""
-    if max_tokens is not None:
-        return max_tokens
-    by_memory = SEARCH_BYTES // (num_experts * hidden_size * 4)
-    return max(1, min(DEFAULT_MAX_TOKENS, total_tokens * top_k // num_experts, by_memory))
-
-
-def reconstruction_windows(windows: torch.Tensor, top_k: int, num_experts: int, hidden_size: int, max_tokens: int | None = None):
-    """(windows spread evenly over the calibration set, tokens to use from them) for the search."""
-    tokens = reconstruction_tokens(windows.numel(), top_k, num_experts, hidden_size, max_tokens)
-    rows = min(len(windows), max(1, math.ceil(tokens / windows.shape[1])))
-    return windows[torch.linspace(0, len(windows) - 1, rows).round().long()], tokens
-
-
-@torch.inference_mode()
-def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_tokens: int | None = None) -> dict[int, tuple]:
-    """{MoE layer: (experts' input hidden states [T, H], router logits [T, E])} of the search's
-    sample of `windows` (see `reconstruction_windows`), in one forward pass of a loaded model."""
-    family = family_for_config(model.config)
-    captured: dict[int, list] = {layer: [[], []] for layer in family.moe_layer_indices(model)}
-    hooks = []
-    for layer in captured:
-        hooks.append(family.experts(model, layer).register_forward_pre_hook(
-            lambda module, args, layer=layer: captured[layer][0].append(args[0].detach().float().cpu())))
-        hooks.append(family.router(model, layer).register_forward_hook(
-            lambda module, args, output, layer=layer: captured[layer][1].append(
-                (output[0] if isinstance(output, tuple) else output).detach().float().cpu())))
-    device = model.get_input_embeddings().weight.device
-    sample, tokens = reconstruction_windows(windows, family.top_k(model.config), family.num_experts(model.config),
-                                            model.config.hidden_size, max_tokens)
-    try:
-        for batch in sample.split(batch_size):
-            model.base_model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {layer: (torch.cat(h)[:tokens], torch.cat(logits)[:tokens]) for layer, (h, logits) in captured.items()}
 
 
 class LayerReconstruction:
@@ -217,7 +173,7 @@ def global_kept_sets(paths: dict[int, list[tuple[list[int], float]]], scale: dic
 
 
 def choose_kept(layer_search: LayerReconstruction, layer: int, request):
-    """The search's answer for one layer of a `layerwise.ReconstructRequest`: the kept ids (uniform
+    """The search's answer for one layer of a `ReconstructRequest`: the kept ids (uniform
     budget), or (removal path, output scale) for `global_kept_sets` (global budget)."""
     protect = request.protect.get(layer, set())
     if request.budget == "uniform":
@@ -225,6 +181,30 @@ def choose_kept(layer_search: LayerReconstruction, layer: int, request):
     minimum = max(layer_search.family.top_k(layer_search.config), request.min_per_layer or 0)
     return (removal_path(layer_search, max(minimum, len(protect)), protect, request.groups),
             max(layer_search.full_norm, 1e-30))
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """What the ``reconstruct`` search keeps.
+
+    Like every per-layer search the engine runs on its sample windows (merge groupings and
+    compensation in `merging.requests`), it is checked before the pass (`check`), answers one
+    `layer_sample.LayerSample` at a time (`answer`) and turns the answers into its result (`finish`)."""
+
+    keep: int
+    protect: dict
+    groups: int = 1
+    budget: str = "uniform"
+    min_per_layer: int | None = None
+
+    def check(self, top_k: int) -> None:
+        check_request(self, top_k)
+
+    def answer(self, sample):
+        return choose_kept(LayerReconstruction.of_sample(sample), sample.layer, self)
+
+    def finish(self, answers: dict):
+        return finish_selection(answers, self)
 
 
 def check_request(request, top_k: int) -> None:
@@ -248,24 +228,9 @@ def reconstruction_selection(
     ``budget="uniform"`` keeps `keep` experts in every layer; ``"global"`` keeps `keep` × layers in
     total, at least `min_per_layer` (default: top-k) in each, spending the removals where they cost
     the least relative error (`global_kept_sets`)."""
-    from ..layerwise import ReconstructRequest
-
     request = ReconstructRequest(keep, protect or {}, groups, budget, min_per_layer)
     check_request(request, family_for_config(model.config).top_k(model.config))
     return search_model(model, windows, request, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
-
-
-def search_model(model, windows: torch.Tensor, request, *, batch_size: int = 8, max_tokens: int | None = None,
-                 progress: bool = True):
-    """A per-layer search `request` (``reconstruct``, a merge grouping, compensation: anything with
-    ``answer(LayerSample)`` and ``finish(answers)``) on a loaded model, from one forward pass."""
-    from ..layer_sample import LayerSample
-
-    answers = {}
-    for layer, (hidden, logits) in tqdm(capture_layer_inputs(model, windows, batch_size, max_tokens).items(),
-                                        desc="layer search", unit="layer", disable=not progress):
-        answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))
-    return request.finish(answers)
 
 
 def finish_selection(answers: dict, request) -> dict[int, list[int]]:
