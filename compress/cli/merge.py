@@ -16,18 +16,17 @@ from ..jobs.options import (
     refuse_with_plan,
 )
 from ..merging import DEFAULT_GROUPING
+from ..merging.groupings import GROUPINGS
 
-EPILOG = f"""examples:
+EPILOG = """examples:
   compress merge --model demo --domain math --keep 8 --out out/demo-math-merge8
   compress merge --model demo --domain math --keep 8 --compensate --out out/demo-math-merge8c
   compress merge --model openai/gpt-oss-20b --domain math --keep 16 --out gpt-oss-20b-math-merge16
   compress merge --model demo --domain code --keep 8 --plan-only --out merge.json   (edit it, then:)
   compress merge --model demo --plan merge.json --out out/demo-code-merged
 
-groupings (default {DEFAULT_GROUPING}); both are decided on a sample of the calibration tokens:
-  hc-smoe   hierarchical clustering (average linkage) of the experts' mean outputs
-  m-smoe    the --keep most used experts are centres; every other expert joins the centre whose
-            router logits it matches best
+groupings (default {default}), each decided on a sample of the calibration tokens:
+{groupings}
 
 Each new expert is the weighted average of its group's experts (every weight and bias, weights by
 --merge-weights); its router row is its most used member's or the weighted sum (--router). A group
@@ -39,10 +38,16 @@ unless --dequantize.
 """
 
 
+def groupings_help() -> str:
+    """One entry per grouping of the table (`merging.groupings`), as registered when the parser is built."""
+    return "\n".join(f"  {name:<9} {grouping.help}" for name, grouping in GROUPINGS.items())
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("merge", help="merge groups of experts into one each and write the smaller checkpoint",
                                    description="Merge the routed experts of a MoE checkpoint, grouped on calibration text.",
-                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   epilog=EPILOG.format(default=DEFAULT_GROUPING, groupings=groupings_help()),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     add_options(parser, MergeOptions)

@@ -16,8 +16,9 @@ from ..jobs.options import (
     refuse_with_plan,
 )
 from ..pruning import DEFAULT_CRITERION
+from ..pruning.criteria import CRITERIA
 
-EPILOG = f"""examples:
+EPILOG = """examples:
   compress prune --model demo --domain math --keep 8 --out out/demo-math-keep8
   compress prune --model openai/gpt-oss-20b --domain math --keep 16 --dataset preset --out gpt-oss-20b-math-16
   compress prune --model ./ckpt --stats code.safetensors --keep-ratio 0.5 --budget global --out ckpt-code-half
@@ -26,16 +27,8 @@ EPILOG = f"""examples:
   compress prune --model demo --domain code --keep 8 --plan-only --out plan.json   (edit it, then:)
   compress prune --model demo --plan plan.json --out out/demo-code-edited
 
-criteria (higher score = kept; default {DEFAULT_CRITERION}):
-  reap         mean routing weight x expert output norm over the tokens routed to the expert
-  frequency    how often the expert is in a token's top-k
-  gate-mass    total routing weight the expert receives
-  ean          sum of the expert's output norms over its routed tokens
-  man          mean output norm over the expert's routed tokens (no gate term)
-  msan         mean squared output norm over the expert's routed tokens (no gate term)
-  random       seeded random baseline
-  reconstruct  per layer, the kept set whose output is closest to the full layer's on calibration tokens;
-               with --budget global, removals go where they raise the relative layer error least
+criteria (higher score = kept; default {default}):
+{criteria}
 
 Without --stats the model is profiled first on --domain calibration text (see `compress profile`).
 --compensate then refits, per layer and without training, each kept expert's down projection by
@@ -48,10 +41,16 @@ A tiered model (`compress convert tiered`) is pruned by whole teams: --keep coun
 """
 
 
+def criteria_help() -> str:
+    """One line per criterion of the table (`pruning.criteria`), as registered when the parser is built."""
+    return "\n".join(f"  {name:<12} {criterion.help}" for name, criterion in CRITERIA.items())
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("prune", help="remove the experts a domain uses least and write the smaller checkpoint",
                                    description="Prune the routed experts of a MoE checkpoint, driven by routing statistics.",
-                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   epilog=EPILOG.format(default=DEFAULT_CRITERION, criteria=criteria_help()),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     add_options(parser, SelectionOptions)

@@ -14,9 +14,11 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
 from ..errors import CompressError
-from ..merging import DEFAULT_GROUPING, DEFAULT_MERGE_WEIGHTS, DEFAULT_ROUTER_ROWS, GROUPINGS, MERGE_WEIGHTS, ROUTER_ROWS
+from ..merging import DEFAULT_GROUPING, DEFAULT_MERGE_WEIGHTS, DEFAULT_ROUTER_ROWS, MERGE_WEIGHTS, ROUTER_ROWS
+from ..merging.groupings import GROUPINGS
 from ..model_loading import DEVICES, DTYPE_HELP, DTYPES
-from ..pruning import BUDGETS, CRITERIA, DEFAULT_CRITERION
+from ..pruning import BUDGETS, DEFAULT_CRITERION
+from ..pruning.criteria import CRITERIA
 
 MODEL_HELP = "local directory, Hub id (OWNER/NAME) or `demo`"
 

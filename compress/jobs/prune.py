@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import CompressError
 from ..families.derived import TIERED
-from ..pruning import SCORE_CRITERIA
+from ..pruning.criteria import CRITERIA, score_criteria
 from .calibration import settle
 from .options import CalibrationOptions, OutputOptions, SelectionOptions
 from .reduction import (
@@ -96,8 +96,13 @@ def protected(specs, source) -> dict[int, set[int]]:
     return protect
 
 
+def _is_search(selection: SelectionOptions) -> bool:
+    """Whether the criterion searches on calibration tokens (``reconstruct``) instead of scoring statistics."""
+    return CRITERIA[selection.criterion].search is not None
+
+
 def _needs_calibration(selection: SelectionOptions, stats) -> bool:
-    return stats is None or selection.criterion == "reconstruct"
+    return stats is None or _is_search(selection)
 
 
 def check_request(source, selection: SelectionOptions, calibration: CalibrationOptions | None, stats):
@@ -108,9 +113,9 @@ def check_request(source, selection: SelectionOptions, calibration: CalibrationO
     if not _needs_calibration(selection, stats):
         return None
     if (calibration is None or calibration.domain is None) and stats is not None:
-        raise CompressError(f"--criterion reconstruct (the default) searches expert sets on calibration tokens, which --stats "
+        raise CompressError(f"--criterion {selection.criterion} searches expert sets on calibration tokens, which --stats "
                             f"does not hold: pass --domain too, or choose a criterion the statistics score "
-                            f"({', '.join(SCORE_CRITERIA)})")
+                            f"({', '.join(score_criteria())})")
     if calibration is None or calibration.domain is None:
         raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
                             "(math, code, general or your own with --dataset)")
@@ -131,17 +136,15 @@ def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: C
     calibration = check_request(source, selection, calibration, stats)
     keep, protect, sizes = keep_count(selection, source), protected(selection.protect, source), team_sizes(source)
     groups = source.family.routing_groups(source.config)
-    if sizes is not None and selection.criterion == "reconstruct":
-        raise CompressError("--criterion reconstruct searches expert sets through the family's router, but a tiered model "
-                            f"routes teams: choose a score criterion ({', '.join(SCORE_CRITERIA)})")
+    if sizes is not None and _is_search(selection):
+        raise CompressError(f"--criterion {selection.criterion} searches expert sets through the family's router, but a tiered model "
+                            f"routes teams: choose a score criterion ({', '.join(score_criteria())})")
     if _needs_calibration(selection, stats):
-        from ..pruning.reconstruct import ReconstructRequest
-
-        request = (ReconstructRequest(keep, protect, groups, selection.budget, selection.min_per_layer)
-                   if selection.criterion == "reconstruct" else None)
+        search = CRITERIA[selection.criterion].search
+        request = search(keep, protect, groups, selection.budget, selection.min_per_layer) if search is not None else None
         _, profiled, searched = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
         stats = stats or profiled
-    if selection.criterion == "reconstruct":
+    if _is_search(selection):
         layers, teams = searched, None
     else:
         ranked = stats if sizes is None else team_statistics(stats, sizes)

@@ -2,7 +2,6 @@
 groupings that make them (HC-SMoE, M-SMoE), one-shot compensation, and applying them to a loaded
 model or, streaming, to a checkpoint on disk."""
 
-GROUPINGS = ("hc-smoe", "m-smoe")
 MERGE_WEIGHTS = ("frequency", "gate-mass")
 ROUTER_ROWS = ("dominant", "weighted")
 DEFAULT_GROUPING = "m-smoe"  # set from benchmarks/merge_quality.py

@@ -5,13 +5,8 @@ from __future__ import annotations
 from .. import __version__
 from ..jobs.provenance import STATS_FILE
 from ..pruning.card import USAGE_PLOT, calibration_text, load_section, size_table
+from .groupings import GROUPINGS
 from .plan import MergePlan
-
-GROUPING_TEXT = {
-    "hc-smoe": "hierarchical clustering (average linkage) of the experts' mean outputs on calibration tokens (HC-SMoE)",
-    "m-smoe": "the most used experts as centres, each other expert joining the one whose router logits it matches best (M-SMoE)",
-    "plan": "a plan given by hand (--plan)",
-}
 
 
 def compensation_section(fits: dict | None) -> str:
@@ -62,7 +57,7 @@ Expert weights: {experts}. Everything else is unchanged.
 
 ## How the groups were made
 
-Grouping: {GROUPING_TEXT.get(p.get('grouping'), p.get('grouping', 'unknown'))}; merge weights: {p.get('merge_weights', 'from the plan')},
+Grouping: {grouping_text(p.get('grouping'))}; merge weights: {p.get('merge_weights', 'from the plan')},
 measured on {data}. `compress.json` records the plan; `{STATS_FILE}` holds the statistics.
 {picture}{compensation_section(fits)}
 | layer | new expert | made of (weight·original id) |
@@ -71,3 +66,10 @@ measured on {data}. `compress.json` records the plan; `{STATS_FILE}` holds the s
 
 {load_section(after)}
 """
+
+
+def grouping_text(name: str | None) -> str:
+    """The card's words for a grouping of the table (`merging.groupings`), or for a plan given by hand."""
+    if name in GROUPINGS:
+        return GROUPINGS[name].card
+    return "a plan given by hand (--plan)" if name == "plan" else name or "unknown"

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import CompressError
-from . import GROUPINGS, MERGE_WEIGHTS
+from . import MERGE_WEIGHTS
+from .groupings import GROUPINGS
 
 # An unused expert still gets a (negligible) positive weight, so every plan weight is > 0.
 _UNUSED_WEIGHT = 1e-6
@@ -69,7 +70,7 @@ def _within_routing_groups(count: int, keep: int, routing_groups: int, group_one
     return result
 
 
-def hc_smoe_groups(sample, keep: int, routing_groups: int = 1) -> list[list[int]]:
+def hc_smoe_groups(sample, keep: int, used: torch.Tensor | None = None, routing_groups: int = 1) -> list[list[int]]:
     means = sample.outputs.mean(dim=0)  # [E, H]
     return _within_routing_groups(len(means), keep, routing_groups, lambda members, k: average_linkage(means[members], k))
 
@@ -92,12 +93,9 @@ def m_smoe_groups(sample, keep: int, used: torch.Tensor, routing_groups: int = 1
 def merge_groups(sample, grouping: str, keep: int, weights: str, routing_groups: int = 1):
     """(groups, merge weights) of one layer: each group most used first, weights normalised usage."""
     used = usage(sample, weights)
-    if grouping == "hc-smoe":
-        groups = hc_smoe_groups(sample, keep, routing_groups)
-    elif grouping == "m-smoe":
-        groups = m_smoe_groups(sample, keep, used, routing_groups)
-    else:
+    if grouping not in GROUPINGS:
         raise CompressError(f"unknown grouping {grouping!r}: choose one of {', '.join(GROUPINGS)}")
+    groups = GROUPINGS[grouping].groups(sample, keep, used, routing_groups)
     ordered, merge_weights = [], []
     floor = _UNUSED_WEIGHT * max(float(used.max()), 1.0)
     for group in sorted(groups, key=min):

@@ -7,6 +7,7 @@ from .. import __version__
 from ..families.derived import split_model_type
 from ..jobs.provenance import STATS_FILE
 from ..model_info import ModelInfo
+from .criteria import CRITERIA
 from .plan import PrunePlan
 
 USAGE_PLOT = "expert_usage.png"
@@ -62,15 +63,9 @@ def model_card(plan: PrunePlan, before: ModelInfo, after: ModelInfo, statistics:
         kept_text += f" (whole teams: {', '.join(f'layer {layer} keeps teams {kept}' for layer, kept in sorted(plan.teams.items()))})"
     top_k_text = (f"top-k stays {plan.top_k}" if plan.top_k == source["top_k"]
                   else f"top-k lowered from {source['top_k']} to {plan.top_k} (fewer experts kept than were routed per token)")
-    why = {
-        "reap": "REAP saliency (mean of routing weight × expert output norm over the tokens routed to the expert)",
-        "frequency": "routing frequency (how often the expert is in a token's top-k)",
-        "gate-mass": "gate mass (total routing weight the expert receives)",
-        "ean": "expert activation norm (sum of the expert's output norms over its routed tokens)",
-        "random": "a seeded random choice (a baseline, not a recommendation)",
-        "reconstruct": "a search for the kept set that best reconstructs each layer's output on calibration tokens",
-        "plan": "a plan given by hand (--plan)",
-    }.get(p.get("criterion"), p.get("criterion", "unknown"))
+    criterion = CRITERIA.get(p.get("criterion"))
+    why = criterion.card if criterion is not None else ("a plan given by hand (--plan)" if p.get("criterion") == "plan"
+                                                        else p.get("criterion", "unknown"))
     data = calibration_text(statistics)
     rows = "\n".join(
         f"| {layer} | {len(kept)} | {', '.join(map(str, kept))} | {', '.join(map(str, plan.removed(layer))) or '—'} |"

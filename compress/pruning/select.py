@@ -1,15 +1,7 @@
 """Choosing the experts to keep from routing statistics.
 
-Scores per expert (higher = keep), all from one `RoutingStats` file:
-
-* ``reap``: mean of g·‖f(x)‖ over the tokens routed to the expert (REAP, Cerebras 2025);
-* ``frequency``: top-k selection count;
-* ``gate-mass``: Σ routing weight;
-* ``ean``: Σ ‖f(x)‖ over routed tokens (expert activation norm);
-* ``man`` / ``msan``: mean ‖f(x)‖ / mean ‖f(x)‖² over routed tokens, no gate term (arXiv 2606.15716);
-* ``random``: a seeded random order (the baseline every criterion must beat).
-
-``reconstruct`` is not a score: it searches the kept set against layer outputs (`reconstruct.py`).
+Scores per expert (higher = keep) come from one `RoutingStats` file through the score criteria of
+the table in `criteria.py`; ``reconstruct`` is a search instead (`reconstruct.py`).
 
 Budgets: ``uniform`` keeps the best N of every layer; ``global`` keeps N × layers experts in total,
 ranked across layers by each expert's share of its layer's total score (raw scores are not
@@ -24,30 +16,16 @@ import torch
 
 from ..errors import CompressError
 from ..stats import RoutingStats
-from . import BUDGETS, CRITERIA
+from . import BUDGETS
+from .criteria import CRITERIA, score_criteria
 
 
 def expert_scores(stats: RoutingStats, layer: int, criterion: str, seed: int = 0) -> torch.Tensor:
-    """Per-expert keep score [E] (float64) of one MoE layer."""
-    s = stats.layers[layer]
-    if criterion == "reap":
-        return s["reap_sum"] / s["selections"].clamp(min=1).double()
-    if criterion == "frequency":
-        return s["selections"].double()
-    if criterion == "gate-mass":
-        return s["gate_mass"].double()
-    if criterion == "ean":
-        return s["ean_sum"].double()
-    if criterion == "man":
-        return s["ean_sum"].double() / s["selections"].clamp(min=1).double()
-    if criterion == "msan":
-        if "ean_sq_sum" not in s:
-            raise CompressError("--criterion msan needs the statistic ean_sq_sum, which these statistics (written by an older "
-                                "moe-compress) lack: profile the model again")
-        return s["ean_sq_sum"].double() / s["selections"].clamp(min=1).double()
-    if criterion == "random":
-        return torch.rand(s["selections"].shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + layer), dtype=torch.float64)
-    raise CompressError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+    """Per-expert keep score [E] (float64) of one MoE layer, by a score criterion of `criteria.CRITERIA`."""
+    entry = CRITERIA.get(criterion)
+    if entry is None or entry.score is None:
+        raise CompressError(f"{criterion!r} is not a criterion that scores experts: choose one of {', '.join(score_criteria())}")
+    return entry.score(stats.layers[layer], layer, seed)
 
 
 def _ranked(scores: torch.Tensor, candidates: list[int]) -> list[int]:
