@@ -36,7 +36,7 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 def _per_layer_classes() -> dict[str, tuple[type, type]]:
     from .models import modeling_moe_compress
 
-    return {base: modeling_moe_compress.CLASSES[base] for base in VLLM_CLASSES}
+    return {base: modeling_moe_compress.classes_for(base) for base in VLLM_CLASSES}
 
 
 def register() -> None:

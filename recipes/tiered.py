@@ -283,9 +283,10 @@ def design_teams(stats: RoutingStats, tiers: dict[int, int], team_size: int, tea
 
 def tiered_config(config: dict, family: MoEFamily, layout: TieredPlan) -> dict:
     base_type = config["model_type"]
-    if base_type not in modeling_tiered_moe.CLASSES:
-        raise CompressError(f"tiered conversion supports {', '.join(modeling_tiered_moe.CLASSES)}, not {base_type}")
-    config_class, model_class = modeling_tiered_moe.CLASSES[base_type]
+    if family.routing["function"] not in modeling_tiered_moe.TEAM_ROUTING:
+        raise CompressError(f"tiered conversion needs routing a team router can reproduce ({', '.join(modeling_tiered_moe.TEAM_ROUTING)}); "
+                            f"{base_type} routes by {family.routing['function']}")
+    config_class, model_class = modeling_tiered_moe.classes_for(base_type)
     largest = max(len(teams) * layout.team_size for teams in layout.teams.values())
     config = family.rewrite_config(config, num_experts=largest, top_k=layout.team_top_k * layout.team_size)
     routing = {key: value for key, value in family.routing.items() if key != "cast_to_logits_dtype"}

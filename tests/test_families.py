@@ -177,3 +177,23 @@ def test_derived_configs_carry_the_fields_engines_read(family_name, tmp_path):
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.rope_parameters["rope_theta"] == source["rope_parameters"]["rope_theta"]  # transformers reads it the same
     assert get_family(family_name).num_experts(loaded) == 4
+
+
+def test_an_incomplete_family_definition_is_refused_in_one_line():
+    import json
+    from importlib import resources
+
+    from compress.errors import UnsupportedModelError
+    from compress.families.family import MoEFamily
+
+    definition = json.loads(resources.files("compress.families").joinpath("definitions", "mixtral.json").read_text())
+    assert MoEFamily.from_definition(definition).name == "mixtral"
+    for change, message in ((lambda d: d.pop("routing"), "lacks routing"),
+                            (lambda d: d["config"].pop("top_k"), "lacks config.top_k"),
+                            (lambda d: d["routing"].update(function="coin_toss"), "names routing function 'coin_toss'"),
+                            (lambda d: d.update(model_types=["not_a_model"]), "has no causal LM for model_type 'not_a_model'")):
+        broken = json.loads(json.dumps(definition))
+        change(broken)
+        with pytest.raises(UnsupportedModelError, match=message) as refused:
+            MoEFamily.from_definition(broken)
+        assert "\n" not in str(refused.value)

@@ -29,8 +29,12 @@ import torch
 
 from ..checkpoint import mxfp4
 from ..checkpoint.reader import CheckpointReader
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsupportedModelError
 from .routing import ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
+
+# What every family definition (`definitions/*.json`) holds.
+DEFINITION_KEYS = ("name", "description", "model_types", "config", "routing", "modules", "router_tensors", "expert_tensors",
+                   "checkpoint_layouts")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,24 @@ class MoEFamily:
 
     @classmethod
     def from_definition(cls, data: dict) -> MoEFamily:
+        """The family a definition (`definitions/*.json`) describes, refused in one line when
+        incomplete: a missing key, a routing function that does not exist, or a model_type
+        transformers has no causal LM for (the derived model classes start from its stock ones)."""
+        from ..models.modeling_moe_compress import stock_classes
+
+        name = data.get("name", "?")
+        missing = [key for key in DEFINITION_KEYS if key not in data]
+        missing += [f"config.{key}" for key in ("num_experts", "top_k") if key not in data.get("config", {})]
+        if missing:
+            raise UnsupportedModelError(f"the family definition {name!r} lacks {', '.join(missing)}: see families/definitions/*.json")
+        if data["routing"].get("function") not in ROUTING_FUNCTIONS:
+            raise UnsupportedModelError(f"the family definition {name!r} names routing function {data['routing'].get('function')!r}; "
+                                        f"families/routing.py has {', '.join(ROUTING_FUNCTIONS)}")
+        for model_type in data["model_types"]:
+            try:
+                stock_classes(model_type)
+            except ValueError as exc:
+                raise UnsupportedModelError(f"the family definition {name!r}: {exc}") from None
         layouts = {name: CheckpointLayout(name=name, **spec) for name, spec in data["checkpoint_layouts"].items()}
         family = cls(
             name=data["name"],

@@ -7,10 +7,16 @@ from functools import cache
 
 @cache
 def register_model_classes() -> None:
-    """Register both model-class files with the Auto classes and the kernels' experts implementation (once)."""
+    """Register both model-class files' classes of every family (`families/definitions`; tiered
+    where a team router can reproduce the family's routing) with the Auto classes, and the kernels'
+    experts implementation (once)."""
+    from ..families import all_families
     from ..kernels import experts
     from . import modeling_moe_compress, modeling_tiered_moe
 
-    modeling_moe_compress.register(modeling_moe_compress.CLASSES)
-    modeling_moe_compress.register(modeling_tiered_moe.CLASSES)
+    for family in all_families().values():
+        for base in family.model_types:
+            modeling_moe_compress.register({base: modeling_moe_compress.classes_for(base)})
+            if family.routing["function"] in modeling_tiered_moe.TEAM_ROUTING:
+                modeling_moe_compress.register({base: modeling_tiered_moe.classes_for(base)})
     experts.register()

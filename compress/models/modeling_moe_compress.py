@@ -20,20 +20,6 @@ with moe-compress imported, the classes are registered and load without it.
 from __future__ import annotations
 
 import torch
-from transformers import (
-    DeepseekV3Config,
-    DeepseekV3ForCausalLM,
-    GptOssConfig,
-    GptOssForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-    OlmoeConfig,
-    OlmoeForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
-)
 
 MODEL_TYPE_SUFFIX = "_moe_compress"
 
@@ -79,55 +65,78 @@ class _PerLayerExperts:
             keep_experts(layers[int(layer)], list(range(count)), config.moe_layout, config.num_experts_per_tok)
 
 
-# The stock classes every derived family starts from: base model_type → (class-name prefix, config
-# class, causal LM class). Both model files derive their classes from this one table.
-BASES = {
-    "gpt_oss": ("GptOss", GptOssConfig, GptOssForCausalLM),
-    "mixtral": ("Mixtral", MixtralConfig, MixtralForCausalLM),
-    "qwen2_moe": ("Qwen2Moe", Qwen2MoeConfig, Qwen2MoeForCausalLM),
-    "qwen3_moe": ("Qwen3Moe", Qwen3MoeConfig, Qwen3MoeForCausalLM),
-    "olmoe": ("Olmoe", OlmoeConfig, OlmoeForCausalLM),
-    "deepseek_v3": ("DeepseekV3", DeepseekV3Config, DeepseekV3ForCausalLM),
-}
+def stock_classes(base: str) -> tuple[str, type, type]:
+    """(class-name prefix, config class, causal LM class) that transformers ships for model_type
+    `base`, read from its Auto mappings: every family transformers knows derives the same way."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if base not in CONFIG_MAPPING_NAMES or base not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"transformers {transformers.__version__} has no causal LM for model_type {base!r}")
+    config_name, model_name = CONFIG_MAPPING_NAMES[base], MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[base]
+    return config_name.removesuffix("Config"), getattr(transformers, config_name), getattr(transformers, model_name)
 
 
-def derive_classes(namespace: dict, bases: list[str], suffix: str, name: str, mixin: type) -> dict:
-    """For each base family, a config class with model_type ``<base><suffix>`` and a causal LM
-    class with `mixin` in front, named ``<Prefix><name>Config`` / ``<Prefix><name>ForCausalLM`` and
-    placed in `namespace` (a module's globals, so ``auto_map`` can name them)."""
-    classes = {}
-    for base in bases:
-        prefix, config_base, model_base = BASES[base]
-        config_name, model_name = f"{prefix}{name}Config", f"{prefix}{name}ForCausalLM"
-        module = namespace["__name__"]
-        config_class = type(config_name, (config_base,), {"model_type": base + suffix, "__module__": module, "__qualname__": config_name})
-        # transformers lets a class switch experts implementations (set_experts_implementation: the
-        # profiler, the kernels) only when its module's source mentions the stock experts decorator,
-        # cached per class; ours keep the stock experts modules but live in this file, so they say so.
-        model_class = type(model_name, (mixin, model_base),
-                           {"config_class": config_class, "__module__": module, "__qualname__": model_name,
-                            "_can_set_experts_implementation_cached_value": True})
-        namespace[config_name], namespace[model_name] = config_class, model_class
-        classes[base] = (config_class, model_class)
-    return classes
+def derive_classes(namespace: dict, base: str, suffix: str, name: str, mixin: type) -> tuple[type, type]:
+    """The config class with model_type ``<base><suffix>`` and the causal LM class with `mixin` in
+    front of `base`'s stock classes, named ``<Prefix><name>Config`` / ``<Prefix><name>ForCausalLM``;
+    made once and kept in `namespace` (a module's globals, so ``auto_map`` and pickling name them)
+    and its ``CLASSES`` {base: (config class, model class)}."""
+    if base in namespace["CLASSES"]:
+        return namespace["CLASSES"][base]
+    prefix, config_base, model_base = stock_classes(base)
+    config_name, model_name = f"{prefix}{name}Config", f"{prefix}{name}ForCausalLM"
+    module = namespace["__name__"]
+    config_class = type(config_name, (config_base,), {"model_type": base + suffix, "__module__": module, "__qualname__": config_name})
+    # transformers lets a class switch experts implementations (set_experts_implementation: the
+    # profiler, the kernels) only when its module's source mentions the stock experts decorator,
+    # cached per class; ours keep the stock experts modules but live in this file, so they say so.
+    model_class = type(model_name, (mixin, model_base),
+                       {"config_class": config_class, "__module__": module, "__qualname__": model_name,
+                        "_can_set_experts_implementation_cached_value": True})
+    namespace[config_name], namespace[model_name] = config_class, model_class
+    namespace["CLASSES"][base] = (config_class, model_class)
+    share_weight_conversions(base, config_class)
+    return config_class, model_class
 
 
-# base model_type → (config class, causal LM class): GptOssMoECompressConfig, GptOssMoECompressForCausalLM, ...
-CLASSES = derive_classes(globals(), list(BASES), MODEL_TYPE_SUFFIX, "MoECompress", _PerLayerExperts)
+def derived_attribute(namespace: dict, attribute: str, name: str, classes_for) -> type:
+    """A module ``__getattr__``: the class `attribute` (``<Prefix><name>Config`` or
+    ``<Prefix><name>ForCausalLM``, as ``auto_map`` or a pickle names it), derived on first use."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    for ending in ("Config", "ForCausalLM"):
+        if attribute.endswith(name + ending):
+            prefix = attribute[: -len(name + ending)]
+            for base, config_name in CONFIG_MAPPING_NAMES.items():
+                if config_name == prefix + "Config":
+                    classes_for(base)
+                    return namespace[attribute]
+    raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attribute!r}")
 
 
-def share_weight_conversions(classes: dict) -> None:
-    """Give derived model types the per-expert → fused checkpoint conversions of their base family
+# base model_type → (config class, causal LM class), e.g. GptOssMoECompressConfig, GptOssMoECompressForCausalLM;
+# filled as families are used (`classes_for`, or a class named by auto_map).
+CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def classes_for(base: str) -> tuple[type, type]:
+    return derive_classes(globals(), base, MODEL_TYPE_SUFFIX, "MoECompress", _PerLayerExperts)
+
+
+def __getattr__(attribute: str):
+    return derived_attribute(globals(), attribute, "MoECompress", classes_for)
+
+
+def share_weight_conversions(base: str, config_class: type) -> None:
+    """Give a derived model type the per-expert → fused checkpoint conversions of its base family
     (transformers looks them up by model_type)."""
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
-    for base_type, (config_class, _) in classes.items():
-        mapping = get_checkpoint_conversion_mapping(base_type)
-        if mapping is not None:
-            register_checkpoint_conversion_mapping(config_class.model_type, mapping, overwrite=True)
-
-
-share_weight_conversions(CLASSES)
+    mapping = get_checkpoint_conversion_mapping(base)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(config_class.model_type, mapping, overwrite=True)
 
 
 def register(classes: dict) -> None:

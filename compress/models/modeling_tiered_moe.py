@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_moe_compress import derive_classes, keep_experts, set_counts, share_weight_conversions, slice_tensors
+from .modeling_moe_compress import derive_classes, derived_attribute, keep_experts, set_counts, slice_tensors
 
 MODEL_TYPE_SUFFIX = "_tiered"
 
@@ -89,9 +89,18 @@ class _TieredTeams:
             install_teams(layers[int(layer)], spec["teams"], spec["team_size"], config)
 
 
-# base model_type → (config class, causal LM class): GptOssTieredConfig, GptOssTieredForCausalLM, ...
-# DeepSeek-V3 is left out: its group-limited routing has no team equivalent.
-CLASSES = derive_classes(globals(), ["gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"], MODEL_TYPE_SUFFIX,
-                         "Tiered", _TieredTeams)
+# Team routers implement these two routing rules; families routed otherwise (DeepSeek-V3's
+# group-limited routing) have no team equivalent.
+TEAM_ROUTING = ("topk_then_softmax", "softmax_then_topk")
 
-share_weight_conversions(CLASSES)
+# base model_type → (config class, causal LM class), e.g. GptOssTieredConfig, GptOssTieredForCausalLM;
+# filled as families are used (`classes_for`, or a class named by auto_map).
+CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def classes_for(base: str) -> tuple[type, type]:
+    return derive_classes(globals(), base, MODEL_TYPE_SUFFIX, "Tiered", _TieredTeams)
+
+
+def __getattr__(attribute: str):
+    return derived_attribute(globals(), attribute, "Tiered", classes_for)

@@ -87,9 +87,9 @@ def pruned_config(config: dict, family: MoEFamily, plan: PrunePlan) -> dict:
         return {**config, "tiered_layers": _kept_tiers(config["tiered_layers"], plan), "team_top_k": team_top_k}
     config = {key: value for key, value in config.items() if key not in PER_LAYER_FIELDS}
     if plan.uniform:
-        stock_model_class = modeling_moe_compress.BASES[base][2]
+        stock_model_class = modeling_moe_compress.stock_classes(base)[2]
         return {**config, "model_type": base, "architectures": [stock_model_class.__name__]} if kind == PER_LAYER else config
-    config_class, model_class = modeling_moe_compress.CLASSES[base]
+    config_class, model_class = modeling_moe_compress.classes_for(base)
     module = MODELING_FILES[PER_LAYER].removesuffix(".py")
     config.update({
         "model_type": config_class.model_type,
