@@ -34,11 +34,12 @@ import yaml
 from compress.checkpoint.dtypes import TORCH_DTYPES
 from compress.checkpoint.files import write_config
 from compress.checkpoint.reader import CheckpointReader
+from compress.checkpoint.tensor_plan import CheckpointPlan, TensorCopy, write_tensors
 from compress.checkpoint.writer import TensorSpec
 from compress.errors import CompressError
 from compress.families import MoEFamily
 from compress.models import modeling_tiered_moe
-from compress.pruning.apply import CheckpointPlan, _Copy, copy_modeling_files, plan_tensors, write_tensors
+from compress.pruning.apply import copy_modeling_files, plan_tensors
 from compress.pruning.plan import PrunePlan, layer_number, plan_file_format, read_plan_file, save_plan_file
 from compress.stats import RoutingStats
 
@@ -336,11 +337,11 @@ def plan_tiered_tensors(reader: CheckpointReader, family: MoEFamily, layout: Tie
         teams, mixing = layout.teams[role.layer], layout.mixing[role.layer]
         shape = list(reader.entries[copy.key].shape)
         shape[0] = len(teams)
-        result.copies.append(_Copy(copy.key, copy.new_key, compute=_team_rows(teams, mixing)))
+        result.copies.append(TensorCopy(copy.key, copy.new_key, compute=_team_rows(teams, mixing)))
         result.specs.append(TensorSpec(copy.new_key, spec.dtype, tuple(shape)))
         if role.suffix == "weight":  # the mixing weights live beside the team router's weight
             key = copy.new_key[: -len("weight")] + "mixing"
-            result.copies.append(_Copy(None, key, compute=lambda _, m=mixing: m.to(router_dtype)))
+            result.copies.append(TensorCopy(None, key, compute=lambda _, m=mixing: m.to(router_dtype)))
             result.specs.append(TensorSpec(key, router_dtype, tuple(mixing.shape)))
     return result
 

@@ -1,7 +1,7 @@
 """Model-family adapters: one JSON definition per architecture, loaded into `MoEFamily` objects.
 
 Adding a family is adding a file to ``definitions/`` (and, if its routing is new, a function to
-`routing.py`).
+`routing.py`), plus its tiny config for the tests; the model classes derive from transformers' own.
 """
 
 from __future__ import annotations

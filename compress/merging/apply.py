@@ -1,5 +1,5 @@
 """Applying a `MergePlan` (with optional compensation): to a loaded model, or streaming to a
-checkpoint on disk through the same writer as pruning (`pruning.apply.write_tensors`).
+checkpoint on disk through the same writer as pruning (`checkpoint.tensor_plan.write_tensors`).
 
 On disk, a planned layer's expert tensors are replaced by the new experts' (in the source's key
 convention), each computed from its group's members only, so memory holds one group's members and
@@ -25,19 +25,12 @@ import torch
 from ..checkpoint import mxfp4
 from ..checkpoint.dtypes import TORCH_DTYPES
 from ..checkpoint.files import write_config
+from ..checkpoint.tensor_plan import CheckpointPlan, TensorCopy, write_tensors
 from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, TensorSpec
 from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
 from ..models.modeling_moe_compress import set_counts
-from ..pruning.apply import (
-    CheckpointPlan,
-    _Copy,
-    copy_modeling_files,
-    pruned_config,
-    set_config_counts,
-    stack_keys,
-    write_tensors,
-)
+from ..pruning.apply import copy_modeling_files, pruned_config, set_config_counts, stack_keys
 from .plan import MergePlan
 
 
@@ -146,7 +139,7 @@ def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_
         entry = reader.entries[key]
         role = family.classify_key(key)
         if role.kind == "other":
-            result.copies.append(_Copy(key, key))
+            result.copies.append(TensorCopy(key, key))
             result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape)))
             continue
         if role.layer not in plan.layers:
@@ -156,7 +149,7 @@ def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_
             shape = list(entry.shape)
             shape[role.expert_dim] = groups
             matrix = plan.router_matrix(role.layer)
-            result.copies.append(_Copy(key, key, compute=lambda t, m=matrix, d=role.expert_dim: combine(t, m, d)))
+            result.copies.append(TensorCopy(key, key, compute=lambda t, m=matrix, d=role.expert_dim: combine(t, m, d)))
             result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(shape)))
             continue
         result.dropped_keys.append(key)
@@ -183,24 +176,24 @@ def _layer_tensors(reader, family: MoEFamily, layout, merger: _LayerMerger, grou
                     key = prefix.format(layer=layer, expert=g) + part
                     compute = (lambda _, n=name, g=g, i=index, s=sizes, e=entry:
                                merger.per_expert_part(n, g, i, s).to(TORCH_DTYPES[e.dtype]))
-                    yield _Copy(None, key, compute=compute), TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape))
+                    yield TensorCopy(None, key, compute=compute), TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape))
         elif isinstance(spec, dict):  # MXFP4
             base = layout.experts_prefix.format(layer=layer) + spec["mxfp4"]
             blocks = reader.entries[base + "_blocks"]
             if dequantize:
                 key = fused.experts_prefix.format(layer=layer) + fused.module_tensors[name]
                 shape = (groups, blocks.shape[2] * mxfp4.BLOCK_VALUES, blocks.shape[1])
-                yield (_Copy(None, key, compute=lambda _, n=name: merger.stacked(n, torch.bfloat16, None)),
+                yield (TensorCopy(None, key, compute=lambda _, n=name: merger.stacked(n, torch.bfloat16, None)),
                        TensorSpec(key, torch.bfloat16, shape))
                 continue
             for part, suffix in enumerate(("_blocks", "_scales")):
                 entry = reader.entries[base + suffix]
-                yield (_Copy(None, base + suffix, compute=lambda _, n=name, b=base, p=part: merger.quantized(n, b, p)),
+                yield (TensorCopy(None, base + suffix, compute=lambda _, n=name, b=base, p=part: merger.quantized(n, b, p)),
                        TensorSpec(base + suffix, torch.uint8, (groups, *entry.shape[1:])))
         else:  # a fused tensor (also an MXFP4 layout's biases)
             key = layout.experts_prefix.format(layer=layer) + spec
             dtype = TORCH_DTYPES[reader.entries[key].dtype]
-            yield (_Copy(None, key, compute=lambda _, n=name, k=key, d=dtype: merger.stacked(n, d, k)),
+            yield (TensorCopy(None, key, compute=lambda _, n=name, k=key, d=dtype: merger.stacked(n, d, k)),
                    TensorSpec(key, dtype, (groups, *reader.entries[key].shape[1:])))
 
 

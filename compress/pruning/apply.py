@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
 
 from ..checkpoint.dtypes import TORCH_DTYPES
 from ..checkpoint.files import copy_support_files, write_config
-from ..checkpoint.output import ensure_free_space
 from ..checkpoint.reader import CheckpointReader
-from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpointWriter, TensorSpec
+from ..checkpoint.tensor_plan import CheckpointPlan, TensorCopy, write_tensors
+from ..checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, TensorSpec
 from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
 from ..families.derived import MODELING_FILES, PER_LAYER, TIERED, split_model_type
@@ -101,24 +96,6 @@ def pruned_config(config: dict, family: MoEFamily, plan: PrunePlan) -> dict:
     return config
 
 
-@dataclass
-class _Copy:
-    key: str | None  # None: a tensor computed from nothing read (`compute` makes it)
-    new_key: str
-    experts: list[int] | None = None  # rows kept along `dim`; None: the whole tensor
-    dim: int = 0
-    compute: Callable[[torch.Tensor | None], torch.Tensor] | None = None  # applied to what was read
-
-
-@dataclass
-class CheckpointPlan:
-    """What the output holds, decided from headers alone: one `_Copy` per output tensor."""
-
-    copies: list[_Copy] = field(default_factory=list)
-    specs: list[TensorSpec] = field(default_factory=list)
-    dropped_keys: list[str] = field(default_factory=list)
-
-
 def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, num_layers: int) -> CheckpointPlan:
     result = CheckpointPlan()
     per_expert = family.layouts.get("per_expert")
@@ -127,7 +104,7 @@ def plan_tensors(reader: CheckpointReader, family: MoEFamily, plan: PrunePlan, n
         entry = reader.entries[key]
         role = family.classify_key(key)
         shape = list(entry.shape)
-        copy = _Copy(key, key)
+        copy = TensorCopy(key, key)
         if role.kind != "other" and role.layer not in plan.layers:
             raise CompressError(f"{key} holds experts of layer {role.layer}, which the plan does not cover")
         team_layer = _team_router_layer(key, family, plan)
@@ -192,23 +169,3 @@ def copy_modeling_files(source: Path, staging: Path, config: dict) -> None:
         shutil.copyfile(module.__file__, staging / Path(module.__file__).name)
 
 
-def write_tensors(reader: CheckpointReader, staging: Path, tensors: CheckpointPlan, max_shard_bytes: int, progress: bool) -> None:
-    """Stream the planned tensors into sharded safetensors, one tensor in memory at a time (after
-    checking that the filesystem has room for all of them)."""
-    total = sum(spec.nbytes for spec in tensors.specs)
-    ensure_free_space(staging, total)
-    with ShardedCheckpointWriter(staging, tensors.specs, max_shard_bytes) as writer, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
-        for copy, spec in zip(tensors.copies, tensors.specs):
-            if copy.key is None:
-                tensor = None
-            elif copy.experts is None:
-                tensor = reader.read(copy.key)
-            else:
-                tensor = reader.read_experts(copy.key, copy.experts, copy.dim)
-            if copy.compute is not None:
-                tensor = copy.compute(tensor)
-            writer.write(copy.new_key, tensor)
-            bar.update(spec.nbytes)
-            del tensor  # one tensor in memory at a time
-    reader.close()
