@@ -19,8 +19,8 @@ from ..checkpoint.files import PROVENANCE_FILE
 
 
 def sizes(options, source) -> list | None:
-    """One copy of `options` per requested size (``keep`` or ``keep_ratio`` a tuple), smallest
-    first, or None for one size. Refuses sizes that come to the same count, or one that keeps
+    """One `Size` per requested size (``keep`` or ``keep_ratio`` a tuple), smallest first, or None
+    for one size. Refuses sizes that come to the same count, or one that keeps
     every expert (the base model itself, which `compress compare` draws anyway)."""
     from ..errors import CompressError
     from ..families.derived import TIERED
@@ -44,7 +44,20 @@ def sizes(options, source) -> list | None:
         if all(count >= n for n in units.values()):
             raise CompressError(f"{flag} {text}: keeping {count} {what} keeps every one, which is the model itself "
                                 "(`compress compare --base` draws it): drop it from the frontier")
-    return [copy for _, copy in sorted(zip(counts, copies), key=lambda pair: pair[0])]
+    return [Size(copy, count) for count, copy in sorted(zip(counts, copies), key=lambda pair: pair[0])]
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size of a job: the options and `keep` resolved once (None with a plan file), and the name
+    of its folder in a frontier."""
+
+    options: object
+    keep: int | None
+
+    @property
+    def name(self) -> str:
+        return f"keep{self.keep}"
 
 
 @dataclass(frozen=True)

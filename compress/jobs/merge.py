@@ -1,5 +1,6 @@
-"""The merging job: check the request, make the merge plan (calibrating), fit compensation when
-asked, write the checkpoint. `compensation` is shared with pruning (``compress prune --compensate``).
+"""Merging as a method of the reduction driver (`jobs.reduce`): its checks, its merge plan
+(calibrating) and its checkpoint writer; compensation (`jobs.reduction.compensation`) is shared
+with pruning (``compress prune --compensate``).
 
 Grouping and compensation are per-layer searches on the calibration windows' sample
 (`layerwise.calibrate`): the grouping pass also collects the routing statistics (for the card
@@ -9,8 +10,6 @@ plan fixed, so it also applies to a plan given by hand.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,11 @@ from ..errors import CompressError
 from ..families.derived import TIERED
 from .calibration import settle
 from .options import CalibrationOptions, MergeOptions, OutputOptions
+from .reduce import Method, reduce, register_method
 from .reduction import (
-    compensation,
     compensation_record,
     compensation_text,
     expert_format,
-    keep_count,
     plan_source,
     result_record,
     write_weights,
@@ -60,18 +58,19 @@ class MergeResult:
 
 
 # --- checking ------------------------------------------------------------------------------------
-def check_request(source, options: MergeOptions, calibration: CalibrationOptions | None, plan) -> CalibrationOptions | None:
-    """Refuse option mistakes before any work; the calibration settled for `source` (None when none is needed)."""
+def check_request(source, options: MergeOptions, keep: int | None, calibration: CalibrationOptions | None) -> CalibrationOptions | None:
+    """Refuse option mistakes before any work; the calibration settled for `source` (None when none
+    is needed: a plan file, `keep` None, without compensation)."""
     if source.derived == TIERED:
         raise CompressError(f"{source.name} is a tiered model: merging works on plain experts (prune its teams with `compress prune`)")
     if options.dequantize and source.layout.name != "mxfp4":
         raise CompressError("--dequantize writes an MXFP4 source's experts in bf16; this model's experts are not MXFP4")
-    if plan is None:
-        keep = keep_count(options, source)
+    plan = keep is None
+    if not plan:
         groups = source.family.routing_groups(source.config)
         if keep % groups or keep // groups < (2 if groups > 1 else 1):
             raise CompressError(f"--keep {keep} does not split evenly into this model's {groups} routing groups with at least 2 each")
-    if plan is not None and not options.compensate:
+    if plan and not options.compensate:
         return None
     if calibration is None or calibration.domain is None:
         raise CompressError("merging groups experts on calibration tokens (and compensation fits on them): pass --domain "
@@ -80,16 +79,16 @@ def check_request(source, options: MergeOptions, calibration: CalibrationOptions
 
 
 # --- the plan ------------------------------------------------------------------------------------
-def make_plan(source, options: MergeOptions, calibration: CalibrationOptions, *, stats=None, command: str | None = None,
+def make_plan(source, options: MergeOptions, keep: int, calibration: CalibrationOptions, *, stats=None, command: str | None = None,
               progress: bool = True):
-    """(merge plan, statistics) of `source`, grouped on settled `calibration` text (profiled on
-    the same pass, unless `stats` are given: then only the sample windows run)."""
+    """(merge plan, statistics) of `source` into `keep` experts per layer, grouped on settled
+    `calibration` text (profiled on the same pass, unless `stats` are given: then only the sample
+    windows run)."""
     from ..merging.plan import MergePlan
     from ..merging.requests import MergeRequest
     from .profile import collect
     from .provenance import plan_provenance
 
-    keep = keep_count(options, source)
     request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config))
     _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
     stats = stats or profiled
@@ -133,54 +132,36 @@ def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, 
     return after
 
 
+class MergeMethod(Method):
+    name, model_what, plan_what = "merge", "merged model", "merge plan file"
+    plan_format = "moe-compress merge plan"
+
+    def check(self, source, options, keep, calibration, stats, plan):
+        return check_request(source, options, keep, calibration)
+
+    def load_plan(self, plan, source):
+        return load_plan(plan, source)
+
+    def make_plan(self, source, options, keep, *, stats, calibration, command, progress):
+        return make_plan(source, options, keep, calibration, stats=stats, command=command, progress=progress)
+
+    def compensation_plan(self, plan):
+        return plan
+
+    def write(self, source, plan, staging, options, *, stats, fits, command, progress, max_shard_size):
+        return write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,
+                     progress=progress, max_shard_size=max_shard_size)
+
+    def result(self, plan, stats, fits, out, before, after, seconds):
+        return MergeResult(plan, stats, fits, out, before, after, seconds)
+
+
+MERGE = register_method(MergeMethod())
+
+
 def merge(source, options: MergeOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
           plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True):
-    """The whole merging job (see the module docstring); `plan_only` writes the plan to ``output.out``.
-    Several sizes write a size frontier (`jobs.frontier`) and return a `FrontierResult`."""
-    from ..checkpoint.output import claim_output
-    from ..merging.plan import FORMAT
-    from ..pruning.plan import plan_file_format
-    from .frontier import FrontierResult, sizes, write_index
-
-    several = sizes(options, source)
-    if several is not None and (plan is not None or plan_only):
-        raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
-    if plan_only and options.compensate:
-        raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
-                            "later with --plan PLAN --compensate")
-    for each in several or [options]:
-        calibration_settled = check_request(source, each, calibration, plan)
-    kind, what = ("file", "merge plan file") if plan_only else ("directory", "merged model")
-    recognise = (lambda path: plan_file_format(path) == FORMAT) if plan_only else None
-    with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed, (claimed.scratch() if options.compensate else contextlib.nullcontext()) as spill:
-        plan = load_plan(plan, source) if plan is not None else None
-        with claimed.write() as staging:
-            if several is None:
-                return _merge_one(source, options, output, staging, claimed.path, plan=plan, plan_only=plan_only,
-                                  calibration=calibration_settled, spill=spill, command=command, progress=progress)
-            results, stats = [], None
-            for each in several:
-                name = f"keep{keep_count(each, source)}"
-                (staging / name).mkdir()
-                results.append(_merge_one(source, each, output, staging / name, claimed.path / name, stats=stats,
-                                          calibration=calibration_settled, spill=spill, command=command, progress=progress))
-                stats = results[-1].stats
-            write_index(staging, "merge", source, command, [result.out.name for result in results])
-    return FrontierResult(claimed.path, results)
-
-
-def _merge_one(source, options: MergeOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
-               plan_only: bool = False, calibration=None, spill: Path | None, command: str | None = None,
-               progress: bool = True) -> MergeResult:
-    """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
-    start = time.perf_counter()
-    if plan is None:
-        plan, stats = make_plan(source, options, calibration, stats=stats, command=command, progress=progress)
-    if plan_only:
-        plan.save(staging)
-        return MergeResult(plan, stats, None, out, source.info, None, time.perf_counter() - start)
-    fits = compensation(source, plan, calibration, spill, progress=progress) if options.compensate else None
-    after = write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,
-                  progress=progress, max_shard_size=output.max_shard_size)
-    return MergeResult(plan, stats, fits, out, source.info, after, time.perf_counter() - start)
+    """The whole merging job (`jobs.reduce.reduce` with `MERGE`); `plan_only` writes the plan to
+    ``output.out``. Several sizes write a size frontier (`jobs.frontier`) and return a `FrontierResult`."""
+    return reduce(MERGE, source, options, output, calibration=calibration, plan=plan, plan_only=plan_only, command=command,
+                  progress=progress)

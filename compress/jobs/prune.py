@@ -1,9 +1,9 @@
-"""The pruning job: check the request, make the plan (profiling when needed), write the checkpoint.
+"""Pruning as a method of the reduction driver (`jobs.reduce`): its checks, its plan (profiling
+when needed) and its checkpoint writer.
 
-``prune`` is what ``compress prune`` and ``compress.pruning(...)`` run: every option is checked
-against the opened source before any work, the output is claimed before profiling starts, and the
-result carries the plan, the statistics and the before/after descriptions. `make_plan` and
-`write` are its two halves, for notebooks that try several plans on one set of statistics.
+``prune`` is what ``compress prune`` and ``compress.pruning(...)`` run; the result carries the
+plan, the statistics and the before/after descriptions. `make_plan` and `write` are its two halves,
+for notebooks that try several plans on one set of statistics.
 
 A tiered source is pruned by whole teams: the statistics are summed over each team's members
 (`select.team_statistics`) and ``keep`` counts teams.
@@ -11,8 +11,6 @@ A tiered source is pruned by whole teams: the statistics are summed over each te
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +19,9 @@ from ..families.derived import TIERED
 from ..pruning.criteria import CRITERIA, score_criteria
 from .calibration import settle
 from .options import CalibrationOptions, OutputOptions, SelectionOptions
+from .reduce import Method, reduce, register_method
 from .reduction import (
     checked_statistics,
-    compensation,
     compensation_record,
     compensation_text,
     describe_written,
@@ -108,8 +106,10 @@ def _needs_calibration(selection: SelectionOptions, stats) -> bool:
 def check_request(source, selection: SelectionOptions, calibration: CalibrationOptions | None, stats):
     """Refuse option mistakes before any work; returns the calibration options settled for `source`
     (None when the plan needs no calibration text)."""
-    keep_count(selection, source)
     protected(selection.protect, source)
+    if team_sizes(source) is not None and _is_search(selection):
+        raise CompressError(f"--criterion {selection.criterion} searches expert sets through the family's router, but a tiered model "
+                            f"routes teams: choose a score criterion ({', '.join(score_criteria())})")
     if not _needs_calibration(selection, stats):
         return None
     if (calibration is None or calibration.domain is None) and stats is not None:
@@ -123,22 +123,22 @@ def check_request(source, selection: SelectionOptions, calibration: CalibrationO
 
 
 # --- the plan ------------------------------------------------------------------------------------
-def make_plan(source, selection: SelectionOptions, *, stats=None, calibration: CalibrationOptions | None = None,
-              command: str | None = None, progress: bool = True):
-    """(plan, statistics) for `source`: profiles on `calibration` text when there are no statistics
-    (or the criterion is ``reconstruct``, which searches on calibration tokens)."""
+def make_plan(source, selection: SelectionOptions, keep: int | None = None, *, stats=None,
+              calibration: CalibrationOptions | None = None, command: str | None = None, progress: bool = True):
+    """(plan, statistics) for `source` keeping `keep` experts (or teams) per layer (default: from
+    `selection`): profiles on `calibration` text when there are no statistics (or the criterion
+    searches on calibration tokens, as ``reconstruct`` does). For notebooks that try several plans
+    on one set of statistics; `compress prune` runs it through `jobs.reduce`."""
     from ..pruning.plan import PrunePlan, team_plan_layers
     from ..pruning.select import select_experts, team_statistics
     from .profile import collect
     from .provenance import plan_provenance
 
     stats = checked_statistics(stats, source) if stats is not None else None
-    calibration = check_request(source, selection, calibration, stats)
-    keep, protect, sizes = keep_count(selection, source), protected(selection.protect, source), team_sizes(source)
+    calibration = check_request(source, selection, calibration, stats)  # settling settled options changes nothing
+    keep = keep_count(selection, source) if keep is None else keep
+    protect, sizes = protected(selection.protect, source), team_sizes(source)
     groups = source.family.routing_groups(source.config)
-    if sizes is not None and _is_search(selection):
-        raise CompressError(f"--criterion {selection.criterion} searches expert sets through the family's router, but a tiered model "
-                            f"routes teams: choose a score criterion ({', '.join(score_criteria())})")
     if _needs_calibration(selection, stats):
         search = CRITERIA[selection.criterion].search
         request = search(keep, protect, groups, selection.budget, selection.min_per_layer) if search is not None else None
@@ -206,72 +206,39 @@ def write(source, plan, staging: Path, *, stats=None, fits: dict | None = None, 
     return after
 
 
-def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
-          stats=None, plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True):
-    """The whole pruning job (see the module docstring); `plan_only` writes the plan to ``output.out``.
-    `stats` and `plan` are files (from `compress profile` / ``--plan-only``) or the objects themselves.
-    Several sizes (``keep`` or ``keep_ratio`` a tuple) write a size frontier (`jobs.frontier`) and
-    return a `FrontierResult`."""
-    from ..checkpoint.output import claim_output
-    from ..pruning.plan import is_plan_file
-    from .frontier import FrontierResult, sizes, write_index
+class PruneMethod(Method):
+    name, model_what, plan_what = "prune", "pruned model", "plan file"
+    plan_format = "moe-compress prune plan"
 
-    several = sizes(selection, source)
-    if several is not None and (plan is not None or plan_only):
-        raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
-    fit_calibration = check_compensation(source, selection, calibration, plan_only)
-    kind, what, recognise = ("file", "plan file", is_plan_file) if plan_only else ("directory", "pruned model", None)
-    with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed, (claimed.scratch() if fit_calibration else contextlib.nullcontext()) as spill:
-        stats = checked_statistics(stats, source) if stats is not None else None
-        if plan is not None:
-            plan = load_plan(plan, source)
-        with claimed.write() as staging:
-            if several is None:
-                return _prune_one(source, selection, output, staging, claimed.path, stats=stats, plan=plan, plan_only=plan_only,
-                                  calibration=calibration, fit_calibration=fit_calibration, spill=spill, command=command,
-                                  progress=progress)
-            results = []
-            for each in several:
-                name = f"keep{keep_count(each, source)}"
-                (staging / name).mkdir()
-                results.append(_prune_one(source, each, output, staging / name, claimed.path / name, stats=stats,
-                                          calibration=calibration, fit_calibration=fit_calibration, spill=spill,
-                                          command=command, progress=progress))
-                stats = results[-1].stats
-            write_index(staging, "prune", source, command, [result.out.name for result in results])
-    return FrontierResult(claimed.path, results)
+    def check(self, source, selection, keep, calibration, stats, plan):
+        return None if plan is not None else check_request(source, selection, calibration, stats)
 
+    def load_plan(self, plan, source):
+        return load_plan(plan, source)
 
-def _prune_one(source, selection: SelectionOptions, output: OutputOptions, staging: Path, out: Path, *, stats=None, plan=None,
-               plan_only: bool = False, calibration=None, fit_calibration=None, spill: Path | None, command: str | None = None,
-               progress: bool = True) -> PruneResult:
-    """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
-    start = time.perf_counter()
-    if plan is None:
-        plan, stats = make_plan(source, selection, stats=stats, calibration=calibration, command=command, progress=progress)
-    if plan_only:
-        plan.save(staging)
-        return PruneResult(plan, stats, out, source.info, None, time.perf_counter() - start)
-    fits = None
-    if fit_calibration is not None:
+    def make_plan(self, source, selection, keep, *, stats, calibration, command, progress):
+        return make_plan(source, selection, keep, stats=stats, calibration=calibration, command=command, progress=progress)
+
+    def compensation_plan(self, plan):
         from ..merging.plan import from_prune_plan
 
-        fits = compensation(source, from_prune_plan(plan), fit_calibration, spill, progress=progress)
-    after = write(source, plan, staging, stats=stats, fits=fits, command=command, progress=progress,
-                  max_shard_size=output.max_shard_size)
-    return PruneResult(plan, stats, out, source.info, after, time.perf_counter() - start, fits)
+        return from_prune_plan(plan)
+
+    def write(self, source, plan, staging, selection, *, stats, fits, command, progress, max_shard_size):
+        return write(source, plan, staging, stats=stats, fits=fits, command=command, progress=progress, max_shard_size=max_shard_size)
+
+    def result(self, plan, stats, fits, out, before, after, seconds):
+        return PruneResult(plan, stats, out, before, after, seconds, fits)
 
 
-def check_compensation(source, selection: SelectionOptions, calibration: CalibrationOptions | None, plan_only: bool):
-    """The settled calibration `--compensate` fits on (None without it), refused before any work when it cannot run."""
-    if not selection.compensate:
-        return None
-    if plan_only:
-        raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
-                            "later with --plan PLAN --compensate")
-    if source.derived == TIERED:
-        raise CompressError("--compensate refits experts of plain MoE layers; a tiered model is pruned by whole teams without it")
-    if calibration is None or calibration.domain is None:
-        raise CompressError("--compensate fits on calibration text: pass --domain (math, code, general or your own with --dataset)")
-    return settle(calibration, source)
+PRUNE = register_method(PruneMethod())
+
+
+def prune(source, selection: SelectionOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
+          stats=None, plan=None, plan_only: bool = False, command: str | None = None, progress: bool = True):
+    """The whole pruning job (`jobs.reduce.reduce` with `PRUNE`); `plan_only` writes the plan to
+    ``output.out``. `stats` and `plan` are files (from `compress profile` / ``--plan-only``) or the
+    objects themselves. Several sizes (``keep`` or ``keep_ratio`` a tuple) write a size frontier
+    (`jobs.frontier`) and return a `FrontierResult`."""
+    return reduce(PRUNE, source, selection, output, calibration=calibration, stats=stats, plan=plan, plan_only=plan_only,
+                  command=command, progress=progress)
