@@ -3,7 +3,7 @@ against the source → plan (calibrating when the method needs it) → compensat
 provenance and card, for one size or a size frontier. Nothing is computed before every check has
 passed; the claim (a lock and a check of the path) comes first so a bad --out fails in a second.
 
-A method (``jobs.prune.PRUNE``, ``jobs.merge.MERGE``) is a small object (`Method`): it checks its
+A method (``jobs.prune.PRUNE``, ``jobs.merge.MERGE``, ``jobs.tiered.TIERED_METHOD``) is a small object (`Method`): it checks its
 options against the source and says which calibration its plan needs, loads a plan file, makes a
 plan for an integer `keep`, turns a plan into the merge plan compensation fits, and writes its
 checkpoint. Everything else is here, once: frontier sizes (``keep`` resolved to an integer once
@@ -32,6 +32,8 @@ class Method:
     model_what: str  # the output, in messages: "pruned model"
     plan_what: str  # the plan file, in messages: "plan file"
     plan_format: str  # the "format" its plan files declare
+    sized = True  # its options say how many experts to keep (--keep / --keep-ratio, frontiers); else one size, keep None
+    compensable = True  # --compensate applies (its options have `compensate`)
 
     def check(self, source, options, keep: int | None, calibration: CalibrationOptions | None, stats, plan) -> CalibrationOptions | None:
         """Refuse option mistakes before any work; the calibration settled for planning (None when none is needed)."""
@@ -88,11 +90,11 @@ def reduce(method: Method, source, options, output: OutputOptions, *, calibratio
     from ..checkpoint.output import claim_output
     from ..pruning.plan import plan_file_format
 
-    several = sizes(options, source)
+    several = sizes(options, source) if method.sized else None
     if several is not None and (plan is not None or plan_only):
         raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
-    each = several or [Size(options, None if plan is not None else keep_count(options, source))]
-    fitting = fit_calibration(source, options, calibration, plan_only)
+    each = several or [Size(options, None if plan is not None or not method.sized else keep_count(options, source))]
+    fitting = fit_calibration(source, options, calibration, plan_only) if method.compensable else None
     kind, what = ("file", method.plan_what) if plan_only else ("directory", method.model_what)
     recognise = (lambda path: plan_file_format(path) == method.plan_format) if plan_only else None
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,

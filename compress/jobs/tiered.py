@@ -1,19 +1,18 @@
-"""The tiered-conversion job: teams of co-activating experts (TieredLightweightMoE), from a plan.
-
-Like pruning: the options are checked against the source, the output is claimed before any
-profiling, the plan (`recipes.tiered.TieredPlan`: teams, mixing weights, teams per token) is
-written on its own with ``plan_only`` or applied, and the converted checkpoint is read back.
+"""Tiered conversion as a method of the reduction driver (`jobs.reduce`): teams of co-activating
+experts (TieredLightweightMoE). One size (no ``--keep``) and no compensation; the plan
+(`recipes.tiered.TieredPlan`: teams, mixing weights, teams per token) is written on its own with
+``plan_only`` or applied, and the converted checkpoint is read back.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CompressError
 from .calibration import settle
 from .options import CalibrationOptions, OutputOptions, TieredOptions
+from .reduce import Method, reduce, register_method
 
 
 @dataclass(frozen=True)
@@ -65,47 +64,78 @@ def recipe_settings(options: TieredOptions, source) -> dict:
     return settings
 
 
-def convert_tiered(source, options: TieredOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
-                   stats=None, plan=None, plan_only: bool = False, command: str | None = None,
-                   progress: bool = True) -> TieredResult:
-    """The whole conversion job (see the module docstring); `plan_only` writes the plan to ``output.out``.
-    `stats` and `plan` are files or the objects themselves (`RoutingStats`, `TieredPlan`)."""
-    from ..checkpoint.output import claim_output
-    from ..recipes.tiered import TieredPlan, check_tiers, design_teams, is_tiered_plan_file, parse_tiers
-    from .profile import collect
-    from .provenance import plan_provenance
-    from .reduction import checked_statistics, plan_source
+def check_request(source, options: TieredOptions, calibration: CalibrationOptions | None, stats, plan) -> CalibrationOptions | None:
+    """Refuse option mistakes before any work; the calibration settled for profiling (None with
+    statistics or a plan)."""
+    from ..recipes.tiered import check_tiers, parse_tiers
 
-    start = time.perf_counter()
     if source.derived is not None:
         raise CompressError(f"{source.name} is already a moe-compress {source.derived.replace('_', '-')} model: "
                             "convert the stock model it came from")
-    kind, what, recognise = ("file", "plan file", is_tiered_plan_file) if plan_only else ("directory", "converted model", None)
-    with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed:
+    if plan is not None:
+        return None
+    settings = recipe_settings(options, source)
+    check_tiers(parse_tiers(str(settings["tiers"]), source.moe_layers), source.experts_per_layer, *_team_settings(settings))
+    if stats is not None:
+        return None
+    if calibration is None or calibration.domain is None:
+        raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
+                            "(math, code, general or your own with --dataset)")
+    return settle(calibration, source)
+
+
+def _team_settings(settings: dict) -> tuple[int, int, str]:
+    return int(settings["team_size"]), int(settings["team_top_k"]), str(settings["clustering"])
+
+
+class TieredMethod(Method):
+    """Tiered conversion as a method of the reduction driver: one size (no ``keep``), no compensation."""
+
+    name, model_what, plan_what = "convert tiered", "converted model", "plan file"
+    plan_format = "moe-compress tiered plan"
+    sized = compensable = False
+
+    def check(self, source, options, keep, calibration, stats, plan):
+        return check_request(source, options, calibration, stats, plan)
+
+    def load_plan(self, plan, source):
+        from ..recipes.tiered import TieredPlan
+
+        plan = plan if isinstance(plan, TieredPlan) else TieredPlan.load(plan)
+        plan.check(source.moe_layers, source.experts_per_layer, source.fingerprint)
+        return plan
+
+    def make_plan(self, source, options, keep, *, stats, calibration, command, progress):
+        from ..recipes.tiered import design_teams, parse_tiers
+        from .profile import collect
+        from .provenance import plan_provenance
+        from .reduction import plan_source
+
         settings = recipe_settings(options, source)
-        stats = checked_statistics(stats, source) if stats is not None else None
-        if plan is not None:
-            plan = plan if isinstance(plan, TieredPlan) else TieredPlan.load(plan)
-            plan.check(source.moe_layers, source.experts_per_layer, source.fingerprint)
-        else:
-            tiers = parse_tiers(str(settings["tiers"]), source.moe_layers)
-            sizes = (int(settings["team_size"]), int(settings["team_top_k"]), str(settings["clustering"]))
-            check_tiers(tiers, source.experts_per_layer, *sizes)
-            if stats is None:
-                if calibration is None or calibration.domain is None:
-                    raise CompressError("without --stats or --plan the model is profiled first: pass --domain "
-                                        "(math, code, general or your own with --dataset)")
-                _, stats, _ = collect(source, settle(calibration, source), progress=progress)
-            plan = design_teams(stats, tiers, *sizes, source=plan_source(source),
-                                provenance=plan_provenance(command, stats, clustering=sizes[2], recipe=settings))
-        with claimed.write() as staging:
-            after = None if plan_only else write(source, plan, staging, stats=stats, command=command, progress=progress,
-                                                  max_shard_size=output.max_shard_size)
-            if plan_only:
-                plan.save(staging)
-    clustering = plan.provenance.get("clustering", "plan")
-    return TieredResult(plan, clustering, claimed.path, source.info, after, time.perf_counter() - start)
+        if stats is None:
+            _, stats, _ = collect(source, calibration, progress=progress)
+        plan = design_teams(stats, parse_tiers(str(settings["tiers"]), source.moe_layers), *_team_settings(settings),
+                            source=plan_source(source),
+                            provenance=plan_provenance(command, stats, clustering=settings["clustering"], recipe=settings))
+        return plan, stats
+
+    def write(self, source, plan, staging, options, *, stats, fits, command, progress, max_shard_size):
+        return write(source, plan, staging, stats=stats, command=command, progress=progress, max_shard_size=max_shard_size)
+
+    def result(self, plan, stats, fits, out, before, after, seconds):
+        return TieredResult(plan, plan.provenance.get("clustering", "plan"), out, before, after, seconds)
+
+
+TIERED_METHOD = register_method(TieredMethod())
+
+
+def convert_tiered(source, options: TieredOptions, output: OutputOptions, *, calibration: CalibrationOptions | None = None,
+                   stats=None, plan=None, plan_only: bool = False, command: str | None = None,
+                   progress: bool = True) -> TieredResult:
+    """The whole conversion job (`jobs.reduce.reduce` with `TIERED_METHOD`); `plan_only` writes the
+    plan to ``output.out``. `stats` and `plan` are files or the objects themselves (`RoutingStats`, `TieredPlan`)."""
+    return reduce(TIERED_METHOD, source, options, output, calibration=calibration, stats=stats, plan=plan, plan_only=plan_only,
+                  command=command, progress=progress)
 
 
 def write(source, plan, staging: Path, *, stats=None, command: str | None = None, progress: bool = True,
