@@ -122,6 +122,36 @@ def test_sigterm_inside_a_long_step_stops_within_seconds_and_a_second_writer_fai
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log"]  # no output, staging, lock or created parent
 
 
+def test_work_that_runs_on_after_an_interrupt_adds_nothing_beside_its_outputs(tmp_path, monkeypatch):
+    """The interrupt handler removes partial outputs while the worker thread runs on until the
+    process exits: whatever the worker writes or starts after that must fail, not reappear."""
+    import contextlib
+    import threading
+
+    from compress.checkpoint import output
+
+    monkeypatch.setattr(output, "_interrupted", threading.Event())  # this process goes on after the test
+    monkeypatch.setattr(output, "_cleanups", {})
+    claimed = output.ClaimedOutput(tmp_path / "pruned", "directory", False, "--out", "output").acquire()
+    work = contextlib.ExitStack()
+    scratch = work.enter_context(claimed.scratch())
+    staging = work.enter_context(claimed.write())
+    temporary = work.enter_context(output.atomic_file(tmp_path / "plan.json"))
+    (staging / "config.json").write_text("{}")
+    assert len(list(tmp_path.iterdir())) == 4  # lock, scratch, staging, the plan's staging
+
+    output.remove_partial_outputs()  # what the interrupt handler does
+    assert list(tmp_path.iterdir()) == []
+    for late in (temporary, staging / "model.safetensors", scratch / "layer-0.safetensors"):
+        with pytest.raises(FileNotFoundError):
+            late.write_text("written after the interrupt")
+    for start in (claimed.write, claimed.scratch, lambda: output.atomic_file(tmp_path / "stats.safetensors")):
+        with pytest.raises(KeyboardInterrupt):
+            start().__enter__()
+    work.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_killed_run_leaves_siblings_the_next_run_reports_and_removes(slow_model, tmp_path, capsys):
     out = tmp_path / "stats.safetensors"
     log = tmp_path / "killed.log"

@@ -13,13 +13,16 @@ One mechanism for every command that writes:
    (``flock``) from the check to the commit, so a second writer to the same target fails at once
    instead of silently replacing the first. The kernel drops the lock when a process dies, so a
    killed run never blocks the next one.
-3. **Written beside, then renamed.** Work goes into a hidden sibling ``.NAME.tmp-PID-XXXXXXXX`` on
-   the same filesystem; the target appears only when the work is complete (one rename; an
-   overwritten directory is first moved to ``.NAME.old-PID-XXXXXXXX`` and removed after).
+3. **Written beside, then renamed.** Work goes into a hidden sibling directory
+   ``.NAME.tmp-PID-XXXXXXXX`` on the same filesystem (a file is written inside it under its own
+   name); the target appears only when the work is complete (one rename; an overwritten directory
+   is first moved to ``.NAME.old-PID-XXXXXXXX`` and removed after).
 4. **Nothing left behind.** An exception or interrupt removes the staging sibling, restores a
    half-replaced target and removes the lock and any parent directories the claim created
    (`remove_partial_outputs` does this from the interrupt handler, while the work may still be
-   running in another thread). Siblings left by a run that was killed outright (``kill -9``, a
+   running in another thread: staging directories are made and registered in one step under the
+   lock the handler takes, so each is either removed or never made, and a file the work writes
+   after that has no directory to go into). Siblings left by a run that was killed outright (``kill -9``, a
    power cut) carry their process id: the next run to the same place reports them and removes
    those whose process is gone.
 """
@@ -89,6 +92,20 @@ def _remove(path: Path) -> None:
             path.unlink(missing_ok=True)
         if not os.path.lexists(path):
             return
+
+
+def _make_staging(target: Path) -> tuple[Path, int]:
+    """A new hidden staging directory beside `target` and the token of its registered removal,
+    made and registered in one step (see the module docstring, point 4)."""
+    directory = sibling_path(target, "tmp")
+    with _commit_lock:
+        token = _register(lambda: _remove(directory))
+        try:
+            directory.mkdir()
+        except BaseException:
+            _unregister(token)
+            raise
+    return directory, token
 
 
 def _process_alive(pid: int) -> bool:
@@ -286,30 +303,29 @@ class ClaimedOutput:
     def write(self) -> Iterator[Path]:
         """Yield a staging path (a directory for ``kind="directory"``, else a file path) that
         becomes the target when the block finishes without an exception."""
-        staging = self._sibling("tmp")
-        token = _register(lambda: _remove(staging))  # before it exists: an interrupt may come at any moment
+        directory, token = _make_staging(self.path)
+        staging = directory if self.kind == "directory" else directory / self.path.name
         try:
-            if self.kind == "directory":
-                staging.mkdir()
             yield staging
         except BaseException:
             with _commit_lock:
-                _remove(staging)
+                _remove(directory)
                 _unregister(token)
             raise
         with _commit_lock:
             _unregister(token)
-            self._commit(staging)
+            try:
+                self._commit(staging)
+            finally:
+                _remove(directory)
 
     @contextmanager
     def scratch(self) -> Iterator[Path]:
         """Yield a scratch directory for intermediate files (compensation fits), a hidden sibling
         named like a staging one: removed when the block ends or the command is interrupted, and by
         the next run to this target after a ``kill -9``."""
-        directory = self._sibling("tmp")
-        token = _register(lambda: _remove(directory))  # before it exists: an interrupt may come at any moment
+        directory, token = _make_staging(self.path)
         try:
-            directory.mkdir()
             yield directory
         finally:
             with _commit_lock:
@@ -325,17 +341,25 @@ class ClaimedOutput:
         retired = None
         if self.overwrite and self.path.is_dir() and any(self.path.iterdir()):
             retired = self._sibling("old")
-            os.rename(self.path, retired)
-        created = not self.path.exists()
-        self.path.mkdir(exist_ok=True)
+        created = retired is not None or not self.path.exists()
 
         def undo() -> None:
             if created and not keep_partial(self.path):
                 _remove(self.path)
-                if retired is not None:
+                if retired is not None and os.path.lexists(retired):
                     os.rename(retired, self.path)
 
-        token = _register(undo)
+        with _commit_lock:  # set aside, made and registered in one step, as `_make_staging`
+            token = _register(undo)
+            try:
+                if retired is not None:
+                    os.rename(self.path, retired)
+                self.path.mkdir(exist_ok=True)
+            except BaseException:  # nothing made: put back what was set aside
+                _unregister(token)
+                if retired is not None and os.path.lexists(retired):
+                    os.rename(retired, self.path)
+                raise
         try:
             yield self.path
         except BaseException:
@@ -424,17 +448,20 @@ def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
 def atomic_file(target: str | Path) -> Iterator[Path]:
     """A file that replaces `target` only when the block succeeds (no checks: the caller has decided)."""
     target = Path(target)
-    temporary = sibling_path(target, "tmp")
-    token = _register(lambda: temporary.unlink(missing_ok=True))
+    directory, token = _make_staging(target)
     try:
-        yield temporary
+        yield directory / target.name
     except BaseException:
-        temporary.unlink(missing_ok=True)
-        _unregister(token)
+        with _commit_lock:
+            _remove(directory)
+            _unregister(token)
         raise
     with _commit_lock:
         _unregister(token)
-        _replace(temporary, target)
+        try:
+            _replace(directory / target.name, target)
+        finally:
+            _remove(directory)
 
 
 def _replace(temporary: Path, target: Path) -> None:
