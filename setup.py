@@ -25,6 +25,7 @@ setup(
         "compress.families",
         "compress.kernels",
         "compress.recipes",
+        "compress.tiering",
         "compress.evals",
         "compress.evals.tasks",
     ],

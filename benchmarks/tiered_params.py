@@ -17,7 +17,7 @@ from transformers import GptOssConfig
 
 from compress.families import get_family
 from compress.model_info import count_parameters, meta_model
-from compress.recipes.tiered import tiered_parameter_counts
+from compress.tiering.apply import tiered_parameter_counts
 
 CONFIGS = {
     "gpt-oss-20b": (GptOssConfig(num_hidden_layers=24, num_local_experts=32, vocab_size=201088, hidden_size=2880,

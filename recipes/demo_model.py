@@ -24,7 +24,7 @@ from compress.data.corpus import corpus_fingerprint, load_texts
 from compress.data.tokens import token_stream, token_windows
 from compress.errors import CompressError
 from compress.evals.perplexity import heldout_perplexity
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
 from compress.stats.summary import domain_divergence_table
 
 EOS_TOKEN = "<|endoftext|>"
@@ -214,7 +214,7 @@ def evaluate(model, tokenizer, recipe: dict, plot_path: Path | None = None) -> d
 def selection_counts(model, tokenizer, texts: list[str], tokens: int, seq_len: int) -> torch.Tensor:
     """Top-k selections per MoE layer and expert [layers, E] over the first `tokens` tokens of `texts`."""
     windows = token_windows(token_stream(tokenizer, texts, max_tokens=tokens), seq_len, max(1, tokens // seq_len))
-    stats = profile(model, windows, batch_size=8, model_name="demo", domain="", data="", progress=False)
+    stats = profile_windows(model, windows, batch_size=8, model_name="demo", domain="", data="", progress=False)
     return stats.stacked("selections")
 
 

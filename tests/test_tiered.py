@@ -14,8 +14,8 @@ from compress.checkpoint.reader import CheckpointReader
 from compress.cli import main
 from compress.distill import DistillSettings, distillation_loss
 from compress.families import get_family
-from compress.recipes.tiered import agglomerative_teams, greedy_teams, mixing_weights
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
+from compress.tiering.teams import agglomerative_teams, greedy_teams, mixing_weights
 from conftest import build_tiny_model
 
 INPUT = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(11))
@@ -24,7 +24,7 @@ INPUT = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(11
 def _tiny_with_stats(family_name: str, root):
     model = build_tiny_model(family_name)
     model.save_pretrained(root / "source")
-    stats = profile(model, torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(1)), batch_size=4,
+    stats = profile_windows(model, torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(1)), batch_size=4,
                     model_name="tiny", domain="d", data="random", progress=False)
     stats.save(root / "stats.safetensors")
     return model
@@ -112,7 +112,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert "more than the 6 experts" in error("--tiers", "0-1:4", "--team-size", "2")
     assert "names layer 1 twice" in error("--tiers", "0-1:2,1:2", "--team-size", "2")
     other = build_tiny_model("olmoe")
-    profile(other, torch.randint(3, 64, (2, 8)), batch_size=2, model_name="olmoe", domain="d", data="x",
+    profile_windows(other, torch.randint(3, 64, (2, 8)), batch_size=2, model_name="olmoe", domain="d", data="x",
             progress=False).save(tmp_path / "stats.safetensors")
     assert "different model" in error("--tiers", "0-1:2", "--team-size", "2")
     assert not (tmp_path / "tiered").exists()
@@ -190,7 +190,7 @@ def test_converted_checkpoint_loads_with_remote_code_without_moe_compress(demo_t
 
 
 def test_the_default_tiers_keep_their_proportions_on_other_models():
-    from compress.recipes.tiered import default_recipe, scaled_tiers
+    from compress.tiering.recipe import default_recipe, scaled_tiers
 
     recipe = default_recipe()
     assert scaled_tiers(recipe, list(range(24)), 32, 4) == "0-7:4,8-17:8,18-23:6"  # the model they were designed for

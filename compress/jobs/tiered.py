@@ -1,6 +1,6 @@
 """Tiered conversion as a method of the reduction driver (`jobs.reduce`): teams of co-activating
 experts (TieredLightweightMoE). One size (no ``--keep``) and no compensation; the plan
-(`recipes.tiered.TieredPlan`: teams, mixing weights, teams per token) is written on its own with
+(`tiering.plan.TieredPlan`: teams, mixing weights, teams per token) is written on its own with
 ``plan_only`` or applied, and the converted checkpoint is read back.
 """
 
@@ -17,7 +17,7 @@ from .reduce import Method, reduce, register_method
 
 @dataclass(frozen=True)
 class TieredResult:
-    plan: object  # `recipes.tiered.TieredPlan`
+    plan: object  # `tiering.plan.TieredPlan`
     clustering: str
     out: Path
     before: object  # `model_info.ModelInfo`
@@ -48,7 +48,7 @@ class TieredResult:
 def recipe_settings(options: TieredOptions, source) -> dict:
     """The recipe (`recipes/tiered.yaml`, or `options.recipe`) with the options over it and the
     default tiers scaled to this model."""
-    from ..recipes.tiered import default_recipe, load_recipe, scaled_tiers
+    from ..tiering.recipe import default_recipe, load_recipe, scaled_tiers
 
     if options.recipe and not Path(options.recipe).is_file():
         raise CompressError(f"recipe {options.recipe} does not exist")
@@ -67,7 +67,8 @@ def recipe_settings(options: TieredOptions, source) -> dict:
 def check_request(source, options: TieredOptions, calibration: CalibrationOptions | None, stats, plan) -> CalibrationOptions | None:
     """Refuse option mistakes before any work; the calibration settled for profiling (None with
     statistics or a plan)."""
-    from ..recipes.tiered import check_tiers, parse_tiers
+    from ..tiering.recipe import parse_tiers
+    from ..tiering.teams import check_tiers
 
     if source.derived is not None:
         raise CompressError(f"{source.name} is already a moe-compress {source.derived.replace('_', '-')} model: "
@@ -99,14 +100,15 @@ class TieredMethod(Method):
         return check_request(source, options, calibration, stats, plan)
 
     def load_plan(self, plan, source):
-        from ..recipes.tiered import TieredPlan
+        from ..tiering.plan import TieredPlan
 
         plan = plan if isinstance(plan, TieredPlan) else TieredPlan.load(plan)
         plan.check(source.moe_layers, source.experts_per_layer, source.fingerprint)
         return plan
 
     def make_plan(self, source, options, keep, *, stats, calibration, command, progress):
-        from ..recipes.tiered import design_teams, parse_tiers
+        from ..tiering.recipe import parse_tiers
+        from ..tiering.teams import design_teams
         from .profile import collect
         from .provenance import plan_provenance
         from .reduction import plan_source
@@ -142,7 +144,8 @@ def write(source, plan, staging: Path, *, stats=None, command: str | None = None
           max_shard_size: int | None = None):
     """Write the converted checkpoint of `plan` into `staging` with compress.json and its card."""
     from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
-    from ..recipes.tiered import tiered_card, write_tiered_checkpoint
+    from ..tiering.apply import write_tiered_checkpoint
+    from ..tiering.card import tiered_card
     from .provenance import source_record, write_provenance
     from .reduction import describe_written
 

@@ -194,7 +194,7 @@ def layer_number(key, where: str) -> int:
     return int(key)
 
 
-# --- plan files (prune plans here, tiered plans in recipes/tiered.py) ----------------------------------
+# --- plan files (prune plans here, tiered plans in tiering/plan.py) ----------------------------------
 def read_plan_file(path: str | os.PathLike):
     """The JSON of a plan file (refused when missing or not JSON)."""
     path = Path(path)
