@@ -55,7 +55,6 @@ class MergePlan(LayerPlan):
     top_k: int
     router: str = "dominant"
     provenance: dict = field(default_factory=dict)
-    teams = None  # merge plans are never team plans (what `pruning.apply.pruned_config` asks)
 
     def merge_matrix(self, layer: int) -> torch.Tensor:
         """[groups, source experts] float64: row g holds new expert g's normalised member weights."""

@@ -56,8 +56,8 @@ def apply_plan_to_model(model, plan: PrunePlan) -> None:
 
 def set_config_counts(model, family: MoEFamily, plan) -> None:
     """A loaded model's config after `plan` (a prune or merge plan): expert counts (per layer when
-    non-uniform) and top-k."""
-    if plan.teams is None and not plan.uniform:
+    non-uniform; a tiered model's per-layer counts are its `tiered_layers`) and top-k."""
+    if getattr(model.config, "tiered_layers", None) is None and not plan.uniform:
         model.config.experts_per_layer = {str(layer): count for layer, count in plan.experts_per_layer.items()}
         model.config.moe_layout = family.moe_layout
     for name in family.num_experts_fields:
