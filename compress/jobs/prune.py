@@ -128,15 +128,22 @@ def make_plan(source, selection: SelectionOptions, keep: int | None = None, *, s
     """(plan, statistics) for `source` keeping `keep` experts (or teams) per layer (default: from
     `selection`): profiles on `calibration` text when there are no statistics (or the criterion
     searches on calibration tokens, as ``reconstruct`` does). For notebooks that try several plans
-    on one set of statistics; `compress prune` runs it through `jobs.reduce`."""
+    on one set of statistics; `compress prune` runs it through `jobs.reduce`, which has checked the
+    request and counted `keep` already, and calls `plan_checked`."""
+    stats = checked_statistics(stats, source) if stats is not None else None
+    calibration = check_request(source, selection, calibration, stats)
+    keep = keep_count(selection, source) if keep is None else keep
+    return plan_checked(source, selection, keep, stats=stats, calibration=calibration, command=command, progress=progress)
+
+
+def plan_checked(source, selection: SelectionOptions, keep: int, *, stats, calibration: CalibrationOptions | None,
+                 command: str | None, progress: bool):
+    """`make_plan` for a request `check_request` has passed, `keep` counted and `calibration` settled."""
     from ..pruning.plan import PrunePlan, team_plan_layers
     from ..pruning.select import select_experts, team_statistics
     from .profile import collect
     from .provenance import plan_provenance
 
-    stats = checked_statistics(stats, source) if stats is not None else None
-    calibration = check_request(source, selection, calibration, stats)  # settling settled options changes nothing
-    keep = keep_count(selection, source) if keep is None else keep
     protect, sizes = protected(selection.protect, source), team_sizes(source)
     groups = source.family.routing_groups(source.config)
     if _needs_calibration(selection, stats):
@@ -217,7 +224,7 @@ class PruneMethod(Method):
         return load_plan(plan, source)
 
     def make_plan(self, source, selection, keep, *, stats, calibration, command, progress):
-        return make_plan(source, selection, keep, stats=stats, calibration=calibration, command=command, progress=progress)
+        return plan_checked(source, selection, keep, stats=stats, calibration=calibration, command=command, progress=progress)
 
     def compensation_plan(self, plan):
         from ..merging.plan import from_prune_plan
