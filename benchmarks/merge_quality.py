@@ -41,7 +41,7 @@ from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import ReconstructRequest
 from compress.pruning.select import select_experts
 from compress.resolve import demo_model_path
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
 
 CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "general": 0.2}}
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
@@ -104,7 +104,7 @@ def main() -> None:
         for name, mixture in CALIBRATIONS.items():
             windows = mixture_windows(tokenizer, mixture, "calibration", args.samples, args.seq_len)
             train = mixture_windows(tokenizer, mixture, "train", 512, args.seq_len)
-            stats = profile(model, windows, batch_size=8, model_name="demo", domain=name, data="built-in", progress=False)
+            stats = profile_windows(model, windows, batch_size=8, model_name="demo", domain=name, data="built-in", progress=False)
             for method in METHODS:
                 began = time.perf_counter()
                 plan = plan_for(method, keep, windows, stats)

@@ -33,7 +33,7 @@ from compress.pruning.reconstruct import reconstruction_selection
 from compress.pruning.select import select_experts
 from compress.resolve import demo_model_path
 from compress.stats import merge_all
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
 
 KEEPS = (8, 4)
 RANDOM_SEEDS = (0, 1, 2)
@@ -53,7 +53,8 @@ def main() -> None:
     top_k = family.top_k(model.config)
     windows = {d: token_windows(token_stream(tokenizer, load_texts(d, "calibration")), args.seq_len, args.samples) for d in DOMAINS}
     heldout = {d: load_texts(d, "heldout") for d in DOMAINS}
-    stats = {d: profile(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False) for d, w in windows.items()}
+    stats = {d: profile_windows(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False)
+             for d, w in windows.items()}
     stats["all"] = merge_all([stats[d] for d in DOMAINS])
     windows["all"] = torch.cat([w[: args.samples // 3] for w in windows.values()])
 

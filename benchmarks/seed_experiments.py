@@ -21,7 +21,7 @@ from compress.data.corpus import DOMAINS, load_texts
 from compress.data.tokens import token_stream, token_windows
 from compress.model_loading import load_model, load_tokenizer
 from compress.resolve import demo_model_path
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
 from compress.stats.summary import summarize
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     path = demo_model_path()
     model, tokenizer = load_model(path, dtype="float32", device="cpu"), load_tokenizer(path)
     calibration = {d: token_windows(token_stream(tokenizer, load_texts(d, "calibration")), 128, 120) for d in DOMAINS}
-    stats = {d: profile(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False)
+    stats = {d: profile_windows(model, w, batch_size=8, model_name="demo", domain=d, data="built-in", progress=False)
              for d, w in calibration.items()}
     heldout = {d: token_windows(token_stream(tokenizer, load_texts(d, "heldout")), 128, 64) for d in DOMAINS}
 

@@ -174,11 +174,11 @@ def test_team_routing_runs_through_the_kernel(tmp_path):
 
     import compress  # noqa: F401
     from compress.cli import main
-    from compress.stats.profile import profile
+    from compress.stats.profile import profile_windows
 
     model = build_tiny_model("gpt_oss")
     model.save_pretrained(tmp_path / "source")
-    profile(model, torch.randint(3, 64, (4, 16)), batch_size=4, model_name="tiny", domain="d", data="random",
+    profile_windows(model, torch.randint(3, 64, (4, 16)), batch_size=4, model_name="tiny", domain="d", data="random",
             progress=False).save(tmp_path / "stats.safetensors")
     assert main(["convert", "tiered", "--model", str(tmp_path / "source"), "--stats", str(tmp_path / "stats.safetensors"),
                  "--tiers", "0-1:3", "--team-size", "2", "--team-top-k", "2", "--out", str(tmp_path / "tiered"), "--quiet"]) == 0

@@ -164,10 +164,10 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
 
 
 def test_merging_files_of_different_models_is_refused(domain_stats, tmp_path, capsys):
-    from compress.stats.profile import profile
+    from compress.stats.profile import profile_windows
     from conftest import build_tiny_model, cli_error
 
-    tiny = profile(build_tiny_model("gpt_oss"), torch.randint(3, 64, (2, 8)), batch_size=2, model_name="tiny",
+    tiny = profile_windows(build_tiny_model("gpt_oss"), torch.randint(3, 64, (2, 8)), batch_size=2, model_name="tiny",
                    domain="math", data="random", progress=False)
     tiny.save(tmp_path / "tiny.safetensors")
     err = cli_error(capsys, "stats", "merge", str(domain_stats / "math.safetensors"), str(tmp_path / "tiny.safetensors"),

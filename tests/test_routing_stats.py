@@ -18,7 +18,7 @@ from compress.families import get_family
 from compress.kernels.reference import routed_expert_outputs
 from compress.model_info import meta_model, model_fingerprint
 from compress.stats import RoutingStats, RoutingStatsCollector
-from compress.stats.profile import profile
+from compress.stats.profile import profile_windows
 from compress.stats.routing_stats import FIXED_POINT_STEP, merge_all
 from compress.stats.summary import gini, js_divergence
 from conftest import FAMILIES, build_tiny_model
@@ -172,8 +172,8 @@ def _windows(count: int, length: int = 8, seed: int = 4) -> torch.Tensor:
 def test_sums_are_kept_on_a_fixed_point_grid_so_any_order_adds_up_exactly():
     model = build_tiny_model("olmoe")
     windows = _windows(8)
-    whole = profile(model, windows, batch_size=2, model_name="tiny", domain="d", data="random", progress=False)
-    halves = [profile(model, part, batch_size=2, model_name="tiny", domain="d", data="random", progress=False,
+    whole = profile_windows(model, windows, batch_size=2, model_name="tiny", domain="d", data="random", progress=False)
+    halves = [profile_windows(model, part, batch_size=2, model_name="tiny", domain="d", data="random", progress=False,
                       skip_samples=4 * i) for i, part in enumerate(windows.split(4))]
     merged = merge_all(halves)
     for layer in whole.layer_indices:
@@ -187,7 +187,7 @@ def test_sums_are_kept_on_a_fixed_point_grid_so_any_order_adds_up_exactly():
 
 def test_file_round_trip_and_metadata(tmp_path):
     model = build_tiny_model("qwen3_moe")
-    stats = profile(model, _windows(4), batch_size=4, model_name="tiny-qwen3", domain="code", data="random", progress=False)
+    stats = profile_windows(model, _windows(4), batch_size=4, model_name="tiny-qwen3", domain="code", data="random", progress=False)
     path = tmp_path / "stats.safetensors"
     stats.save(path)
     loaded = RoutingStats.load(path)
@@ -208,8 +208,8 @@ def test_fingerprint_ignores_dtype_and_device_but_not_the_architecture():
 
 
 def test_merging_different_models_is_refused():
-    a = profile(build_tiny_model("mixtral"), _windows(2), batch_size=2, model_name="a", domain="d", data="x", progress=False)
-    b = profile(build_tiny_model("olmoe"), _windows(2), batch_size=2, model_name="b", domain="d", data="x", progress=False)
+    a = profile_windows(build_tiny_model("mixtral"), _windows(2), batch_size=2, model_name="a", domain="d", data="x", progress=False)
+    b = profile_windows(build_tiny_model("olmoe"), _windows(2), batch_size=2, model_name="b", domain="d", data="x", progress=False)
     with pytest.raises(CompressError, match="different models"):
         a.merged_with(b)
 

@@ -1,7 +1,7 @@
 """Routing statistics: what every pruning and conversion decision reads.
 
 `RoutingStats` holds additive per-layer sums and their file; `RoutingStatsCollector` gathers them
-inside a model's normal forward; `profile` drives a collector over calibration windows, sharded
+inside a model's normal forward; `profile_windows` drives a collector over calibration windows, sharded
 across processes under torchrun.
 
 The names below are imported on first use, so that the command line can read the defaults here

@@ -26,7 +26,7 @@ def world() -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def profile(
+def profile_windows(
     model, windows: torch.Tensor, *, batch_size: int, model_name: str, domain: str, data: str, progress: bool = True,
     skip_samples: int = 0,
 ) -> RoutingStats:
