@@ -1,4 +1,4 @@
-"""The built-in corpus and `--model` resolution."""
+"""The built-in corpus, calibration mixtures of domains and `--model` resolution."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from compress.data.corpus import DOMAINS, SPLITS, load_texts
 from compress.data.presets import HUB_PRESETS, preset_for
 from compress.errors import DataError, ModelNotFoundError
 from compress.resolve import demo_model_path, resolve_model
+from conftest import cli_error
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -101,3 +103,31 @@ def test_hub_ids_download_only_safetensors_config_and_tokenizer(monkeypatch, tmp
     unwanted = ["original/model.safetensors", "original/config.json", "metal/model.bin", "pytorch_model.bin",
                 "consolidated.pt", "LICENSE", "USAGE_POLICY"]
     assert sorted(filter_repo_objects(wanted + unwanted, allow_patterns=allow, ignore_patterns=ignore)) == sorted(wanted)
+
+
+def test_mixed_calibration_takes_each_domains_share_of_the_windows():
+    from compress.jobs.calibration import calibration_windows
+    from compress.jobs.options import CalibrationOptions
+    from compress.model_loading import load_tokenizer
+
+    tokenizer = load_tokenizer(demo_model_path())
+    mixed, description = calibration_windows(CalibrationOptions(domain="math:0.75,general:0.25", samples=8, seq_len=32), tokenizer)
+    math, _ = calibration_windows(CalibrationOptions(domain="math", samples=6, seq_len=32), tokenizer)
+    general, _ = calibration_windows(CalibrationOptions(domain="general", samples=2, seq_len=32), tokenizer)
+    assert torch.equal(mixed, torch.cat([math, general]))
+    assert description.startswith("mixture: math, 6 of 8 windows (weight 0.75): ")
+    assert "; general, 2 of 8 windows (weight 0.25): " in description
+    # Weights near the float limit are a ratio like any others; a tiny share still gets its one window, and says so.
+    huge, description = calibration_windows(CalibrationOptions(domain="math:1e308,general:1e308", samples=4, seq_len=32), tokenizer)
+    assert huge.shape[0] == 4 and "math, 2 of 4 windows (weight 0.5)" in description and "general, 2 of 4 windows" in description
+    _, description = calibration_windows(CalibrationOptions(domain="math:1,general:1e-9", samples=4, seq_len=32), tokenizer)
+    assert "math, 3 of 4 windows (weight 1)" in description and "general, 1 of 4 windows (weight 1e-09)" in description
+
+
+def test_bad_mixtures_are_refused(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    for spec, message in (("math:0.8,general", "positive weights"), ("math:0.5,math:0.5", "twice"), ("math:-1,code:2", "positive")):
+        assert message in cli_error(capsys, "prune", "--model", "demo", "--domain", spec, "--keep", "8", "--out", out)
+    (tmp_path / "notes.txt").write_text("some text\n")
+    assert "mixes domains" in cli_error(capsys, "prune", "--model", "demo", "--domain", "math:0.5,code:0.5", "--dataset",
+                                        str(tmp_path / "notes.txt"), "--keep", "8", "--out", out)

@@ -1,4 +1,4 @@
-"""Expert merging, one-shot compensation, mixed calibration and size frontiers.
+"""Expert merging and one-shot compensation (both `compress/merging/`).
 
 References are independent of the code under test: merged weights are recomputed with plain loops
 from the loaded source model, pruning's own writer is the reference for one-expert groups, scipy's
@@ -314,89 +314,6 @@ def test_merge_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert "names an expert twice" in cli_error(capsys, "merge", "--model", str(tmp_path / "tiny"), "--plan", str(tmp_path / "bad.json"),
                                                 "--out", out)
     assert not (tmp_path / "out").exists()
-
-
-def test_mixed_calibration_takes_each_domains_share_of_the_windows():
-    from compress.jobs.calibration import calibration_windows
-    from compress.jobs.options import CalibrationOptions
-    from compress.model_loading import load_tokenizer
-    from compress.resolve import demo_model_path
-
-    tokenizer = load_tokenizer(demo_model_path())
-    mixed, description = calibration_windows(CalibrationOptions(domain="math:0.75,general:0.25", samples=8, seq_len=32), tokenizer)
-    math, _ = calibration_windows(CalibrationOptions(domain="math", samples=6, seq_len=32), tokenizer)
-    general, _ = calibration_windows(CalibrationOptions(domain="general", samples=2, seq_len=32), tokenizer)
-    assert torch.equal(mixed, torch.cat([math, general]))
-    assert description.startswith("mixture: math, 6 of 8 windows (weight 0.75): ")
-    assert "; general, 2 of 8 windows (weight 0.25): " in description
-    # Weights near the float limit are a ratio like any others; a tiny share still gets its one window, and says so.
-    huge, description = calibration_windows(CalibrationOptions(domain="math:1e308,general:1e308", samples=4, seq_len=32), tokenizer)
-    assert huge.shape[0] == 4 and "math, 2 of 4 windows (weight 0.5)" in description and "general, 2 of 4 windows" in description
-    _, description = calibration_windows(CalibrationOptions(domain="math:1,general:1e-9", samples=4, seq_len=32), tokenizer)
-    assert "math, 3 of 4 windows (weight 1)" in description and "general, 1 of 4 windows (weight 1e-09)" in description
-
-
-def test_bad_mixtures_are_refused(tmp_path, capsys):
-    out = str(tmp_path / "out")
-    for spec, message in (("math:0.8,general", "positive weights"), ("math:0.5,math:0.5", "twice"), ("math:-1,code:2", "positive")):
-        assert message in cli_error(capsys, "prune", "--model", "demo", "--domain", spec, "--keep", "8", "--out", out)
-    (tmp_path / "notes.txt").write_text("some text\n")
-    assert "mixes domains" in cli_error(capsys, "prune", "--model", "demo", "--domain", "math:0.5,code:0.5", "--dataset",
-                                        str(tmp_path / "notes.txt"), "--keep", "8", "--out", out)
-
-
-def test_a_size_frontier_writes_one_model_per_size_from_one_profile(tmp_path, capsys):
-    stats = tmp_path / "math.safetensors"
-    calibration = ["--samples", "8", "--seq-len", "64", "--quiet"]
-    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(stats), *calibration]) == 0
-    prune = ["prune", "--model", "demo", "--stats", str(stats), "--criterion", "gate-mass", "--quiet"]
-    capsys.readouterr()
-    assert main([*prune, "--keep", "8,4", "--out", str(tmp_path / "frontier")]) == 0  # any order: written smallest first
-    assert capsys.readouterr().out.strip().endswith(f"size frontier of 2 models (keep4, keep8) → {tmp_path / 'frontier'}")
-    assert json.loads((tmp_path / "frontier" / "compress.json").read_text())["models"] == ["keep4", "keep8"]
-    assert not list((tmp_path / "frontier").glob("*.safetensors"))
-    glob_loaded_weight_files(tmp_path / "frontier" / "keep4")
-    for keep in (4, 8):
-        assert main([*prune, "--keep", str(keep), "--out", str(tmp_path / f"single{keep}")]) == 0
-        alone, in_frontier = CheckpointReader(tmp_path / f"single{keep}"), CheckpointReader(tmp_path / "frontier" / f"keep{keep}")
-        assert sorted(alone.keys()) == sorted(in_frontier.keys())
-        assert all(torch.equal(alone.read(key), in_frontier.read(key)) for key in alone.keys())
-    assert main(["compare", "--base", "demo", "--candidate", str(tmp_path / "frontier" / "keep4"), str(tmp_path / "frontier" / "keep8"),
-                 "--tasks", "perplexity:math", "--max-tokens", "2000", "--frontier", str(tmp_path / "frontier.png"), "--quiet"]) == 0
-    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "drop --plan" in cli_error(capsys, *prune, "--keep", "4,8", "--plan-only", "--out", str(tmp_path / "p.json"))
-
-
-def test_prune_with_compensation_records_it_and_needs_calibration_text(tmp_path, capsys):
-    stats = tmp_path / "math.safetensors"
-    calibration = ["--samples", "8", "--seq-len", "64", "--quiet"]
-    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(stats), *calibration]) == 0
-    prune = ["prune", "--model", "demo", "--stats", str(stats), "--criterion", "gate-mass", "--keep", "8", "--compensate"]
-    assert "pass --domain" in cli_error(capsys, *prune, "--out", str(tmp_path / "x"))
-    assert main([*prune, "--domain", "math", "--out", str(tmp_path / "pruned"), *calibration]) == 0
-    record = json.loads((tmp_path / "pruned" / "compress.json").read_text())
-    assert record["operation"] == "prune" and record["plan"]["format"] == "moe-compress prune plan"
-    assert all(layer["error_after"] < layer["error_before"] for layer in record["compensation"].values())
-    assert "## Compensation" in (tmp_path / "pruned" / "README.md").read_text()
-    assert not any(path.name.startswith(".moe-compress-compensation") for path in tmp_path.iterdir())  # spill removed
-    glob_loaded_weight_files(tmp_path / "pruned")
-    AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
-
-
-def test_man_and_msan_scores_come_from_routed_output_norms():
-    from compress.pruning.select import expert_scores
-    from compress.stats.profile import profile
-
-    model = build_tiny_model("mixtral")
-    stats = profile(model, WINDOWS, batch_size=4, model_name="tiny", domain="d", data="x", progress=False)
-    hidden, logits = capture_layer_inputs(model, WINDOWS, batch_size=4, max_tokens=WINDOWS.numel())[0]
-    sample = LayerSample.of_model(model, 0, hidden, logits)
-    _, ids = sample.route()
-    norms = sample.outputs.norm(dim=-1).double()  # [T, E]
-    routed = torch.zeros_like(norms).scatter_(1, ids, 1.0).bool()
-    counts = routed.sum(dim=0).double().clamp(min=1)
-    torch.testing.assert_close(expert_scores(stats, 0, "man"), (norms * routed).sum(dim=0) / counts, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(expert_scores(stats, 0, "msan"), (norms.square() * routed).sum(dim=0) / counts, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_sources_merge_in_their_own_layout(tmp_path):

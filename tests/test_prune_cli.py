@@ -222,3 +222,19 @@ def test_only_compensation_makes_a_scratch_directory(math_stats, tmp_path, monke
                  "--out", str(tmp_path / "merged")]) == 0
     assert main(["prune", "--model", "demo", "--stats", str(math_stats), "--keep", "8", "--criterion", "frequency", "--quiet",
                  "--out", str(tmp_path / "pruned")]) == 0
+
+
+def test_prune_with_compensation_records_it_and_needs_calibration_text(tmp_path, capsys):
+    stats = tmp_path / "math.safetensors"
+    calibration = ["--samples", "8", "--seq-len", "64", "--quiet"]
+    assert main(["profile", "--model", "demo", "--domain", "math", "--out", str(stats), *calibration]) == 0
+    prune = ["prune", "--model", "demo", "--stats", str(stats), "--criterion", "gate-mass", "--keep", "8", "--compensate"]
+    assert "pass --domain" in cli_error(capsys, *prune, "--out", str(tmp_path / "x"))
+    assert main([*prune, "--domain", "math", "--out", str(tmp_path / "pruned"), *calibration]) == 0
+    record = json.loads((tmp_path / "pruned" / "compress.json").read_text())
+    assert record["operation"] == "prune" and record["plan"]["format"] == "moe-compress prune plan"
+    assert all(layer["error_after"] < layer["error_before"] for layer in record["compensation"].values())
+    assert "## Compensation" in (tmp_path / "pruned" / "README.md").read_text()
+    assert not any(path.name.startswith(".moe-compress-compensation") for path in tmp_path.iterdir())  # spill removed
+    glob_loaded_weight_files(tmp_path / "pruned")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")

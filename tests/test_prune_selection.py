@@ -13,8 +13,11 @@ from compress.layer_sample import LayerSample, capture_layer_inputs
 from compress.pruning.plan import PrunePlan
 from compress.pruning.reconstruct import LayerReconstruction, reconstruction_selection
 from compress.pruning.select import expert_scores, select_experts
+from compress.stats.profile import profile_windows
 from compress.stats.routing_stats import RoutingStats, empty_layer_stats
 from conftest import build_tiny_model
+
+WINDOWS = torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(5))
 
 
 def _stats(selections: dict[int, list[int]], reap: dict[int, list[float]] | None = None) -> RoutingStats:
@@ -164,3 +167,16 @@ def test_greedy_removal_path_equals_a_naive_greedy_search(family_name):
     path = removal_path(LayerReconstruction(family, config, buffers, logits, outputs), 4, set(), groups)
     assert [kept for kept, _ in path[1:]] == [kept for kept, _ in naive]
     assert [error for _, error in path[1:]] == pytest.approx([error for _, error in naive], rel=1e-5)
+
+
+def test_man_and_msan_scores_come_from_routed_output_norms():
+    model = build_tiny_model("mixtral")
+    stats = profile_windows(model, WINDOWS, batch_size=4, model_name="tiny", domain="d", data="x", progress=False)
+    hidden, logits = capture_layer_inputs(model, WINDOWS, batch_size=4, max_tokens=WINDOWS.numel())[0]
+    sample = LayerSample.of_model(model, 0, hidden, logits)
+    _, ids = sample.route()
+    norms = sample.outputs.norm(dim=-1).double()  # [T, E]
+    routed = torch.zeros_like(norms).scatter_(1, ids, 1.0).bool()
+    counts = routed.sum(dim=0).double().clamp(min=1)
+    torch.testing.assert_close(expert_scores(stats, 0, "man"), (norms * routed).sum(dim=0) / counts, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(expert_scores(stats, 0, "msan"), (norms.square() * routed).sum(dim=0) / counts, rtol=1e-4, atol=1e-5)
