@@ -42,6 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, CompressError
+from .families.derived import split_model_type
+from .families.saved_names import saved_name
 
 EXPERT_GROUP_BYTES = 512 * 2**20  # default budget for one group of experts in the compute dtype
 # (token, expert) pairs whose outputs are computed together, each expert group read once for them:
@@ -93,6 +95,7 @@ class LayerwiseModel:
         self.dtype = compute_dtype(dtype, self.device, source.config)
         self.layers = self.family.decoder_layers(self.meta)
         self.layers_path = self.family.modules["layers"]
+        self.base_model_type = split_model_type(source.raw_config["model_type"])[0]
         self.experts_per_group = experts_per_group or self._default_group()
 
     def _default_group(self) -> int:
@@ -150,7 +153,8 @@ class LayerwiseModel:
         router = self.family.modules["router"] + "."
         if layer in self.source.moe_layers and name.startswith(router):
             return self.source.layout.router_prefix.format(layer=layer) + name[len(router):]
-        return f"{self.layers_path}.{layer}.{name}"
+        key = f"{self.layers_path}.{layer}.{name}"
+        return key if key in self.source.reader else saved_name(self.base_model_type, key)
 
     @contextmanager
     def materialized(self, layer: int):

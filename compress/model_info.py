@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .families import MoEFamily, family_for_config
+from .families.derived import split_model_type
 
 
 @dataclass
@@ -109,7 +110,7 @@ def describe(source) -> ModelInfo:
     return ModelInfo(
         name=source.name,
         path=str(source.path),
-        family=family.name,
+        family=split_model_type(source.raw_config.get("model_type") or family.name)[0],  # glm4_moe, not the adapter it shares
         model_type=source.raw_config.get("model_type"),
         architectures=source.raw_config.get("architectures") or [],
         num_layers=len(family.decoder_layers(source.meta)),

@@ -57,10 +57,53 @@ def tiny_config(family: str, **overrides):
             "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1, "n_shared_experts": 1,
             "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
             "num_key_value_heads": 2, **{k: v for k, v in c.items() if k != "num_hidden_layers"}})
-    raise ValueError(family)
+    return _generic_tiny_config(family, **overrides)
 
 
-FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+# Config fields the generic tiny config sets wherever the family's config class has them.
+_TINY_FIELDS = dict(
+    intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=24, head_dim=16,
+    n_shared_experts=1, num_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1, routed_scaling_factor=1.5,
+    norm_topk_prob=True, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+    linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+    block_size=8, sliding_window=4,
+)
+_TINY_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _generic_tiny_config(model_type: str, **overrides):
+    """Three layers of the model type's own config class: 6 experts, top-2, and its defaults shrunk
+    (two routing groups where it has groups, the first layer dense where it has dense layers, every
+    kind of layer of its `layer_types` in turn: linear and full attention, sliding windows)."""
+    defaults = transformers.AutoConfig.for_model(model_type).to_dict()
+    fields = {**COMMON, "num_hidden_layers": 3}
+    fields.update({name: 6 for name in _TINY_EXPERT_COUNTS if name in defaults})
+    fields.update({name: 2 for name in ("num_experts_per_tok",) if name in defaults})
+    fields.update({name: value for name, value in _TINY_FIELDS.items() if name in defaults or name == "intermediate_size"})
+    layers = fields["num_hidden_layers"]
+    if isinstance(defaults.get("layer_types"), list):
+        kinds = list(dict.fromkeys(defaults["layer_types"]))
+        fields["layer_types"] = [kinds[i % len(kinds)] for i in range(layers)]
+    if isinstance(defaults.get("mlp_layer_types"), list):  # a dense first layer where the family has dense layers
+        fields["mlp_layer_types"] = (["dense"] if "dense" in defaults["mlp_layer_types"] else ["sparse"]) + ["sparse"] * (layers - 1)
+    return transformers.AutoConfig.for_model(model_type, **{**fields, **overrides})
+
+
+# Model types, one or more per family definition (`compress/families/definitions/`).
+FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
+            "minimax", "glm4_moe", "dots1", "solar_open", "mimo_v2_flash", "sarvam_mla",
+            "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
+# What the tiny configs above are, stated independently of the code under test: the decoder
+# layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
+# config routes over two groups of three experts (the best group only).
+_FIRST_DENSE = ("deepseek_v3", "glm4_moe", "dots1", "mimo_v2_flash", "sarvam_mla")
+_TWO_LAYERS = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+MOE_LAYERS = {family: [1, 2] if family in _FIRST_DENSE else [0, 1] if family in _TWO_LAYERS else [0, 1, 2] for family in FAMILIES}
+SHARED_EXPERTS = {family: 0 for family in FAMILIES} | {
+    family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "dots1", "solar_open", "sarvam_mla", "qwen3_next",
+                             "qwen3_5_moe_text")}
+GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "dots1", "solar_open", "mimo_v2_flash", "sarvam_mla")
+SAVED_FUSED = ("gpt_oss",)  # save_pretrained keeps the fused expert tensors; the others write one key per expert
 
 
 def build_tiny_model(family: str, seed: int = 0, **overrides):

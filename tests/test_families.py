@@ -13,11 +13,11 @@ from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.errors import UnsupportedModelError
 from compress.families import all_families, family_for_config, get_family
-from conftest import FAMILIES, build_tiny_model, tiny_config
+from conftest import FAMILIES, MOE_LAYERS, SAVED_FUSED, SHARED_EXPERTS, build_tiny_model, tiny_config
 
 
-def test_every_supported_family_has_a_definition():
-    assert set(all_families()) == set(FAMILIES)
+def test_every_supported_model_type_is_in_the_test_matrix():
+    assert {model_type for family in all_families().values() for model_type in family.model_types} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
@@ -63,12 +63,12 @@ def test_routing_matches_output_router_logits_in_a_full_forward():
 def test_moe_layers_and_config_fields(family_name):
     model = build_tiny_model(family_name)
     family = get_family(family_name)
-    expected_layers = [1, 2] if family_name == "deepseek_v3" else [0, 1]
+    expected_layers = MOE_LAYERS[family_name]
     assert family.moe_layer_indices(model) == expected_layers
     assert family.num_experts(model.config) == 6
     assert family.num_experts(model.config.to_dict()) == 6
     assert family.top_k(model.config) == 2
-    assert family.shared_expert_count(model.config) == (1 if family_name in ("qwen2_moe", "deepseek_v3") else 0)
+    assert family.shared_expert_count(model.config) == SHARED_EXPERTS[family_name]
     for layer in expected_layers:
         for name, tensor in family.expert_tensors_of(family.experts(model, layer)).items():
             assert tensor.shape[family.expert_tensors[name]["expert_dim"]] == 6
@@ -98,7 +98,7 @@ def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_chec
     family = family_for_config(read_config(directory))
     reader = CheckpointReader(directory)
     assert len(reader.files) > 1  # sharded, with an index
-    expected_layout = "fused" if family_name == "gpt_oss" else "per_expert"
+    expected_layout = "fused" if family_name in SAVED_FUSED else "per_expert"
     for layer in family.moe_layer_indices(loaded):
         layout = family.detect_layout(reader, layer)
         assert layout.name == expected_layout
@@ -168,14 +168,18 @@ ENGINE_FIELDS = {"qwen3_moe": {"num_experts": 4}, "deepseek_v3": {"topk_method":
 @pytest.mark.parametrize("family_name", FAMILIES)
 def test_derived_configs_carry_the_fields_engines_read(family_name, tmp_path):
     tiny_config(family_name).save_pretrained(tmp_path)  # transformers 5 moves or drops these fields
-    source = read_config(tmp_path)
+    source, before = read_config(tmp_path), AutoConfig.from_pretrained(tmp_path)
     rewritten = get_family(family_name).rewrite_config(source, num_experts=4, top_k=2)
-    assert rewritten["rope_theta"] == source["rope_parameters"]["rope_theta"]
+    rope = source["rope_parameters"]
+    if "rope_theta" in rope:
+        assert rewritten["rope_theta"] == rope["rope_theta"]
+    else:  # one rope per layer type (sliding and full attention): no single value to repeat
+        assert "rope_theta" not in rewritten
     for field, value in ENGINE_FIELDS.get(family_name, {}).items():
         assert rewritten[field] == value
     (tmp_path / "config.json").write_text(json.dumps(rewritten))
     loaded = AutoConfig.from_pretrained(tmp_path)
-    assert loaded.rope_parameters["rope_theta"] == source["rope_parameters"]["rope_theta"]  # transformers reads it the same
+    assert loaded.rope_parameters == before.rope_parameters  # transformers reads it the same
     assert get_family(family_name).num_experts(loaded) == 4
 
 

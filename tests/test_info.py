@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, GptOssConfig, GraniteMoeConfig, L
 from compress.cli import main
 from compress.families import get_family
 from compress.model_info import count_parameters, meta_model
-from conftest import FAMILIES, tiny_config
+from conftest import FAMILIES, MOE_LAYERS, SAVED_FUSED, SHARED_EXPERTS, tiny_config
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
@@ -28,11 +28,11 @@ def test_info_reports_the_loaded_models_numbers(family_name, tiny_checkpoints, c
     moe_layers = family.moe_layer_indices(loaded)
     assert info["family"] == family_name
     assert info["num_layers"] == model.config.num_hidden_layers
-    assert info["moe_layers"] == moe_layers == ([1, 2] if family_name == "deepseek_v3" else [0, 1])
+    assert info["moe_layers"] == moe_layers == MOE_LAYERS[family_name]
     assert info["experts_per_layer"] == {str(layer): 6 for layer in moe_layers}
     assert info["top_k"] == 2
-    assert info["shared_experts_per_layer"] == (1 if family_name in ("qwen2_moe", "deepseek_v3") else 0)
-    assert info["key_layout"] == ("fused" if family_name == "gpt_oss" else "per_expert")
+    assert info["shared_experts_per_layer"] == SHARED_EXPERTS[family_name]
+    assert info["key_layout"] == ("fused" if family_name in SAVED_FUSED else "per_expert")
     assert info["mxfp4"] is False and info["shards"] > 1
     params = info["parameters"]
     # Independent count on the real loaded model: all parameters, and experts by module walk.

@@ -36,8 +36,8 @@ def _save(model, directory, layout: str):
 
 
 def _padding(family_name: str) -> torch.Tensor | None:
-    # transformers' own DeepSeek-V3 attention fails on padded batches in this tiny config (whole model too)
-    return None if family_name == "deepseek_v3" else PADDING
+    # transformers' own DeepSeek-V3 attention (also Sarvam-MLA's) fails on padded batches in this tiny config (whole model too)
+    return None if family_name in ("deepseek_v3", "sarvam_mla") else PADDING
 
 
 def _whole_model_stats(model, padding, batch_size: int = 2):

@@ -22,7 +22,7 @@ from compress.jobs.source import open_model
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from conftest import FAMILIES, build_tiny_model
+from conftest import FAMILIES, SAVED_FUSED, build_tiny_model
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 
@@ -99,7 +99,7 @@ def test_pruned_checkpoint_equals_masked_routing(family_name, layout, tmp_path):
     assert family.num_experts(config) == 4 and family.top_k(config) == 2
     assert "auto_map" not in config and config["model_type"] == family_name  # stock classes load it
     reader = CheckpointReader(tmp_path / "pruned")
-    expected_layout = "fused" if layout == "fused" or family_name == "gpt_oss" else "per_expert"
+    expected_layout = "fused" if layout == "fused" or family_name in SAVED_FUSED else "per_expert"
     assert family.detect_layout(reader, min(plan.layers)).name == expected_layout
     torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(model, plan), rtol=1e-5, atol=1e-5)
 

@@ -31,12 +31,14 @@ def all_families() -> dict[str, MoEFamily]:
 
 
 def get_family(name: str) -> MoEFamily:
+    """The family named `name`, or the one a model type `name` belongs to (``glm4_moe`` → deepseek_v3)."""
     families = all_families()
-    if name not in families:
-        hint = difflib.get_close_matches(name, families, n=1)
-        did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
-        raise UnsupportedModelError(f"unknown family {name!r}{did_you_mean}: supported are {', '.join(families)}")
-    return families[name]
+    for family in families.values():
+        if name == family.name or name in family.model_types:
+            return family
+    hint = difflib.get_close_matches(name, families, n=1)
+    did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+    raise UnsupportedModelError(f"unknown family {name!r}{did_you_mean}: supported are {', '.join(families)}")
 
 
 def family_for_config(config) -> MoEFamily:

@@ -57,6 +57,18 @@ def config_value(config, name: str):
     return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
 
 
+def _has_submodule(module: torch.nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _aliases(fields: str | list[str] | None) -> tuple[str, ...] | None:
+    return None if fields is None else (fields,) if isinstance(fields, str) else tuple(fields)
+
+
 def _template_regex(template: str) -> re.Pattern:
     pattern = re.escape(template).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
     return re.compile(pattern + r"(?P<suffix>.+)$")
@@ -96,7 +108,7 @@ class MoEFamily:
     model_types: tuple[str, ...]
     num_experts_fields: tuple[str, ...]
     top_k_fields: tuple[str, ...]
-    shared_experts_field: str | None
+    shared_experts_fields: tuple[str, ...] | None  # aliases of the shared-expert count; None: one when the modules exist
     # Fields the family's published config.json files carry and engines read (vLLM takes DeepSeek-V3's
     # routing from topk_method / scoring_func), which configs saved by transformers 5 lack.
     engine_fields: dict[str, Any]
@@ -134,7 +146,7 @@ class MoEFamily:
             model_types=tuple(data["model_types"]),
             num_experts_fields=tuple(data["config"]["num_experts"]),
             top_k_fields=tuple(data["config"]["top_k"]),
-            shared_experts_field=data["config"].get("shared_experts"),
+            shared_experts_fields=_aliases(data["config"].get("shared_experts")),
             engine_fields=data["config"].get("engine_fields", {}),
             routing=data["routing"],
             modules=data["modules"],
@@ -167,9 +179,9 @@ class MoEFamily:
     def shared_expert_count(self, config) -> int:
         if not self.modules["shared_experts"]:
             return 0
-        if self.shared_experts_field is None:
+        if self.shared_experts_fields is None:
             return 1
-        return int(config_value(config, self.shared_experts_field) or 0)
+        return int(next((value for name in self.shared_experts_fields if (value := config_value(config, name)) is not None), 0))
 
     def experts_per_layer(self, config, moe_layers: list[int]) -> dict[int, int]:
         """Experts in each MoE layer: the config's count, a non-uniform model's per-layer counts, or a
@@ -280,7 +292,9 @@ class MoEFamily:
 
     def shared_expert_modules(self, model, layer: int) -> list[torch.nn.Module]:
         decoder_layer = self.decoder_layers(model)[layer]
-        return [decoder_layer.get_submodule(name) for name in self.modules["shared_experts"]]
+        # Optional: some model types of a family (MiMo-V2-Flash) or configs (Cohere2 with none) have no shared experts.
+        return [decoder_layer.get_submodule(name) for name in self.modules["shared_experts"]
+                if _has_submodule(decoder_layer, name)]
 
     def router_buffers(self, model, layer: int) -> dict[str, torch.Tensor]:
         """Non-parameter router state the routing function needs (DeepSeek-V3's correction bias)."""

@@ -54,17 +54,18 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     scores = logits.float().sigmoid()
     num_experts = scores.shape[-1]
     choice = scores + router_buffers["e_score_correction_bias"].float()
-    n_group = config.n_group
-    group_scores = choice.view(-1, n_group, num_experts // n_group).topk(2, dim=-1)[0].sum(dim=-1)
-    group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
-    group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
-    expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
-    choice = choice.masked_fill(~expert_mask.bool(), float("-inf"))
+    n_group = getattr(config, "n_group", None) or 1  # families without groups route as one group
+    if n_group > 1:
+        group_scores = choice.view(-1, n_group, num_experts // n_group).topk(2, dim=-1)[0].sum(dim=-1)
+        group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
+        expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
+        choice = choice.masked_fill(~expert_mask.bool(), float("-inf"))
     index = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, index)
-    if config.norm_topk_prob:
+    if getattr(config, "norm_topk_prob", True):
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * config.routed_scaling_factor, index
+    return weights * getattr(config, "routed_scaling_factor", 1.0), index
 
 
 def softmax_distribution(logits: torch.Tensor) -> torch.Tensor:
