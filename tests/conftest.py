@@ -68,6 +68,7 @@ _TINY_FIELDS = dict(
     linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
     block_size=8, sliding_window=4,
 )
+_TINY_OVERRIDES = {"mimo_v2_flash": {"num_key_value_heads": 1}}  # its attention fails a shape check with two at this size
 _TINY_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -76,7 +77,7 @@ def _generic_tiny_config(model_type: str, **overrides):
     (two routing groups where it has groups, the first layer dense where it has dense layers, every
     kind of layer of its `layer_types` in turn: linear and full attention, sliding windows)."""
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
-    fields = {**COMMON, "num_hidden_layers": 3}
+    fields = {**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 2}  # multi-head latent attention needs as many as heads
     fields.update({name: 6 for name in _TINY_EXPERT_COUNTS if name in defaults})
     fields.update({name: 2 for name in ("num_experts_per_tok",) if name in defaults})
     fields.update({name: value for name, value in _TINY_FIELDS.items() if name in defaults or name == "intermediate_size"})
@@ -86,23 +87,26 @@ def _generic_tiny_config(model_type: str, **overrides):
         fields["layer_types"] = [kinds[i % len(kinds)] for i in range(layers)]
     if isinstance(defaults.get("mlp_layer_types"), list):  # a dense first layer where the family has dense layers
         fields["mlp_layer_types"] = (["dense"] if "dense" in defaults["mlp_layer_types"] else ["sparse"]) + ["sparse"] * (layers - 1)
-    return transformers.AutoConfig.for_model(model_type, **{**fields, **overrides})
+    return transformers.AutoConfig.for_model(model_type, **{**fields, **_TINY_OVERRIDES.get(model_type, {}), **overrides})
 
 
 # Model types, one or more per family definition (`compress/families/definitions/`).
 FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
-            "minimax", "glm4_moe", "dots1", "solar_open", "mimo_v2_flash", "sarvam_mla",
+            "minimax", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
+            "mimo_v2_flash", "sarvam_mla", "axk2",
             "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
 # What the tiny configs above are, stated independently of the code under test: the decoder
 # layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
 # config routes over two groups of three experts (the best group only).
-_FIRST_DENSE = ("deepseek_v3", "glm4_moe", "dots1", "mimo_v2_flash", "sarvam_mla")
+_FIRST_DENSE = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text",
+                "mimo_v2_flash", "sarvam_mla", "axk2")
 _TWO_LAYERS = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 MOE_LAYERS = {family: [1, 2] if family in _FIRST_DENSE else [0, 1] if family in _TWO_LAYERS else [0, 1, 2] for family in FAMILIES}
 SHARED_EXPERTS = {family: 0 for family in FAMILIES} | {
-    family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "dots1", "solar_open", "sarvam_mla", "qwen3_next",
-                             "qwen3_5_moe_text")}
-GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "dots1", "solar_open", "mimo_v2_flash", "sarvam_mla")
+    family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1",
+                             "dots3_note_text", "solar_open", "sarvam_mla", "axk2", "qwen3_next", "qwen3_5_moe_text")}
+GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
+                 "mimo_v2_flash", "sarvam_mla", "axk2")
 SAVED_FUSED = ("gpt_oss",)  # save_pretrained keeps the fused expert tensors; the others write one key per expert
 
 
