@@ -63,12 +63,16 @@ def tiny_config(family: str, **overrides):
 # Config fields the generic tiny config sets wherever the family's config class has them.
 _TINY_FIELDS = dict(
     intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=24, head_dim=16,
-    n_shared_experts=1, num_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1, routed_scaling_factor=1.5,
-    norm_topk_prob=True, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+    n_shared_experts=1, num_shared_experts=1, moe_num_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1,
+    routed_scaling_factor=1.5, norm_topk_prob=True, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
     linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
     block_size=8, sliding_window=4,
 )
-_TINY_OVERRIDES = {"mimo_v2_flash": {"num_key_value_heads": 1}}  # its attention fails a shape check with two at this size
+_TINY_OVERRIDES = {
+    "mimo_v2_flash": {"num_key_value_heads": 1},  # its attention fails a shape check with two at this size
+    "deepseek_v2": {"topk_method": "group_limited_greedy"},  # its group-limited routing, not the default greedy one
+    "flint": {"mlp_only_layers": [0]},  # its first layer dense, as the defaults' first two
+}
 _TINY_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -79,7 +83,7 @@ def _generic_tiny_config(model_type: str, **overrides):
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
     fields = {**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 2}  # multi-head latent attention needs as many as heads
     fields.update({name: 6 for name in _TINY_EXPERT_COUNTS if name in defaults})
-    fields.update({name: 2 for name in ("num_experts_per_tok",) if name in defaults})
+    fields.update({name: 2 for name in ("num_experts_per_tok", "moe_topk") if name in defaults})
     fields.update({name: value for name, value in _TINY_FIELDS.items() if name in defaults or name == "intermediate_size"})
     layers = fields["num_hidden_layers"]
     if isinstance(defaults.get("layer_types"), list):
@@ -93,21 +97,33 @@ def _generic_tiny_config(model_type: str, **overrides):
 # Model types, one or more per family definition (`compress/families/definitions/`).
 FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
             "minimax", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
-            "mimo_v2_flash", "sarvam_mla", "axk2",
+            "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "cohere2_moe", "flint", "aria_text",
             "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
 # What the tiny configs above are, stated independently of the code under test: the decoder
 # layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
 # config routes over two groups of three experts (the best group only).
 _FIRST_DENSE = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text",
-                "mimo_v2_flash", "sarvam_mla", "axk2")
+                "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "flint")
 _TWO_LAYERS = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 MOE_LAYERS = {family: [1, 2] if family in _FIRST_DENSE else [0, 1] if family in _TWO_LAYERS else [0, 1, 2] for family in FAMILIES}
 SHARED_EXPERTS = {family: 0 for family in FAMILIES} | {
     family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1",
-                             "dots3_note_text", "solar_open", "sarvam_mla", "axk2", "qwen3_next", "qwen3_5_moe_text")}
+                             "dots3_note_text", "solar_open", "sarvam_mla", "axk2", "qwen3_next", "qwen3_5_moe_text",
+                             "deepseek_v2", "cohere2_moe", "flint", "aria_text")}
 GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
-                 "mimo_v2_flash", "sarvam_mla", "axk2")
-SAVED_FUSED = ("gpt_oss",)  # save_pretrained keeps the fused expert tensors; the others write one key per expert
+                 "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2")
+# The key layout save_pretrained writes: fused expert tensors (Aria's under its own names), else one key per expert.
+SAVED_LAYOUT = {family: "per_expert" for family in FAMILIES} | {"gpt_oss": "fused", "aria_text": "fused_fc"}
+# Tiered conversion refuses group-limited routing and routers a team router cannot reproduce.
+NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint")
+
+
+def saved_state_dict(model) -> dict:
+    """The model's tensors as one safetensors file of module names holds them: a tied output layer
+    is left out (the embedding is stored), as save_pretrained does."""
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    output = next(name for name, module in model.named_modules() if module is model.get_output_embeddings()) if tied else None
+    return {key: value.contiguous() for key, value in model.state_dict().items() if key != f"{output}.weight"}
 
 
 def build_tiny_model(family: str, seed: int = 0, **overrides):

@@ -13,7 +13,7 @@ from compress.checkpoint.files import read_config
 from compress.checkpoint.reader import CheckpointReader
 from compress.errors import UnsupportedModelError
 from compress.families import all_families, family_for_config, get_family
-from conftest import FAMILIES, MOE_LAYERS, SAVED_FUSED, SHARED_EXPERTS, build_tiny_model, tiny_config
+from conftest import FAMILIES, MOE_LAYERS, SAVED_LAYOUT, SHARED_EXPERTS, build_tiny_model, tiny_config
 
 
 def test_every_supported_model_type_is_in_the_test_matrix():
@@ -98,7 +98,7 @@ def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_chec
     family = family_for_config(read_config(directory))
     reader = CheckpointReader(directory)
     assert len(reader.files) > 1  # sharded, with an index
-    expected_layout = "fused" if family_name in SAVED_FUSED else "per_expert"
+    expected_layout = SAVED_LAYOUT[family_name]
     for layer in family.moe_layer_indices(loaded):
         layout = family.detect_layout(reader, layer)
         assert layout.name == expected_layout

@@ -21,7 +21,7 @@ import pytest
 
 from compress.cli import main
 from compress.jobs.source import open_model
-from conftest import FAMILIES, GROUP_LIMITED
+from conftest import FAMILIES, NO_TIERED
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 METHODS = ("prune", "prune-per-layer", "merge", "tiered")
@@ -29,7 +29,7 @@ KEPT = [0, 2, 3, 5]  # two experts of each of DeepSeek-V3's two routing groups
 KEPT_PER_LAYER = [0, 1, 2, 3, 4, 5]  # the other MoE layers keep KEPT: a non-uniform plan
 GROUPS, WEIGHTS = [[1, 0], [2], [5, 3], [4]], [[0.7, 0.3], [1.0], [0.4, 0.6], [1.0]]
 TEAMS, MIXING = [[0, 1], [3, 4]], [[0.75, 0.25], [0.5, 0.5]]
-UNSUPPORTED = {(family, "tiered") for family in GROUP_LIMITED}  # tiered conversion refuses group-limited routing
+UNSUPPORTED = {(family, "tiered") for family in NO_TIERED}
 
 
 def _plan(method: str, source) -> dict:

@@ -18,7 +18,7 @@ from compress.jobs.source import open_model
 from compress.layerwise import LayerwiseModel, calibrate
 from compress.pruning.reconstruct import ReconstructRequest, reconstruction_selection
 from compress.stats.collector import RoutingStatsCollector
-from conftest import FAMILIES, build_tiny_model
+from conftest import FAMILIES, build_tiny_model, saved_state_dict
 
 WINDOWS = torch.randint(3, 64, (5, 16), generator=torch.Generator().manual_seed(1))
 PADDING = torch.ones(5, 16, dtype=torch.long)
@@ -29,7 +29,7 @@ PADDING[4, :2] = 0
 def _save(model, directory, layout: str):
     if layout == "fused":
         model.config.save_pretrained(directory)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors", metadata={"format": "pt"})
+        save_file(saved_state_dict(model), directory / "model.safetensors", metadata={"format": "pt"})
     else:
         model.save_pretrained(directory, max_shard_size="40KB")
     return directory

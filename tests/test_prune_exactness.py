@@ -22,7 +22,7 @@ from compress.jobs.source import open_model
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from conftest import FAMILIES, SAVED_FUSED, build_tiny_model
+from conftest import FAMILIES, SAVED_LAYOUT, build_tiny_model, saved_state_dict
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 
@@ -86,7 +86,7 @@ def test_pruned_checkpoint_equals_masked_routing(family_name, layout, tmp_path):
     source = tmp_path / "source"
     if layout == "fused":
         model.config.save_pretrained(source)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, source / "model.safetensors", metadata={"format": "pt"})
+        save_file(saved_state_dict(model), source / "model.safetensors", metadata={"format": "pt"})
     else:
         model.save_pretrained(source, max_shard_size="40KB")
     family = get_family(family_name)
@@ -99,7 +99,7 @@ def test_pruned_checkpoint_equals_masked_routing(family_name, layout, tmp_path):
     assert family.num_experts(config) == 4 and family.top_k(config) == 2
     assert "auto_map" not in config and config["model_type"] == family_name  # stock classes load it
     reader = CheckpointReader(tmp_path / "pruned")
-    expected_layout = "fused" if layout == "fused" or family_name in SAVED_FUSED else "per_expert"
+    expected_layout = "fused" if layout == "fused" else SAVED_LAYOUT[family_name]
     assert family.detect_layout(reader, min(plan.layers)).name == expected_layout
     torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(model, plan), rtol=1e-5, atol=1e-5)
 

@@ -16,7 +16,7 @@ from compress.distill import DistillSettings, distillation_loss
 from compress.families import get_family
 from compress.stats.profile import profile_windows
 from compress.tiering.teams import agglomerative_teams, greedy_teams, mixing_weights
-from conftest import FAMILIES, GROUP_LIMITED, MOE_LAYERS, build_tiny_model
+from conftest import FAMILIES, MOE_LAYERS, NO_TIERED, build_tiny_model
 
 INPUT = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(11))
 
@@ -35,7 +35,7 @@ def _convert(root, *argv) -> int:
                  "--out", str(root / "tiered"), "--quiet", *argv])
 
 
-@pytest.mark.parametrize("family_name", [family for family in FAMILIES if family not in GROUP_LIMITED])  # tiered refuses those
+@pytest.mark.parametrize("family_name", [family for family in FAMILIES if family not in NO_TIERED])
 def test_teams_of_one_with_every_expert_reproduce_the_original(family_name, tmp_path):
     model = _tiny_with_stats(family_name, tmp_path)
     layers = MOE_LAYERS[family_name]

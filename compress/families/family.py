@@ -30,7 +30,7 @@ import torch
 from ..checkpoint import mxfp4
 from ..checkpoint.reader import CheckpointReader
 from ..errors import CheckpointError, UnsupportedModelError
-from .routing import ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
+from .routing import GROUPED, ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
 
 # What every family definition (`definitions/*.json`) holds.
 DEFINITION_KEYS = ("name", "description", "model_types", "config", "routing", "modules", "router_tensors", "expert_tensors",
@@ -196,7 +196,9 @@ class MoEFamily:
 
     def routing_groups(self, config) -> int:
         """Expert groups of group-limited routing (DeepSeek-V3's ``n_group``); 1 when routing is not grouped."""
-        if self.routing["function"] != "sigmoid_group_topk":
+        if self.routing["function"] not in GROUPED:
+            return 1
+        if self.routing["function"] == "softmax_group_topk" and config_value(config, "topk_method") != "group_limited_greedy":
             return 1
         return int(config_value(config, "n_group") or 1)
 
@@ -234,6 +236,8 @@ class MoEFamily:
         and OLMoE with ``norm_topk_prob`` off) and for group-limited routing (a group's score may drop)."""
         if self.routing_groups(config) > 1:
             return False
+        if self.routing["function"] == "softmax_group_topk":
+            return False  # a softmax over every expert, never renormalised
         if self.routing["function"] != "softmax_then_topk":
             return True
         renormalize = self.routing["renormalize"]

@@ -53,7 +53,8 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     """
     scores = logits.float().sigmoid()
     num_experts = scores.shape[-1]
-    choice = scores + router_buffers["e_score_correction_bias"].float()
+    bias = router_buffers.get("e_score_correction_bias")  # Flint's choice is the plain scores
+    choice = scores if bias is None else scores + bias.float()
     n_group = getattr(config, "n_group", None) or 1  # families without groups route as one group
     if n_group > 1:
         group_scores = choice.view(-1, n_group, num_experts // n_group).topk(2, dim=-1)[0].sum(dim=-1)
@@ -66,6 +67,35 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     if getattr(config, "norm_topk_prob", True):
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
     return weights * getattr(config, "routed_scaling_factor", 1.0), index
+
+
+def topk_then_score(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cohere2-MoE: top-k of the logits, then a float32 softmax over those k, or (``expert_selection_fn``
+    ``"sigmoid"``) their sigmoid, renormalised when ``norm_topk_prob``; in the logits' dtype."""
+    values, index = torch.topk(logits, top_k, dim=-1)
+    if getattr(config, "expert_selection_fn", "softmax") == "sigmoid":
+        weights = values.sigmoid()
+        if getattr(config, "norm_topk_prob", False):
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    else:
+        weights = torch.softmax(values, dim=-1, dtype=torch.float32)
+    return weights.to(logits.dtype), index
+
+
+def softmax_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V2: float32 softmax over all experts; with ``topk_method`` ``"group_limited_greedy"``
+    only the best ``topk_group`` of ``n_group`` groups (scored by their best expert) stay eligible;
+    top-k, not renormalised, times ``routed_scaling_factor``."""
+    scores = logits.float().softmax(dim=-1)
+    if getattr(config, "topk_method", "greedy") == "group_limited_greedy":
+        num_experts, n_group = scores.shape[-1], config.n_group
+        group_scores = scores.view(-1, n_group, num_experts // n_group).max(dim=-1).values
+        group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
+        expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
+        scores = scores.masked_fill(~expert_mask.bool(), 0.0)
+    weights, index = torch.topk(scores, k=top_k, dim=-1, sorted=False)
+    return weights * config.routed_scaling_factor, index
 
 
 def softmax_distribution(logits: torch.Tensor) -> torch.Tensor:
@@ -81,6 +111,8 @@ ROUTING_FUNCTIONS: dict[str, RoutingFunction] = {
     "topk_then_softmax": topk_then_softmax,
     "softmax_then_topk": softmax_then_topk,
     "sigmoid_group_topk": sigmoid_group_topk,
+    "topk_then_score": topk_then_score,
+    "softmax_group_topk": softmax_group_topk,
 }
 
 # The router's preference over all experts [T, E] (rows sum to 1), for entropy and concentration:
@@ -89,4 +121,9 @@ ROUTING_DISTRIBUTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "topk_then_softmax": softmax_distribution,
     "softmax_then_topk": softmax_distribution,
     "sigmoid_group_topk": normalized_sigmoid_distribution,
+    "topk_then_score": softmax_distribution,
+    "softmax_group_topk": softmax_distribution,
 }
+
+# Routing functions whose config may limit each token to the best `topk_group` of `n_group` expert groups.
+GROUPED = ("sigmoid_group_topk", "softmax_group_topk")
