@@ -22,7 +22,7 @@ from compress.jobs.source import open_model
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from conftest import FAMILIES, SAVED_LAYOUT, build_tiny_model, saved_state_dict
+from conftest import FAMILIES, GROUP_LIMITED, SAVED_LAYOUT, build_tiny_model, saved_state_dict
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 
@@ -133,24 +133,33 @@ def test_mxfp4_experts_stay_byte_exact(tmp_path):
     torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(original, plan), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family_name", ["gpt_oss", "qwen2_moe", "deepseek_v3"])
-def test_non_uniform_plan_round_trips_through_auto_classes(family_name, tmp_path):
+def _non_uniform_pruned(family_name: str, tmp_path):
+    """(model, plan) after pruning the family's tiny model to a different count in each MoE layer."""
     model = build_tiny_model(family_name)
     model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
     layers = get_family(family_name).moe_layer_indices(model)
-    # DeepSeek's group routing needs equal counts per group within a layer, not across layers.
-    kept = [[0, 1, 3, 4, 5], [1, 4]] if family_name != "deepseek_v3" else [[0, 1, 3, 4], [0, 1, 2, 3, 4, 5]]
-    plan = _plan(model, dict(zip(layers, kept)))
+    # Group-limited routing needs equal counts per group within a layer, not across layers.
+    pattern = [[0, 1, 3, 4], [0, 1, 2, 3, 4, 5], [1, 2, 4, 5]] if family_name in GROUP_LIMITED else [[0, 1, 3, 4, 5], [1, 4], [0, 2, 3]]
+    plan = _plan(model, {layer: pattern[i % 3] for i, layer in enumerate(layers)})
     assert not plan.uniform and plan.top_k == 2
     _prune(tmp_path / "source", tmp_path / "pruned", plan)
+    return model, plan
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_non_uniform_plan_loads_through_auto_classes_and_equals_masked_routing(family_name, tmp_path):
+    model, plan = _non_uniform_pruned(family_name, tmp_path)
     config = read_config(tmp_path / "pruned")
-    assert config["experts_per_layer"] == {str(layer): len(k) for layer, k in zip(layers, kept)}
+    assert config["experts_per_layer"] == {str(layer): len(kept) for layer, kept in plan.layers.items()}
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_moe_compress.")
     assert (tmp_path / "pruned" / "modeling_moe_compress.py").is_file()
-    reference = _masked_reference_logits(model, plan)
-    torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(model, plan), rtol=1e-5, atol=1e-5)
 
-    # Without moe-compress: the checkpoint's own modeling file, through trust_remote_code.
+
+@pytest.mark.parametrize("family_name", ["gpt_oss", "qwen2_moe", "deepseek_v3"])
+def test_non_uniform_checkpoints_load_with_their_own_modeling_file(family_name, tmp_path):
+    """Without moe-compress: the checkpoint's own modeling file, through trust_remote_code."""
+    model, plan = _non_uniform_pruned(family_name, tmp_path)
     script = (
         "import sys, json, torch; sys.modules['compress'] = None\n"
         "from transformers import AutoModelForCausalLM\n"
@@ -160,7 +169,7 @@ def test_non_uniform_plan_round_trips_through_auto_classes(family_name, tmp_path
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    torch.testing.assert_close(torch.tensor(json.loads(result.stdout)), reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(json.loads(result.stdout)), _masked_reference_logits(model, plan), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family_name", ["mixtral", "olmoe"])

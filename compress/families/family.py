@@ -258,6 +258,8 @@ class MoEFamily:
             "experts": self.modules["experts"],
             "expert_tensors": {name: spec["expert_dim"] for name, spec in self.expert_tensors.items()},
             "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items()},
+            # the config field of experts per token, where it is not num_experts_per_tok (Aria's moe_topk)
+            **({"top_k_field": self.top_k_fields[0]} if self.top_k_fields[0] != "num_experts_per_tok" else {}),
         }
 
     def decoder_layers(self, model) -> torch.nn.ModuleList:

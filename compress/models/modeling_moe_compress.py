@@ -61,8 +61,9 @@ class _PerLayerExperts:
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         layers = self.get_submodule(config.moe_layout["layers"])
+        top_k = getattr(config, config.moe_layout.get("top_k_field", "num_experts_per_tok"))
         for layer, count in config.experts_per_layer.items():
-            keep_experts(layers[int(layer)], list(range(count)), config.moe_layout, config.num_experts_per_tok)
+            keep_experts(layers[int(layer)], list(range(count)), config.moe_layout, top_k)
 
 
 def stock_classes(base: str) -> tuple[str, type, type]:
