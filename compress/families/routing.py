@@ -70,7 +70,7 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
 
 
 def topk_then_score(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cohere2-MoE: top-k of the logits, then a float32 softmax over those k, or (``expert_selection_fn``
+    """Cohere2-MoE and Granite-MoE: top-k of the logits, then a float32 softmax over those k, or (``expert_selection_fn``
     ``"sigmoid"``) their sigmoid, renormalised when ``norm_topk_prob``; in the logits' dtype."""
     values, index = torch.topk(logits, top_k, dim=-1)
     if getattr(config, "expert_selection_fn", "softmax") == "sigmoid":
