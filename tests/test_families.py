@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -150,11 +151,66 @@ def test_classify_key_roles():
     assert gpt_oss.classify_key("model.layers.0.mlp.router.bias").kind == "router"
 
 
+def _routes_to_experts(model_type: str) -> bool:
+    """Whether transformers' config class of `model_type` has a field counting routed experts (read
+    from transformers itself, not from our family definitions)."""
+    try:
+        fields = AutoConfig.for_model(model_type).to_dict()
+    except Exception:  # a config class that needs arguments to build: not a MoE language model here
+        return False
+    return any(name in fields for name in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
+                                           "num_experts_per_tok"))
+
+
+def test_every_model_type_with_routed_experts_is_supported_or_refused_with_a_reason():
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from compress.families.unsupported import UNSUPPORTED
+
+    supported = {model_type for family in all_families().values() for model_type in family.model_types}
+    routed = {model_type for model_type in CONFIG_MAPPING_NAMES if _routes_to_experts(model_type)}
+    assert not supported & set(UNSUPPORTED), "a model type is both supported and refused"
+    assert set(UNSUPPORTED) <= set(CONFIG_MAPPING_NAMES), "refusals of model types transformers no longer has"
+    new = sorted(routed - supported - set(UNSUPPORTED))
+    assert not new, (f"transformers {transformers.__version__} has MoE model types moe-compress neither supports nor refuses: "
+                     f"{new}; add a family definition or a reason in compress/families/unsupported.py")
+    assert supported <= routed
+
+
+def test_info_says_in_one_line_why_a_model_type_is_refused(tmp_path, capsys):
+    from compress.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phimoe", "num_local_experts": 16, "num_experts_per_tok": 2}))
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: architecture 'phimoe' is not supported: sparsemixer routing (the second expert chosen after masking " \
+                  "the first) has no routing function yet", err
+
+
+def test_the_readme_table_of_architectures_is_the_registry():
+    """Regenerate after changing a definition or a refusal: MOE_COMPRESS_WRITE_README=1 python -m pytest -k readme_table."""
+    import os
+    from pathlib import Path
+
+    from compress.families.table import markdown
+
+    readme = Path(__file__).parent.parent / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- families:begin -->\n", "<!-- families:end -->"
+    before, rest = text.split(begin)
+    _, after = rest.split(end)
+    if os.environ.get("MOE_COMPRESS_WRITE_README"):
+        readme.write_text(before + begin + markdown() + end + after)
+    assert rest.split(end)[0] == markdown()
+
+
 def test_unsupported_and_dense_configs_are_named():
     with pytest.raises(UnsupportedModelError, match="dense model"):
         family_for_config({"model_type": "llama", "hidden_size": 8})
     with pytest.raises(UnsupportedModelError, match="without a moe-compress adapter"):
-        family_for_config({"model_type": "granitemoe", "num_local_experts": 8})
+        family_for_config({"model_type": "some_future_moe", "num_local_experts": 8})
+    with pytest.raises(UnsupportedModelError, match="'llama4_text' is not supported: the router's score scales each expert's input"):
+        family_for_config({"model_type": "llama4_text", "num_local_experts": 16})
     with pytest.raises(UnsupportedModelError, match="did you mean mixtral"):
         get_family("mixtrall")
     assert family_for_config(tiny_config("olmoe")).name == "olmoe"

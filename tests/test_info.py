@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, GptOssConfig, GraniteMoeConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, GptOssConfig, LlamaConfig, PhimoeConfig
 
 from compress.cli import main
 from compress.families import get_family
@@ -110,10 +110,10 @@ def test_bad_inputs_give_one_line_errors_and_exit_2(tmp_path, tiny_checkpoints):
     dense = tmp_path / "dense"
     AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                  num_attention_heads=2, num_key_value_heads=1)).save_pretrained(dense)
-    unsupported = tmp_path / "granite"
-    AutoModelForCausalLM.from_config(GraniteMoeConfig(vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1,
-                                                      num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
-                                                      num_experts_per_tok=2)).save_pretrained(unsupported)
+    unsupported = tmp_path / "phimoe"
+    AutoModelForCausalLM.from_config(PhimoeConfig(vocab_size=32, hidden_size=16, intermediate_size=8, num_hidden_layers=1,
+                                                  num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                                  num_experts_per_tok=2)).save_pretrained(unsupported)
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     source = tiny_checkpoints["olmoe"][1]
@@ -124,7 +124,7 @@ def test_bad_inputs_give_one_line_errors_and_exit_2(tmp_path, tiny_checkpoints):
     cases = [
         (tmp_path / "does-not-exist", ["no such directory"]),
         (dense, ["dense model", "llama"]),
-        (unsupported, ["granitemoe", "without a moe-compress adapter", "supported families"]),
+        (unsupported, ["'phimoe' is not supported", "sparsemixer routing"]),
         (truncated, ["truncated", "re-download"]),
         ("someone/not-on-this-machine", ["Hub could not be reached"]),
     ]

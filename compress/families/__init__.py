@@ -1,7 +1,9 @@
 """Model-family adapters: one JSON definition per architecture, loaded into `MoEFamily` objects.
 
-Adding a family is adding a file to ``definitions/`` (and, if its routing is new, a function to
-`routing.py`), plus its tiny config for the tests; the model classes derive from transformers' own.
+A definition names the transformers model types it covers: a model type that routes and stores its
+experts as an existing family is one more name in its ``model_types``; a new one is a file in
+``definitions/`` (and, if its routing is new, a function in `routing.py`). The model classes derive
+from transformers' own; model types with experts that are refused say why (`unsupported.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from importlib import resources
 from ..errors import UnsupportedModelError
 from .derived import split_model_type
 from .family import CheckpointLayout, KeyRole, MoEFamily, config_value
+from .unsupported import UNSUPPORTED
 
 # Config fields that hold an expert count in some MoE architecture, ours or not: a config with one
 # of them set is a MoE model even when we have no adapter for it.
@@ -50,6 +53,8 @@ def family_for_config(config) -> MoEFamily:
         if base in family.model_types:
             return family
     supported = ", ".join(all_families())
+    if base in UNSUPPORTED:
+        raise UnsupportedModelError(f"architecture {model_type!r} is not supported: {UNSUPPORTED[base]}")
     if any(config_value(config, name) for name in _ANY_EXPERT_COUNT_FIELDS):
         raise UnsupportedModelError(
             f"architecture {model_type!r} is a Mixture-of-Experts model without a moe-compress adapter yet; "

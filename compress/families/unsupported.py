@@ -1,0 +1,62 @@
+"""The model types with routed experts that transformers ships and moe-compress does not support,
+each with the reason, so `compress info` can say it in one line and a test can tell when a
+transformers release brings a new one (`tests/test_families.py`)."""
+
+from __future__ import annotations
+
+_TEXT_TOWER = "the text model of a multimodal checkpoint: transformers has no causal LM class that loads it alone"
+_ROUTER_BIAS_ON_BLOCK = "its router takes its bias from the MoE block, outside the router module"
+_BIAS_RENAMED = "its router's correction bias is stored on disk under another module's name, which pruning does not slice yet"
+_NOT_YET_VERIFIED = "not yet verified: its tiny test model does not build or run in the layer-wise engine yet"
+
+UNSUPPORTED: dict[str, str] = {
+    # Not decoder-only causal language models.
+    "switch_transformers": "an encoder-decoder (T5-style) model, not a decoder-only causal LM",
+    "nllb-moe": "an encoder-decoder translation model, not a decoder-only causal LM",
+    "vitpose_backbone": "a vision backbone, not a language model",
+    "dots3_note_vision_encoder": "a vision encoder, not a language model",
+    "openai_privacy_filter": "a token classifier without a causal LM head",
+    "diffusion_gemma_text": "a diffusion language model, not an autoregressive one",
+    **{model_type: _TEXT_TOWER for model_type in (
+        "deepseek_ocr2_text", "ernie4_5_vl_moe_text", "glm4v_moe_text", "glm5_next_text", "hy_v4_vl_text", "mistral4",
+        "mistral_large4_text", "muse_spark_text", "qwen3_omni_moe_talker_text", "qwen3_omni_moe_text", "qwen3_vl_moe_text",
+        "step3p5", "unlimited_ocr_text")},
+    # Experts that are not separable MLPs weighted by their router.
+    "llama4_text": "the router's score scales each expert's input, not its output",
+    "jetmoe": "a mixture of attention heads: attention layers route tokens to experts too",
+    "doge": "its experts are rows of a product-key memory, not separate MLPs",
+    "deepseek_v4": "hash routing in some layers: a token's experts are fixed by its id",
+    "longcat_flash": "zero-computation (identity) experts among the routed ones",
+    "zaya": "one expert per token, chosen by an MLP router",
+    "beam": "the routed scaling factor is applied after the experts are summed, not in the router's weights",
+    # Routing or storage the family definitions cannot express yet.
+    "phimoe": "sparsemixer routing (the second expert chosen after masking the first) has no routing function yet",
+    "kolibri1": "routing by the top-k of biased logits with the sigmoid of the chosen ones has no routing function yet",
+    "inkling_text": "its router returns more than weights and experts; renamed, FP8-scaled expert tensors on disk",
+    "inkling2_text": "scaled scores with a correction bias not yet expressed; renamed, FP8-scaled expert tensors on disk",
+    "inkling2_loop_text": "scaled scores with a correction bias not yet expressed; renamed, FP8-scaled expert tensors on disk",
+    "minimax_m3_vl_text": "its routing weights match no routing function yet",
+    "afmoe": _ROUTER_BIAS_ON_BLOCK,
+    "minimax_m2": _ROUTER_BIAS_ON_BLOCK,
+    "hy_v3": _ROUTER_BIAS_ON_BLOCK,
+    "exaone_moe": _BIAS_RENAMED,
+    "laguna": _BIAS_RENAMED,
+    "sarvam_moe": _BIAS_RENAMED,
+    "ernie4_5_moe": "its router's correction bias sits in a submodule (gate.moe_statics), not yet expressed",
+    "hunyuan_v1_moe": "its router's weight sits one module below the router (gate.wg), not yet expressed",
+    "granitemoeshared": "a shared MLP sized by shared_intermediate_size, not yet described",
+    "nemotron_h": "experts without a gate projection (up and down only) in hybrid Mamba layers, not yet described",
+    "gemma4_text": "experts optional per config beside a dense MLP in the same layer, not yet described",
+    # Layers the layer-wise engine does not run yet.
+    "hy_v4": "hyper-connections: each decoder layer carries several residual streams, the layer-wise engine one",
+    "glm_moe_dsa": "its layers pass the sparse-attention indexer's top-k to the next layer, which the layer-wise engine does not carry",
+    "lara_mini": "attention projections stored split on disk and fused at load, which the layer-wise engine does not do yet",
+    "granitemoe_swa": _NOT_YET_VERIFIED,
+    "granitemoehybrid": _NOT_YET_VERIFIED,
+    "jamba": _NOT_YET_VERIFIED,
+    "bailing_hybrid": _NOT_YET_VERIFIED,
+    "kimi_linear": _NOT_YET_VERIFIED,
+    "lfm2_moe": _NOT_YET_VERIFIED,
+    "qwen4_exp_text": _NOT_YET_VERIFIED,
+    "axk1": _NOT_YET_VERIFIED,
+}
