@@ -45,11 +45,13 @@ def softmax_then_topk(
 
 
 def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek-V3: sigmoid scores, correction bias for the choice only, group-limited top-k.
+    """DeepSeek-V3 and its kin, Flint: sigmoid scores, correction bias for the choice only (when the
+    router has one), group-limited top-k.
 
-    The best ``topk_group`` of ``n_group`` groups (scored by the sum of their two best biased
+    With ``n_group`` > 1 the best ``topk_group`` groups (scored by the sum of their two best biased
     scores) stay eligible; weights are the unbiased scores of the chosen experts, renormalised when
-    ``norm_topk_prob``, times ``routed_scaling_factor``.
+    ``norm_topk_prob`` (always, where the config has no such field), times ``routed_scaling_factor``
+    (where it has one).
     """
     scores = logits.float().sigmoid()
     num_experts = scores.shape[-1]
