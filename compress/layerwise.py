@@ -152,7 +152,7 @@ class LayerwiseModel:
     def _disk_key(self, layer: int, name: str) -> str:
         router = self.family.modules["router"] + "."
         if layer in self.source.moe_layers and name.startswith(router):
-            return self.source.layout.router_prefix.format(layer=layer) + name[len(router):]
+            return self.source.layout.router_key(layer, name[len(router):])
         key = f"{self.layers_path}.{layer}.{name}"
         return key if key in self.source.reader else saved_name(self.base_model_type, key)
 

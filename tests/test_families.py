@@ -111,7 +111,7 @@ def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_chec
                 assert torch.equal(got, getattr(module, name)[selection]), (name, selection)
         router = family.router(loaded, layer)
         for name, spec in family.router_tensors.items():  # router rows are expert slices too
-            key = layout.router_prefix.format(layer=layer) + name
+            key = layout.router_key(layer, name)
             assert torch.equal(reader.read_experts(key, [5, 0], spec["expert_dim"]), getattr(router, name)[[5, 0]])
 
 
@@ -149,6 +149,9 @@ def test_classify_key_roles():
     role = gpt_oss.classify_key("model.layers.0.mlp.experts.gate_up_proj_blocks")
     assert (role.kind, role.expert_dim, role.suffix) == ("experts", 0, "gate_up_proj_blocks")
     assert gpt_oss.classify_key("model.layers.0.mlp.router.bias").kind == "router"
+    # EXAONE-MoE stores its router's correction bias beside the router (transformers moves it at load).
+    role = get_family("exaone_moe").classify_key("model.layers.2.mlp.e_score_correction_bias")
+    assert (role.kind, role.layer, role.suffix) == ("router", 2, "e_score_correction_bias")
 
 
 def _routes_to_experts(model_type: str) -> bool:

@@ -69,9 +69,10 @@ def _aliases(fields: str | list[str] | None) -> tuple[str, ...] | None:
     return None if fields is None else (fields,) if isinstance(fields, str) else tuple(fields)
 
 
-def _template_regex(template: str) -> re.Pattern:
+def _template_regex(template: str, suffix: bool = True) -> re.Pattern:
+    """A key template's pattern: a prefix followed by a tensor name (`suffix`), or the whole key."""
     pattern = re.escape(template).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
-    return re.compile(pattern + r"(?P<suffix>.+)$")
+    return re.compile(pattern + (r"(?P<suffix>.+)$" if suffix else "$"))
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,17 @@ class CheckpointLayout:
     experts_prefix: str | None = None  # fused / mxfp4
     expert_prefix: str | None = None  # per_expert
     expert_dim: int | None = None
+    # Router tensors stored away from `router_prefix` ({name: key template}): EXAONE-MoE keeps its
+    # router's correction bias as ``mlp.e_score_correction_bias`` and transformers moves it at load.
+    router_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def per_expert(self) -> bool:
         return self.expert_prefix is not None
+
+    def router_key(self, layer: int, name: str) -> str:
+        """The on-disk key of router tensor `name` of MoE layer `layer`."""
+        return self.router_keys[name].format(layer=layer) if name in self.router_keys else self.router_prefix.format(layer=layer) + name
 
     def probe_keys(self, layer: int) -> list[str]:
         """Keys that exist in a checkpoint of this layout (for expert 0 of `layer`)."""
@@ -154,6 +162,9 @@ class MoEFamily:
             expert_tensors=data["expert_tensors"],
             layouts=layouts,
         )
+        for layout in layouts.values():  # router keys stored elsewhere first: they may sit under the experts' prefix
+            for name, template in layout.router_keys.items():
+                family._key_patterns.append((layout, "router:" + name, _template_regex(template, suffix=False)))
         for layout in layouts.values():
             family._key_patterns.append((layout, "router", _template_regex(layout.router_prefix)))
             if layout.per_expert:
@@ -326,8 +337,8 @@ class MoEFamily:
             if not match:
                 continue
             layer = int(match["layer"])
-            if kind == "router":
-                name = match["suffix"]
+            if kind.startswith("router"):
+                name = kind.partition(":")[2] or match["suffix"]
                 if name in self.router_tensors:
                     return KeyRole("router", layer, expert_dim=self.router_tensors[name]["expert_dim"], suffix=name)
                 continue

@@ -39,7 +39,6 @@ UNSUPPORTED: dict[str, str] = {
     "afmoe": _ROUTER_BIAS_ON_BLOCK,
     "minimax_m2": _ROUTER_BIAS_ON_BLOCK,
     "hy_v3": _ROUTER_BIAS_ON_BLOCK,
-    "exaone_moe": _BIAS_RENAMED,
     "laguna": _BIAS_RENAMED,
     "sarvam_moe": _BIAS_RENAMED,
     "ernie4_5_moe": "its router's correction bias sits in a submodule (gate.moe_statics), not yet expressed",
