@@ -98,7 +98,7 @@ def _generic_tiny_config(model_type: str, **overrides):
 FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
             "minimax", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
             "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "cohere2_moe", "flint", "aria_text",
-            "granitemoe", "exaone_moe",
+            "granitemoe", "exaone_moe", "minimax_m2",
             "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
 # What the tiny configs above are, stated independently of the code under test: the decoder
 # layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
@@ -116,7 +116,7 @@ GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "do
 # The key layout save_pretrained writes: fused expert tensors (Aria's under its own names), else one key per expert.
 SAVED_LAYOUT = {family: "per_expert" for family in FAMILIES} | {"gpt_oss": "fused", "aria_text": "fused_fc", "granitemoe": "fused_granite"}
 # Tiered conversion refuses group-limited routing and routers a team router cannot reproduce.
-NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe")
+NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe", "minimax_m2")
 
 
 def saved_state_dict(model) -> dict:

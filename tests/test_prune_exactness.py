@@ -47,8 +47,8 @@ def _masked_reference_logits(model, plan: PrunePlan) -> torch.Tensor:
         dropped[kept] = False
         buffers = {name: tensor.masked_fill(dropped, float("-inf")) for name, tensor in family.router_buffers(model, layer).items()}
 
-        def masked_forward(hidden_states, original=router.forward, dropped=dropped, buffers=buffers):
-            logits = original(hidden_states)[0].masked_fill(dropped, float("-inf"))
+        def masked_forward(hidden_states, *state, original=router.forward, dropped=dropped, buffers=buffers):
+            logits = original(hidden_states, *state)[0].masked_fill(dropped, float("-inf"))
             weights, index = family.route(logits, model.config, buffers)
             return logits, weights, index
 

@@ -110,8 +110,8 @@ def _routing_replaced(model, layers: list[int], route):
     for layer in layers:
         router = family.router(model, layer)
 
-        def forward(hidden_states, router=router, layer=layer):
-            logits = type(router).forward(router, hidden_states)[0]
+        def forward(hidden_states, *state, router=router, layer=layer):  # state: what the block hands its router (MiniMax-M2's bias)
+            logits = type(router).forward(router, hidden_states, *state)[0]
             return (logits, *route(layer, logits))
 
         saved[layer] = router.forward

@@ -268,7 +268,10 @@ class MoEFamily:
             "router": self.modules["router"],
             "experts": self.modules["experts"],
             "expert_tensors": {name: spec["expert_dim"] for name, spec in self.expert_tensors.items()},
-            "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items()},
+            "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items() if spec.get("owner") != "moe"},
+            # router state the MoE block holds and hands its router (MiniMax-M2's correction bias), where there is any
+            **({"moe_tensors": moe_tensors} if (moe_tensors := {name: spec["expert_dim"] for name, spec in self.router_tensors.items()
+                                                               if spec.get("owner") == "moe"}) else {}),
             # the config field of experts per token, where it is not num_experts_per_tok (Aria's moe_topk)
             **({"top_k_field": self.top_k_fields[0]} if self.top_k_fields[0] != "num_experts_per_tok" else {}),
         }
@@ -313,10 +316,17 @@ class MoEFamily:
         return [decoder_layer.get_submodule(name) for name in self.modules["shared_experts"]
                 if _has_submodule(decoder_layer, name)]
 
+    def router_tensor_modules(self, model, layer: int) -> dict[str, torch.nn.Module]:
+        """{router tensor name: the module holding it}: the router, or the MoE block for state it hands
+        the router (``"owner": "moe"``, MiniMax-M2's correction bias)."""
+        decoder_layer = self.decoder_layers(model)[layer]
+        return {name: decoder_layer.get_submodule(self.modules["moe" if spec.get("owner") == "moe" else "router"])
+                for name, spec in self.router_tensors.items()}
+
     def router_buffers(self, model, layer: int) -> dict[str, torch.Tensor]:
         """Non-parameter router state the routing function needs (DeepSeek-V3's correction bias)."""
-        router = self.router(model, layer)
-        return {name: getattr(router, name) for name, spec in self.router_tensors.items() if spec.get("buffer")}
+        owners = self.router_tensor_modules(model, layer)
+        return {name: getattr(owners[name], name) for name, spec in self.router_tensors.items() if spec.get("buffer")}
 
     # --- on-disk keys ----------------------------------------------------------------------------
     def detect_layout(self, reader: CheckpointReader, layer: int) -> CheckpointLayout:

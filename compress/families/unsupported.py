@@ -5,7 +5,6 @@ transformers release brings a new one (`tests/test_families.py`)."""
 from __future__ import annotations
 
 _TEXT_TOWER = "the text model of a multimodal checkpoint: transformers has no causal LM class that loads it alone"
-_ROUTER_BIAS_ON_BLOCK = "its router takes its bias from the MoE block, outside the router module"
 _BIAS_RENAMED = "its router's correction bias is stored on disk under another module's name, which pruning does not slice yet"
 _NOT_YET_VERIFIED = "not yet verified: its tiny test model does not build or run in the layer-wise engine yet"
 
@@ -36,9 +35,8 @@ UNSUPPORTED: dict[str, str] = {
     "inkling2_text": "scaled scores with a correction bias not yet expressed; renamed, FP8-scaled expert tensors on disk",
     "inkling2_loop_text": "scaled scores with a correction bias not yet expressed; renamed, FP8-scaled expert tensors on disk",
     "minimax_m3_vl_text": "its routing weights match no routing function yet",
-    "afmoe": _ROUTER_BIAS_ON_BLOCK,
-    "minimax_m2": _ROUTER_BIAS_ON_BLOCK,
-    "hy_v3": _ROUTER_BIAS_ON_BLOCK,
+    "afmoe": "its router's weight sits one module below the router (router.gate) and takes its bias from the MoE block",
+    "hy_v3": "its router scales the weights by router_scaling_factor, a field sigmoid routing does not read yet",
     "laguna": _BIAS_RENAMED,
     "sarvam_moe": _BIAS_RENAMED,
     "ernie4_5_moe": "its router's correction bias sits in a submodule (gate.moe_statics), not yet expressed",

@@ -46,11 +46,12 @@ def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = Non
     family = family_for_config(model.config)
     layers = family.decoder_layers(model)
     for layer in plan.layers:
-        experts, router = family.experts(model, layer), family.router(model, layer)
+        experts = family.experts(model, layer)
         refitted = compensation[layer].load() if compensation is not None else {}
-        for module, specs, matrix in ((experts, family.expert_tensors, plan.merge_matrix(layer)),
-                                      (router, family.router_tensors, plan.router_matrix(layer))):
+        for owners, specs, matrix in (({name: experts for name in family.expert_tensors}, family.expert_tensors, plan.merge_matrix(layer)),
+                                      (family.router_tensor_modules(model, layer), family.router_tensors, plan.router_matrix(layer))):
             for name, spec in specs.items():
+                module = owners[name]
                 old = getattr(module, name, None)
                 if old is None:
                     continue
