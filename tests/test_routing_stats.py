@@ -59,7 +59,7 @@ def _reference(model, family, input_ids, attention_mask=None):
                 continue
             chosen, w = index[t].tolist(), weights[t].float().tolist()
             s["tokens"] += 1
-            if family.name in ("deepseek_v3", "exaone_moe", "flint", "minimax_m2"):  # sigmoid scorers: their normalised sigmoid
+            if family.routing["function"] == "sigmoid_group_topk":  # sigmoid scorers: their normalised sigmoid
                 p = logits[t].float().sigmoid()
                 p = p / p.sum()
             else:

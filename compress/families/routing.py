@@ -45,14 +45,14 @@ def softmax_then_topk(
 
 
 def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, *, renormalize="norm_topk_prob",
-                       **_) -> tuple[torch.Tensor, torch.Tensor]:
+                       scaling="routed_scaling_factor", **_) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 and its kin, Flint: sigmoid scores, correction bias for the choice only (when the
     router has one), group-limited top-k.
 
     With ``n_group`` > 1 the best ``topk_group`` groups (scored by the sum of their two best biased
     scores) stay eligible; weights are the unbiased scores of the chosen experts, renormalised when
     ``renormalize`` (a bool, or the config field that decides it: ``norm_topk_prob``, true where the
-    config has no such field), times ``routed_scaling_factor`` (where it has one).
+    config has no such field), times the config's `scaling` field (``routed_scaling_factor``; where it has one).
     """
     scores = logits.float().sigmoid()
     num_experts = scores.shape[-1]
@@ -69,7 +69,7 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     weights = scores.gather(1, index)
     if getattr(config, renormalize, True) if isinstance(renormalize, str) else renormalize:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * getattr(config, "routed_scaling_factor", 1.0), index
+    return weights * getattr(config, scaling, 1.0), index
 
 
 def topk_then_score(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,6 @@ UNSUPPORTED: dict[str, str] = {
     "inkling2_loop_text": "scaled scores with a correction bias not yet expressed; renamed, FP8-scaled expert tensors on disk",
     "minimax_m3_vl_text": "its routing weights match no routing function yet",
     "afmoe": "its router's weight sits one module below the router (router.gate) and takes its bias from the MoE block",
-    "hy_v3": "its router scales the weights by router_scaling_factor, a field sigmoid routing does not read yet",
     "laguna": _BIAS_RENAMED,
     "sarvam_moe": _BIAS_RENAMED,
     "ernie4_5_moe": "its router's correction bias sits in a submodule (gate.moe_statics), not yet expressed",
