@@ -72,6 +72,7 @@ _TINY_OVERRIDES = {
     "mimo_v2_flash": {"num_key_value_heads": 1},  # its attention fails a shape check with two at this size
     "deepseek_v2": {"topk_method": "group_limited_greedy"},  # its group-limited routing, not the default greedy one
     "flint": {"mlp_only_layers": [0]},  # its first layer dense, as the defaults' first two
+    "granitemoeshared": {"shared_intermediate_size": 24},  # its shared MLP (none by default)
 }
 _TINY_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
@@ -98,7 +99,7 @@ def _generic_tiny_config(model_type: str, **overrides):
 FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
             "minimax", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
             "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "cohere2_moe", "flint", "aria_text",
-            "granitemoe", "exaone_moe", "minimax_m2", "hy_v3",
+            "granitemoe", "granitemoeshared", "exaone_moe", "minimax_m2", "hy_v3",
             "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
 # What the tiny configs above are, stated independently of the code under test: the decoder
 # layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
@@ -110,13 +111,15 @@ MOE_LAYERS = {family: [1, 2] if family in _FIRST_DENSE else [0, 1] if family in 
 SHARED_EXPERTS = {family: 0 for family in FAMILIES} | {
     family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1",
                              "dots3_note_text", "solar_open", "sarvam_mla", "axk2", "qwen3_next", "qwen3_5_moe_text",
-                             "deepseek_v2", "cohere2_moe", "flint", "aria_text", "exaone_moe", "hy_v3")}
+                             "deepseek_v2", "cohere2_moe", "flint", "aria_text", "exaone_moe", "hy_v3",
+                             "granitemoeshared")}
 GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
                  "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "exaone_moe")
 # The key layout save_pretrained writes: fused expert tensors (Aria's under its own names), else one key per expert.
-SAVED_LAYOUT = {family: "per_expert" for family in FAMILIES} | {"gpt_oss": "fused", "aria_text": "fused_fc", "granitemoe": "fused_granite"}
+SAVED_LAYOUT = {family: "per_expert" for family in FAMILIES} | {"gpt_oss": "fused", "aria_text": "fused_fc", "granitemoe": "fused_granite",
+                                                                   "granitemoeshared": "fused_granite"}
 # Tiered conversion refuses group-limited routing and routers a team router cannot reproduce.
-NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe", "minimax_m2", "hy_v3")
+NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe", "granitemoeshared", "minimax_m2", "hy_v3")
 
 
 def saved_state_dict(model) -> dict:

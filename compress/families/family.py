@@ -8,13 +8,15 @@ A definition (``definitions/<name>.json``) says, as data:
 * ``modules``: where the layers, the MoE block, router, fused experts and shared experts live in
   the transformers model;
 * ``router_tensors`` / ``expert_tensors``: the router's and fused experts' tensors and which
-  dimension is the expert dimension;
+  dimension is the expert dimension; ``"buffer": true`` marks router state the routing function
+  reads, ``"module"`` a tensor held by another module than the router (MiniMax-M2's MoE block);
 * ``checkpoint_layouts``: the on-disk key conventions. ``fused`` and ``mxfp4`` keep one tensor per
   layer with the experts along ``expert_dim``; ``per_expert`` (what ``save_pretrained`` writes for
   Mixtral, Qwen, OLMoE and DeepSeek) has one key per expert, the id in the name. ``module_tensors``
   says how the module's fused tensors are assembled from the keys: a name (fused), a list of names
   concatenated on dim 0 for each expert (per-expert), or ``{"mxfp4": base}`` (``base_blocks`` +
-  ``base_scales``, dequantised and transposed to the module orientation).
+  ``base_scales``, dequantised and transposed to the module orientation). ``router_keys`` names
+  router tensors stored away from the router's prefix (EXAONE-MoE's correction bias).
 
 Everything else in the toolkit is generic over this description.
 """
@@ -268,10 +270,10 @@ class MoEFamily:
             "router": self.modules["router"],
             "experts": self.modules["experts"],
             "expert_tensors": {name: spec["expert_dim"] for name, spec in self.expert_tensors.items()},
-            "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items() if spec.get("owner") != "moe"},
-            # router state the MoE block holds and hands its router (MiniMax-M2's correction bias), where there is any
-            **({"moe_tensors": moe_tensors} if (moe_tensors := {name: spec["expert_dim"] for name, spec in self.router_tensors.items()
-                                                               if spec.get("owner") == "moe"}) else {}),
+            "router_tensors": {name: spec["expert_dim"] for name, spec in self.router_tensors.items() if "module" not in spec},
+            # router state another module holds (MiniMax-M2's MoE block, ERNIE's gate.moe_statics): {name: [module, dim]}
+            **({"held_router_tensors": held} if (held := {name: [spec["module"], spec["expert_dim"]]
+                                                          for name, spec in self.router_tensors.items() if "module" in spec}) else {}),
             # the config field of experts per token, where it is not num_experts_per_tok (Aria's moe_topk)
             **({"top_k_field": self.top_k_fields[0]} if self.top_k_fields[0] != "num_experts_per_tok" else {}),
         }
@@ -317,11 +319,10 @@ class MoEFamily:
                 if _has_submodule(decoder_layer, name)]
 
     def router_tensor_modules(self, model, layer: int) -> dict[str, torch.nn.Module]:
-        """{router tensor name: the module holding it}: the router, or the MoE block for state it hands
-        the router (``"owner": "moe"``, MiniMax-M2's correction bias)."""
+        """{router tensor name: the module holding it}: the router, or the module a definition names
+        (``"module"``, below the decoder layer: MiniMax-M2's MoE block hands its bias to the router)."""
         decoder_layer = self.decoder_layers(model)[layer]
-        return {name: decoder_layer.get_submodule(self.modules["moe" if spec.get("owner") == "moe" else "router"])
-                for name, spec in self.router_tensors.items()}
+        return {name: decoder_layer.get_submodule(spec.get("module", self.modules["router"])) for name, spec in self.router_tensors.items()}
 
     def router_buffers(self, model, layer: int) -> dict[str, torch.Tensor]:
         """Non-parameter router state the routing function needs (DeepSeek-V3's correction bias)."""

@@ -42,7 +42,8 @@ def keep_experts(decoder_layer: torch.nn.Module, kept: list[int], layout: dict, 
     """Cut one decoder layer's router and experts to the experts `kept` (original ids, in order)."""
     slice_tensors(decoder_layer.get_submodule(layout["experts"]), layout["expert_tensors"], kept)
     slice_tensors(decoder_layer.get_submodule(layout["router"]), layout["router_tensors"], kept)
-    slice_tensors(decoder_layer.get_submodule(layout["moe"]), layout.get("moe_tensors", {}), kept)
+    for name, (path, dim) in layout.get("held_router_tensors", {}).items():
+        slice_tensors(decoder_layer.get_submodule(path), {name: dim}, kept)
     set_counts(decoder_layer, layout, len(kept), top_k)
 
 
