@@ -152,9 +152,10 @@ class LayerwiseModel:
     def _disk_key(self, layer: int, name: str) -> str:
         router = self.family.modules["router"] + "."
         if layer in self.source.moe_layers and name.startswith(router):
-            return self.source.layout.router_key(layer, name[len(router):])
-        key = f"{self.layers_path}.{layer}.{name}"
-        return key if key in self.source.reader else saved_name(self.base_model_type, key)
+            key = self.source.layout.router_key(layer, name[len(router):])
+        else:
+            key = f"{self.layers_path}.{layer}.{name}"
+        return key if key in self.source.reader else saved_name(self.base_model_type, f"{self.layers_path}.{layer}.{name}")
 
     @contextmanager
     def materialized(self, layer: int):

@@ -84,7 +84,7 @@ def _generic_tiny_config(model_type: str, **overrides):
     defaults = transformers.AutoConfig.for_model(model_type).to_dict()
     fields = {**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 2}  # multi-head latent attention needs as many as heads
     fields.update({name: 6 for name in _TINY_EXPERT_COUNTS if name in defaults})
-    fields.update({name: 2 for name in ("num_experts_per_tok", "moe_topk") if name in defaults})
+    fields.update({name: 2 for name in ("num_experts_per_tok", "moe_topk", "moe_k") if name in defaults})
     fields.update({name: value for name, value in _TINY_FIELDS.items() if name in defaults or name == "intermediate_size"})
     layers = fields["num_hidden_layers"]
     if isinstance(defaults.get("layer_types"), list):
@@ -99,27 +99,27 @@ def _generic_tiny_config(model_type: str, **overrides):
 FAMILIES = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3",
             "minimax", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
             "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "cohere2_moe", "flint", "aria_text",
-            "granitemoe", "granitemoeshared", "exaone_moe", "minimax_m2", "hy_v3",
+            "granitemoe", "granitemoeshared", "exaone_moe", "minimax_m2", "hy_v3", "ernie4_5_moe",
             "qwen3_next", "qwen3_5_moe_text", "mellum", "flex_olmo")
 # What the tiny configs above are, stated independently of the code under test: the decoder
 # layers with routed experts, the shared experts per MoE layer, and the model types whose tiny
 # config routes over two groups of three experts (the best group only).
 _FIRST_DENSE = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text",
-                "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "flint", "exaone_moe", "hy_v3")
+                "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "flint", "exaone_moe", "hy_v3", "ernie4_5_moe")
 _TWO_LAYERS = ("gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 MOE_LAYERS = {family: [1, 2] if family in _FIRST_DENSE else [0, 1] if family in _TWO_LAYERS else [0, 1, 2] for family in FAMILIES}
 SHARED_EXPERTS = {family: 0 for family in FAMILIES} | {
     family: 1 for family in ("qwen2_moe", "deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1",
                              "dots3_note_text", "solar_open", "sarvam_mla", "axk2", "qwen3_next", "qwen3_5_moe_text",
                              "deepseek_v2", "cohere2_moe", "flint", "aria_text", "exaone_moe", "hy_v3",
-                             "granitemoeshared")}
+                             "granitemoeshared", "ernie4_5_moe")}
 GROUP_LIMITED = ("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "dots1", "dots3_note_text", "solar_open",
                  "mimo_v2_flash", "sarvam_mla", "axk2", "deepseek_v2", "exaone_moe")
 # The key layout save_pretrained writes: fused expert tensors (Aria's under its own names), else one key per expert.
 SAVED_LAYOUT = {family: "per_expert" for family in FAMILIES} | {"gpt_oss": "fused", "aria_text": "fused_fc", "granitemoe": "fused_granite",
                                                                    "granitemoeshared": "fused_granite"}
 # Tiered conversion refuses group-limited routing and routers a team router cannot reproduce.
-NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe", "granitemoeshared", "minimax_m2", "hy_v3")
+NO_TIERED = (*GROUP_LIMITED, "cohere2_moe", "flint", "granitemoe", "granitemoeshared", "minimax_m2", "hy_v3", "ernie4_5_moe")
 
 
 def saved_state_dict(model) -> dict:

@@ -117,7 +117,8 @@ def test_expert_slices_read_lazily_equal_the_loaded_model(family_name, tiny_chec
         owners = family.router_tensor_modules(loaded, layer)
         for name, spec in family.router_tensors.items():  # router rows are expert slices too
             key = layout.router_key(layer, name)
-            assert torch.equal(reader.read_experts(key, [5, 0], spec["expert_dim"]), getattr(owners[name], name)[[5, 0]])
+            expected = getattr(owners[name], name).index_select(spec["expert_dim"], torch.tensor([5, 0]))
+            assert torch.equal(reader.read_experts(key, [5, 0], spec["expert_dim"]), expected)
 
 
 @pytest.mark.parametrize("family_name", ["mixtral", "qwen2_moe", "deepseek_v3"])
@@ -259,9 +260,11 @@ def test_an_incomplete_family_definition_is_refused_in_one_line():
     for change, message in ((lambda d: d.pop("routing"), "lacks routing"),
                             (lambda d: d["config"].pop("top_k"), "lacks config.top_k"),
                             (lambda d: d["routing"].update(function="coin_toss"), "names routing function 'coin_toss'"),
-                            (lambda d: d.update(model_types=["not_a_model"]), "has no causal LM for model_type 'not_a_model'")):
+                            (lambda d: d.update(model_types=["not_a_model"]), "has no causal LM for any of its model types")):
         broken = json.loads(json.dumps(definition))
         change(broken)
         with pytest.raises(UnsupportedModelError, match=message) as refused:
             MoEFamily.from_definition(broken)
         assert "\n" not in str(refused.value)
+    # A model type the installed transformers lacks (a newer one, under vLLM's older pin) is left out.
+    assert MoEFamily.from_definition({**definition, "model_types": ["mixtral", "not_yet_released"]}).model_types == ("mixtral",)

@@ -111,11 +111,12 @@ def test_merged_experts_are_the_weighted_sums_and_load_in_stock_transformers(fam
             expected = _naive_merged(getattr(source_experts, name).detach(), GROUPS, WEIGHTS).float()
             torch.testing.assert_close(getattr(merged_experts, name).detach(), expected, rtol=1e-6, atol=1e-7)
         source_owners, merged_owners = family.router_tensor_modules(model, layer), family.router_tensor_modules(loaded, layer)
-        for name in family.router_tensors:
-            rows = getattr(source_owners[name], name).detach()
+        for name, spec in family.router_tensors.items():  # rows along the expert dimension (ERNIE's bias is [1, E])
+            rows = getattr(source_owners[name], name).detach().movedim(spec["expert_dim"], 0)
             expected = (torch.stack([rows[members[0]] for members in GROUPS]) if router == "dominant"
                         else _naive_merged(rows, GROUPS, WEIGHTS).float())
-            torch.testing.assert_close(getattr(merged_owners[name], name).detach(), expected, rtol=1e-6, atol=1e-7)
+            merged = getattr(merged_owners[name], name).detach().movedim(spec["expert_dim"], 0)
+            torch.testing.assert_close(merged, expected, rtol=1e-6, atol=1e-7)
     # the in-memory merge (used by the benchmarks) is the same model
     in_memory = copy.deepcopy(model)
     apply_merge_to_model(in_memory, plan)

@@ -15,7 +15,7 @@ from importlib import resources
 
 from ..errors import UnsupportedModelError
 from .derived import split_model_type
-from .family import CheckpointLayout, KeyRole, MoEFamily, config_value
+from .family import CheckpointLayout, KeyRole, MoEFamily, available_model_types, config_value
 from .unsupported import UNSUPPORTED
 
 # Config fields that hold an expert count in some MoE architecture, ours or not: a config with one
@@ -28,7 +28,10 @@ def all_families() -> dict[str, MoEFamily]:
     families = {}
     for entry in sorted(resources.files(__name__).joinpath("definitions").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json"):
-            family = MoEFamily.from_definition(json.loads(entry.read_text()))
+            definition = json.loads(entry.read_text())
+            if definition.get("model_types") and not available_model_types(definition["model_types"]):
+                continue  # a family an older transformers does not ship (vLLM's own pin)
+            family = MoEFamily.from_definition(definition)
             families[family.name] = family
     return families
 

@@ -59,6 +59,20 @@ def config_value(config, name: str):
     return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
 
 
+def available_model_types(model_types) -> tuple[str, ...]:
+    """The `model_types` the installed transformers has a causal LM for."""
+    from ..models.modeling_moe_compress import stock_classes
+
+    available = []
+    for model_type in model_types:
+        try:
+            stock_classes(model_type)
+        except ValueError:
+            continue
+        available.append(model_type)
+    return tuple(available)
+
+
 def _has_submodule(module: torch.nn.Module, name: str) -> bool:
     try:
         module.get_submodule(name)
@@ -132,9 +146,10 @@ class MoEFamily:
     @classmethod
     def from_definition(cls, data: dict) -> MoEFamily:
         """The family a definition (`definitions/*.json`) describes, refused in one line when
-        incomplete: a missing key, a routing function that does not exist, or a model_type
-        transformers has no causal LM for (the derived model classes start from its stock ones)."""
-        from ..models.modeling_moe_compress import stock_classes
+        incomplete: a missing key, a routing function that does not exist, or no model type the
+        installed transformers has a causal LM for (the derived model classes start from its stock
+        ones). Model types an older transformers lacks (vLLM pins its own) are left out."""
+        import transformers
 
         name = data.get("name", "?")
         missing = [key for key in DEFINITION_KEYS if key not in data]
@@ -144,16 +159,15 @@ class MoEFamily:
         if data["routing"].get("function") not in ROUTING_FUNCTIONS:
             raise UnsupportedModelError(f"the family definition {name!r} names routing function {data['routing'].get('function')!r}; "
                                         f"families/routing.py has {', '.join(ROUTING_FUNCTIONS)}")
-        for model_type in data["model_types"]:
-            try:
-                stock_classes(model_type)
-            except ValueError as exc:
-                raise UnsupportedModelError(f"the family definition {name!r}: {exc}") from None
+        model_types = available_model_types(data["model_types"])
+        if not model_types:
+            raise UnsupportedModelError(f"the family definition {name!r}: transformers {transformers.__version__} has no causal LM "
+                                        f"for any of its model types ({', '.join(data['model_types'])})")
         layouts = {name: CheckpointLayout(name=name, **spec) for name, spec in data["checkpoint_layouts"].items()}
         family = cls(
             name=data["name"],
             description=data["description"],
-            model_types=tuple(data["model_types"]),
+            model_types=model_types,
             num_experts_fields=tuple(data["config"]["num_experts"]),
             top_k_fields=tuple(data["config"]["top_k"]),
             shared_experts_fields=_aliases(data["config"].get("shared_experts")),
@@ -325,9 +339,10 @@ class MoEFamily:
         return {name: decoder_layer.get_submodule(spec.get("module", self.modules["router"])) for name, spec in self.router_tensors.items()}
 
     def router_buffers(self, model, layer: int) -> dict[str, torch.Tensor]:
-        """Non-parameter router state the routing function needs (DeepSeek-V3's correction bias)."""
+        """Router state the routing function needs (DeepSeek-V3's correction bias), each a vector over
+        the experts whatever its shape in the module (ERNIE's bias is [1, E])."""
         owners = self.router_tensor_modules(model, layer)
-        return {name: getattr(owners[name], name) for name, spec in self.router_tensors.items() if spec.get("buffer")}
+        return {name: getattr(owners[name], name).reshape(-1) for name, spec in self.router_tensors.items() if spec.get("buffer")}
 
     # --- on-disk keys ----------------------------------------------------------------------------
     def detect_layout(self, reader: CheckpointReader, layer: int) -> CheckpointLayout:

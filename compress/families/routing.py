@@ -101,6 +101,15 @@ def softmax_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     return weights * config.routed_scaling_factor, index
 
 
+def softmax_biased_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """ERNIE-4.5-MoE: float32 softmax over all experts, the correction bias added for the choice only,
+    the chosen probabilities renormalised (their sum at least ``moe_norm_min``)."""
+    probs = logits.float().softmax(dim=-1)
+    index = torch.topk(probs + router_buffers["e_score_correction_bias"].float(), top_k, dim=-1)[1]
+    weights = probs.gather(-1, index)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=config.moe_norm_min), index
+
+
 def softmax_distribution(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
@@ -116,6 +125,7 @@ ROUTING_FUNCTIONS: dict[str, RoutingFunction] = {
     "sigmoid_group_topk": sigmoid_group_topk,
     "topk_then_score": topk_then_score,
     "softmax_group_topk": softmax_group_topk,
+    "softmax_biased_topk": softmax_biased_topk,
 }
 
 # The router's preference over all experts [T, E] (rows sum to 1), for entropy and concentration:
@@ -126,6 +136,7 @@ ROUTING_DISTRIBUTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid_group_topk": normalized_sigmoid_distribution,
     "topk_then_score": softmax_distribution,
     "softmax_group_topk": softmax_distribution,
+    "softmax_biased_topk": softmax_distribution,
 }
 
 # Routing functions whose config may limit each token to the best `topk_group` of `n_group` expert groups.

@@ -38,7 +38,6 @@ UNSUPPORTED: dict[str, str] = {
     "afmoe": "its router's weight sits one module below the router (router.gate) and takes its bias from the MoE block",
     "laguna": _BIAS_RENAMED,
     "sarvam_moe": _BIAS_RENAMED,
-    "ernie4_5_moe": "its router's correction bias holds the experts on its second dimension, which merging does not handle yet",
     "hunyuan_v1_moe": "its router's weight sits one module below the router (gate.wg), not yet expressed",
     "nemotron_h": "experts without a gate projection (up and down only) in hybrid Mamba layers, not yet described",
     "gemma4_text": "experts optional per config beside a dense MLP in the same layer, not yet described",
