@@ -60,17 +60,13 @@ def config_value(config, name: str):
 
 
 def available_model_types(model_types) -> tuple[str, ...]:
-    """The `model_types` the installed transformers has a causal LM for."""
-    from ..models.modeling_moe_compress import stock_classes
+    """The `model_types` the installed transformers has a causal LM for, read from the names in its
+    Auto mappings (as `modeling_moe_compress.stock_classes` does), so no model code is imported."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    available = []
-    for model_type in model_types:
-        try:
-            stock_classes(model_type)
-        except ValueError:
-            continue
-        available.append(model_type)
-    return tuple(available)
+    return tuple(model_type for model_type in model_types
+                 if model_type in CONFIG_MAPPING_NAMES and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 def _has_submodule(module: torch.nn.Module, name: str) -> bool:

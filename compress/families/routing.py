@@ -44,6 +44,14 @@ def softmax_then_topk(
     return weights, index
 
 
+def _best_groups(group_scores: torch.Tensor, topk_group: int, num_experts: int) -> torch.Tensor:
+    """[T, E] bool: the experts of each token's best `topk_group` groups, by `group_scores` [T, G]."""
+    n_group = group_scores.shape[-1]
+    group_index = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]
+    group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
+    return group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts).bool()
+
+
 def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k: int, *, renormalize="norm_topk_prob",
                        scaling="routed_scaling_factor", **_) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 and its kin, Flint: sigmoid scores, correction bias for the choice only (when the
@@ -61,10 +69,7 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     n_group = getattr(config, "n_group", None) or 1  # families without groups route as one group
     if n_group > 1:
         group_scores = choice.view(-1, n_group, num_experts // n_group).topk(2, dim=-1)[0].sum(dim=-1)
-        group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
-        group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
-        expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
-        choice = choice.masked_fill(~expert_mask.bool(), float("-inf"))
+        choice = choice.masked_fill(~_best_groups(group_scores, config.topk_group, num_experts), float("-inf"))
     index = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, index)
     if getattr(config, renormalize, True) if isinstance(renormalize, str) else renormalize:
@@ -93,10 +98,7 @@ def softmax_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     if getattr(config, "topk_method", "greedy") == "group_limited_greedy":
         num_experts, n_group = scores.shape[-1], config.n_group
         group_scores = scores.view(-1, n_group, num_experts // n_group).max(dim=-1).values
-        group_index = torch.topk(group_scores, k=config.topk_group, dim=-1, sorted=False)[1]
-        group_mask = torch.zeros_like(group_scores).scatter_(1, group_index, 1)
-        expert_mask = group_mask.unsqueeze(-1).expand(-1, n_group, num_experts // n_group).reshape(-1, num_experts)
-        scores = scores.masked_fill(~expert_mask.bool(), 0.0)
+        scores = scores.masked_fill(~_best_groups(group_scores, config.topk_group, num_experts), 0.0)
     weights, index = torch.topk(scores, k=top_k, dim=-1, sorted=False)
     return weights * config.routed_scaling_factor, index
 
