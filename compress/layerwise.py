@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import fp8
 from .errors import CheckpointError, CompressError
 from .families.derived import split_model_type
 from .families.saved_names import saved_name
@@ -167,7 +168,7 @@ class LayerwiseModel:
             for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
                 if experts_path and name.startswith(experts_path + "."):
                     continue
-                value = self.source.reader.read(self._disk_key(layer, name))
+                value = fp8.read_values(self.source.reader, self._disk_key(layer, name))
                 if tuple(value.shape) != tuple(tensor.shape):
                     raise CheckpointError(f"{self._disk_key(layer, name)} has shape {list(value.shape)} but the config "
                                           f"implies {list(tensor.shape)}")

@@ -86,10 +86,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _quantization_options(config: dict) -> dict:
-    from transformers import Mxfp4Config
+    """Quantised checkpoints load dequantised, on every device: the collectors and compensation
+    read the experts' weights as plain tensors."""
+    from transformers import FineGrainedFP8Config, Mxfp4Config
 
-    if (config.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method == "mxfp4":
         return {"quantization_config": Mxfp4Config(dequantize=True)}
+    if method == "fp8":
+        return {"quantization_config": FineGrainedFP8Config(dequantize=True)}
     return {}
 
 

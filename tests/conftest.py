@@ -140,6 +140,58 @@ def build_tiny_model(family: str, seed: int = 0, **overrides):
     return model
 
 
+# Model types published as block-scaled FP8 checkpoints (DeepSeek-V3/R1 and Kimi-K2, GLM-4.5-FP8,
+# Qwen3-30B-A3B-FP8, MiniMax-M2): the FP8 layout of the test matrix.
+FP8_FAMILIES = ("deepseek_v3", "glm4_moe", "qwen3_moe", "minimax_m2")
+FP8_BLOCK = 8  # 128 in published checkpoints; every linear side of the tiny configs divides by 8
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
+
+
+def write_fp8_checkpoint(source, target):
+    """The save_pretrained checkpoint `source` as DeepSeek-V3's FP8 checkpoints store theirs: each
+    linear weight (not the embeddings, norms, routers or output layer) in float8_e4m3fn with one
+    float32 multiplier per FP8_BLOCK² block beside it (``weight_scale_inv`` = block max / 448), and
+    ``quantization_config`` in config.json. Written here from the format's definition, independently
+    of the project's and transformers' own quantisers."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True)
+    tensors = {}
+    for path in sorted(source.iterdir()):
+        if path.suffix == ".safetensors":
+            tensors.update(load_file(path))
+        elif path.name != "model.safetensors.index.json":
+            shutil.copy(path, target / path.name)
+    out = {}
+    for key, value in tensors.items():
+        rows, cols = value.shape if value.dim() == 2 else (0, 0)
+        linear = (key.endswith(".weight") and rows and rows % FP8_BLOCK == 0 and cols % FP8_BLOCK == 0
+                  and not any(word in key for word in ("embed", "norm", "lm_head")) and not key.endswith(".gate.weight"))
+        if not linear:
+            out[key] = value
+            continue
+        blocks = value.float().reshape(rows // FP8_BLOCK, FP8_BLOCK, cols // FP8_BLOCK, FP8_BLOCK)
+        multiplier = (blocks.abs().amax(dim=(1, 3)) / FP8_MAX).clamp(min=1e-12)
+        out[key] = (blocks / multiplier[:, None, :, None]).reshape(rows, cols).to(torch.float8_e4m3fn)
+        out[key + "_scale_inv"] = multiplier
+    save_file(out, target / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((target / "config.json").read_text())
+    config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                     "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    return target
+
+
+def load_fp8_reference(directory):
+    """An FP8 checkpoint as transformers loads it without a GPU: dequantised, in float32."""
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, quantization_config=transformers.FineGrainedFP8Config(dequantize=True)).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """{family: (model, directory)}: saved with save_pretrained in small shards (multi-file + index)."""

@@ -1,7 +1,8 @@
 """Every command on every supported model type, through the command line: each model type's tiny
 model (with the demo's tokenizer, so the built-in calibration text runs) is profiled by the
 layer-wise engine, pruned uniformly and to a global budget, compensated, merged, converted to teams
-where its routing allows, evaluated, traced, distilled for two steps and pushed as a dry run.
+where its routing allows, evaluated, traced, distilled for two steps and pushed as a dry run; the
+model types published in block-scaled FP8 also as such a checkpoint.
 
 Exactness is the other tests' job (`test_prune_exactness`, `test_layerwise`, `test_merge`, ...);
 here every command must accept every model type and what it writes must load again.
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from compress.cli import main
 from compress.resolve import demo_model_path
-from conftest import FAMILIES, GROUP_LIMITED, MOE_LAYERS, NO_TIERED, build_tiny_model
+from conftest import FAMILIES, FP8_FAMILIES, GROUP_LIMITED, MOE_LAYERS, NO_TIERED, build_tiny_model, write_fp8_checkpoint
 
 FAST = ["--samples", "4", "--seq-len", "32", "--quiet"]
 
@@ -27,11 +28,16 @@ def _run(*argv: str) -> None:
     assert main(list(argv)) == 0, argv
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
-def test_every_command_takes_every_model_type(family_name, tmp_path, capsys):
+@pytest.mark.parametrize(("family_name", "fp8"), [(family, False) for family in FAMILIES] + [(family, True) for family in FP8_FAMILIES],
+                         ids=[*FAMILIES, *(f"{family}-fp8" for family in FP8_FAMILIES)])
+def test_every_command_takes_every_model_type(family_name, fp8, tmp_path, capsys):
     source = tmp_path / "source"
     model = build_tiny_model(family_name, vocab_size=2048)  # the demo tokenizer's vocabulary
-    model.save_pretrained(source, max_shard_size="40KB")
+    if fp8:  # as published FP8 checkpoints store it
+        model.save_pretrained(tmp_path / "plain")
+        write_fp8_checkpoint(tmp_path / "plain", source)
+    else:
+        model.save_pretrained(source, max_shard_size="40KB")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(demo_model_path() / name, source / name)
     stats, out = tmp_path / "stats.safetensors", {name: tmp_path / name for name in ("uniform", "budget", "merged", "tiered", "distilled")}

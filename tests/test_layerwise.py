@@ -18,7 +18,7 @@ from compress.jobs.source import open_model
 from compress.layerwise import LayerwiseModel, calibrate
 from compress.pruning.reconstruct import ReconstructRequest, reconstruction_selection
 from compress.stats.collector import RoutingStatsCollector
-from conftest import FAMILIES, build_tiny_model, saved_state_dict
+from conftest import FAMILIES, FP8_FAMILIES, build_tiny_model, load_fp8_reference, saved_state_dict, write_fp8_checkpoint
 
 WINDOWS = torch.randint(3, 64, (5, 16), generator=torch.Generator().manual_seed(1))
 PADDING = torch.ones(5, 16, dtype=torch.long)
@@ -60,11 +60,16 @@ def _assert_same(reference, engine):
                 torch.testing.assert_close(got, tensor, rtol=1e-6, atol=0), (layer, name)
 
 
-@pytest.mark.parametrize("layout", ["save_pretrained", "fused"])
-@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize(("family_name", "layout"), [(family, layout) for family in FAMILIES for layout in ("save_pretrained", "fused")]
+                         + [(family, "fp8") for family in FP8_FAMILIES])
 def test_statistics_equal_the_whole_model_collector(family_name, layout, tmp_path):
     model = build_tiny_model(family_name).float()
-    source = open_model(str(_save(model, tmp_path / "model", layout)))
+    if layout == "fp8":  # the reference is the FP8 checkpoint as transformers loads it
+        directory = write_fp8_checkpoint(_save(model, tmp_path / "plain", "save_pretrained"), tmp_path / "model")
+        model = load_fp8_reference(directory)
+    else:
+        directory = _save(model, tmp_path / "model", layout)
+    source = open_model(str(directory))
     stats, _ = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", attention_mask=_padding(family_name),
                          experts_per_group=4, progress=False)
     _assert_same(_whole_model_stats(model, _padding(family_name)), stats)

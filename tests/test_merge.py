@@ -33,7 +33,16 @@ from compress.merging.plan import MergePlan, from_prune_plan
 from compress.merging.requests import CompensationRequest, MergeRequest
 from compress.pruning.apply import write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from conftest import FAMILIES, GROUP_LIMITED, build_tiny_model, cli_error, glob_loaded_weight_files
+from conftest import (
+    FAMILIES,
+    FP8_FAMILIES,
+    GROUP_LIMITED,
+    build_tiny_model,
+    cli_error,
+    glob_loaded_weight_files,
+    load_fp8_reference,
+    write_fp8_checkpoint,
+)
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(3))
 WINDOWS = torch.randint(3, 64, (8, 16), generator=torch.Generator().manual_seed(5))
@@ -189,6 +198,47 @@ def test_mxfp4_merges_are_requantised_and_dequantize_writes_bf16(tmp_path):
             assert torch.equal(ours[1], quantised[1])  # unmerged expert: exactly its MXFP4 values
 
 
+def _within_fp8_rounding(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """`actual` is `expected` rounded to float8_e4m3fn on blocks whose multiplier is at most max|expected|/448:
+    3 mantissa bits (relative error ≤ 2⁻⁴), subnormals below 2⁻⁶ of the multiplier (absolute error ≤ 2⁻¹⁰ of it)."""
+    bound = expected.abs() * 2**-4 + expected.abs().max() / 448 * 2**-10
+    assert ((actual - expected).abs() <= bound * 1.001).all(), (actual - expected).abs().max()
+
+
+@pytest.mark.parametrize("family_name", FP8_FAMILIES)
+def test_fp8_merges_and_compensation_are_requantised_and_unmerged_experts_copied(family_name, tmp_path):
+    build_tiny_model(family_name).save_pretrained(tmp_path / "plain")
+    model = load_fp8_reference(write_fp8_checkpoint(tmp_path / "plain", tmp_path / "fp8"))
+    family = get_family(family_name)
+    plan = _merge_plan(model, family_name)
+    fits = search_model(model, WINDOWS, CompensationRequest(plan), progress=False)
+    _write_merged(tmp_path / "fp8", tmp_path / "merged", plan)
+    _write_merged(tmp_path / "fp8", tmp_path / "compensated", plan, compensation=fits)
+    source = CheckpointReader(tmp_path / "fp8")
+    for output in ("merged", "compensated"):
+        written = CheckpointReader(tmp_path / output)
+        fp8_weights = {key for key in written.keys() if written.entries[key].dtype == "F8_E4M3"}
+        assert fp8_weights and {key + "_scale_inv" for key in fp8_weights} == {key for key in written.keys() if key.endswith("_scale_inv")}
+        loaded = load_fp8_reference(tmp_path / output)
+        for layer in family.moe_layer_indices(model):
+            for name in family.expert_tensors:
+                if getattr(family.experts(model, layer), name, None) is None:
+                    continue
+                expected = _naive_merged(getattr(family.experts(model, layer), name).detach(), GROUPS, WEIGHTS).float()
+                if output == "compensated" and name in fits[layer].tensors:
+                    expected = fits[layer].tensors[name].float()
+                _within_fp8_rounding(getattr(family.experts(loaded, layer), name).detach(), expected)
+            if output == "merged":  # the unmerged experts (groups [2] and [4]) as stored, multipliers too
+                for key in written.keys():
+                    for new, old in ((1, 2), (3, 4)):
+                        if f"layers.{layer}." in key and f"experts.{new}." in key:
+                            stored = source.read(key.replace(f"experts.{new}.", f"experts.{old}."))
+                            assert torch.equal(written.read(key).view(torch.uint8), stored.view(torch.uint8)), key
+        with torch.no_grad():
+            assert torch.isfinite(loaded(input_ids=INPUT).logits).all()
+    assert all(fit.error_after < fit.error_before for fit in fits.values())
+
+
 def _layer_with_a_known_correction():
     """A gpt-oss layer whose experts 2 and 3 are experts 0 and 1 with their down projections scaled
     per channel, and always chosen instead of them (router rows copied, bias +10). Keeping 0 and 1,
@@ -236,10 +286,14 @@ def test_compensation_lowers_the_layer_error_and_is_applied_on_disk(tmp_path):
                                    _naive_merged(model.model.layers[layer].mlp.experts.gate_up_proj.detach(), GROUPS, WEIGHTS).float())
 
 
-@pytest.mark.parametrize("family_name", ["gpt_oss", "qwen3_moe", "deepseek_v3"])
-def test_the_engine_groups_and_compensates_as_the_loaded_model_does(family_name, tmp_path):
+@pytest.mark.parametrize(("family_name", "fp8"), [("gpt_oss", False), ("qwen3_moe", False), ("deepseek_v3", False), ("deepseek_v3", True)])
+def test_the_engine_groups_and_compensates_as_the_loaded_model_does(family_name, fp8, tmp_path):
     model = build_tiny_model(family_name)
-    model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
+    if fp8:
+        model.save_pretrained(tmp_path / "plain")
+        model = load_fp8_reference(write_fp8_checkpoint(tmp_path / "plain", tmp_path / "source"))
+    else:
+        model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
     source = open_model(str(tmp_path / "source"))
     routing_groups = get_family(family_name).routing_groups(model.config)
     for grouping in ("hc-smoe", "m-smoe"):

@@ -22,7 +22,16 @@ from compress.jobs.source import open_model
 from compress.model_info import model_fingerprint
 from compress.pruning.apply import apply_plan_to_model, write_pruned_checkpoint
 from compress.pruning.plan import PrunePlan
-from conftest import FAMILIES, GROUP_LIMITED, SAVED_LAYOUT, build_tiny_model, saved_state_dict
+from conftest import (
+    FAMILIES,
+    FP8_FAMILIES,
+    GROUP_LIMITED,
+    SAVED_LAYOUT,
+    build_tiny_model,
+    load_fp8_reference,
+    saved_state_dict,
+    write_fp8_checkpoint,
+)
 
 INPUT = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(7))
 
@@ -79,14 +88,17 @@ def _uniform_kept(family_name: str, layers: list[int]) -> dict[int, list[int]]:
     return {layer: sorted(pattern[i % 2]) for i, layer in enumerate(layers)}
 
 
-@pytest.mark.parametrize("layout", ["save_pretrained", "fused"])
-@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize(("family_name", "layout"), [(family, layout) for family in FAMILIES for layout in ("save_pretrained", "fused")]
+                         + [(family, "fp8") for family in FP8_FAMILIES])
 def test_pruned_checkpoint_equals_masked_routing(family_name, layout, tmp_path):
     model = build_tiny_model(family_name)
     source = tmp_path / "source"
     if layout == "fused":
         model.config.save_pretrained(source)
         save_file(saved_state_dict(model), source / "model.safetensors", metadata={"format": "pt"})
+    elif layout == "fp8":  # the reference is the FP8 checkpoint as transformers loads it
+        model.save_pretrained(tmp_path / "plain")
+        model = load_fp8_reference(write_fp8_checkpoint(tmp_path / "plain", source))
     else:
         model.save_pretrained(source, max_shard_size="40KB")
     family = get_family(family_name)
@@ -101,6 +113,14 @@ def test_pruned_checkpoint_equals_masked_routing(family_name, layout, tmp_path):
     reader = CheckpointReader(tmp_path / "pruned")
     expected_layout = "fused" if layout == "fused" else SAVED_LAYOUT[family_name]
     assert family.detect_layout(reader, min(plan.layers)).name == expected_layout
+    if layout == "fp8":  # kept experts' FP8 weights and block multipliers as stored, renumbered
+        stored = CheckpointReader(source)
+        scaled = [key for key in stored.keys() if key.endswith("_scale_inv")]
+        moved = {key.replace(f"experts.{old}.", f"experts.{new}."): key for key in scaled for layer, kept in plan.layers.items()
+                 for new, old in enumerate(kept) if f"layers.{layer}." in key and f"experts.{old}." in key}
+        moved.update({key.removesuffix("_scale_inv"): was.removesuffix("_scale_inv") for key, was in moved.items()})
+        assert moved and all(torch.equal(reader.read(new).view(torch.uint8), stored.read(old).view(torch.uint8))
+                             for new, old in moved.items())
     torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(model, plan), rtol=1e-5, atol=1e-5)
 
 
@@ -133,10 +153,15 @@ def test_mxfp4_experts_stay_byte_exact(tmp_path):
     torch.testing.assert_close(_pruned_logits(tmp_path / "pruned"), _masked_reference_logits(original, plan), rtol=1e-5, atol=1e-5)
 
 
-def _non_uniform_pruned(family_name: str, tmp_path):
-    """(model, plan) after pruning the family's tiny model to a different count in each MoE layer."""
+def _non_uniform_pruned(family_name: str, tmp_path, fp8: bool = False):
+    """(model, plan) after pruning the family's tiny model (as an FP8 checkpoint: as transformers
+    loads that) to a different count in each MoE layer."""
     model = build_tiny_model(family_name)
-    model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
+    if fp8:
+        model.save_pretrained(tmp_path / "plain")
+        model = load_fp8_reference(write_fp8_checkpoint(tmp_path / "plain", tmp_path / "source"))
+    else:
+        model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
     layers = get_family(family_name).moe_layer_indices(model)
     # Group-limited routing needs equal counts per group within a layer, not across layers.
     pattern = [[0, 1, 3, 4], [0, 1, 2, 3, 4, 5], [1, 2, 4, 5]] if family_name in GROUP_LIMITED else [[0, 1, 3, 4, 5], [1, 4], [0, 2, 3]]
@@ -146,9 +171,9 @@ def _non_uniform_pruned(family_name: str, tmp_path):
     return model, plan
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
-def test_non_uniform_plan_loads_through_auto_classes_and_equals_masked_routing(family_name, tmp_path):
-    model, plan = _non_uniform_pruned(family_name, tmp_path)
+@pytest.mark.parametrize(("family_name", "fp8"), [(family, False) for family in FAMILIES] + [(family, True) for family in FP8_FAMILIES])
+def test_non_uniform_plan_loads_through_auto_classes_and_equals_masked_routing(family_name, fp8, tmp_path):
+    model, plan = _non_uniform_pruned(family_name, tmp_path, fp8)
     config = read_config(tmp_path / "pruned")
     assert config["experts_per_layer"] == {str(layer): len(kept) for layer, kept in plan.layers.items()}
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_moe_compress.")

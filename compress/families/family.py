@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import mxfp4
+from ..checkpoint import fp8, mxfp4
 from ..checkpoint.reader import CheckpointReader
 from ..errors import CheckpointError, UnsupportedModelError
 from .routing import GROUPED, ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
@@ -377,10 +377,11 @@ class MoEFamily:
         """The fused module tensor `name` of MoE layer `layer` for `experts`, in the module's layout.
 
         Whatever the disk layout, the result equals ``model.<experts module>.<name>[experts]`` of
-        the loaded model: per-expert keys are concatenated and stacked, MXFP4 is dequantised (to
-        bf16, as transformers does by default, or straight to `dtype`) and transposed to the module
-        orientation. With `dtype` every tensor comes in that dtype; with `device` it is returned
-        there, and MXFP4 is dequantised there (its packed bytes are a quarter of the values' size).
+        the loaded model: per-expert keys are concatenated and stacked, block-scaled FP8 is
+        dequantised (to float32, or `dtype`), MXFP4 is dequantised (to bf16, as transformers does by
+        default, or straight to `dtype`) and transposed to the module orientation. With `dtype`
+        every tensor comes in that dtype; with `device` it is returned there, and MXFP4 is
+        dequantised there (its packed bytes are a quarter of the values' size).
         """
         layout = layout or self.detect_layout(reader, layer)
         spec = layout.module_tensors[name]
@@ -389,13 +390,14 @@ class MoEFamily:
                 experts = list(range(self.count_experts_on_disk(reader, layout, [layer])[layer]))
             prefix = layout.expert_prefix
             stacked = torch.stack(
-                [torch.cat([reader.read(prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0) for e in experts]
+                [torch.cat([fp8.read_values(reader, prefix.format(layer=layer, expert=e) + part) for part in spec], dim=0)
+                 for e in experts]
             )
             return stacked.to(device, dtype or stacked.dtype)
         base = layout.experts_prefix.format(layer=layer) + (spec["mxfp4"] if isinstance(spec, dict) else spec)
 
         def read(key: str) -> torch.Tensor:
-            return (reader.read(key) if experts is None else reader.read_experts(key, experts, layout.expert_dim)).to(device)
+            return fp8.read_values(reader, key, experts, layout.expert_dim).to(device)
 
         if isinstance(spec, dict):
             return mxfp4.dequantize(read(base + "_blocks"), read(base + "_scales"), dtype or torch.bfloat16).transpose(-1, -2)

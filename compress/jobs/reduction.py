@@ -82,12 +82,17 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
     output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
     import torch
 
+    from ..checkpoint import fp8
     from ..checkpoint.dtypes import TORCH_DTYPES
     from ..merging.requests import CompensationRequest
     from .profile import collect
 
     probe = source.layout.probe_keys(source.moe_layers[0])[-1]
-    dtype = torch.bfloat16 if source.layout.name == "mxfp4" else TORCH_DTYPES[source.reader.entries[probe].dtype]
+    dtype = TORCH_DTYPES[source.reader.entries[probe].dtype]
+    if source.layout.name == "mxfp4":
+        dtype = torch.bfloat16
+    elif fp8.scale_key(probe) in source.reader:  # quantised on the source's block grid when written
+        dtype = torch.float32
     _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype), statistics=False,
                          progress=progress)
     return fits
@@ -122,8 +127,13 @@ def write_weights(source, plan, staging: Path, *, fits: dict | None = None, dequ
 
 def expert_format(source, dequantize: bool) -> str:
     """How the output stores its experts (said in the card and compress.json)."""
+    from ..checkpoint import fp8
+
     if dequantize:
         return "bf16 (dequantised from MXFP4)"
     if source.layout.name == "mxfp4":
         return "MXFP4 (tensors that merging or compensation changed are re-quantised; the others are copied byte for byte)"
+    if fp8.is_fp8(source.raw_config):
+        return ("block-scaled FP8 (tensors that merging or compensation changed are re-quantised on the source's block grid; "
+                "the others are copied byte for byte)")
     return "in the source's dtype"

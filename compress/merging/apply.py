@@ -6,6 +6,8 @@ convention), each computed from its group's members only, so memory holds one gr
 one output tensor at a time:
 
 * fused and per-expert layouts: Σ_m w_m·W_m in float64, stored in the source dtype;
+* block-scaled FP8 (per-expert keys): the members are dequantised, merged and quantised again on
+  the source's block grid, each weight with its ``weight_scale_inv``;
 * MXFP4: the members are dequantised, merged and re-quantised to MXFP4 (or, with ``dequantize``,
   every expert of the output is written in bf16 in the fused layout and ``quantization_config``
   goes); an expert tensor that neither merging nor compensation changed is copied byte for byte, so a plan of one-expert groups
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import mxfp4
+from ..checkpoint import fp8, mxfp4
 from ..checkpoint.dtypes import TORCH_DTYPES
 from ..checkpoint.files import write_config
 from ..checkpoint.tensor_plan import CheckpointPlan, TensorCopy, write_tensors
@@ -126,9 +128,16 @@ class _LayerMerger:
             self._quantized = {base: (torch.stack(blocks), torch.stack(scales))}
         return self._quantized[base][part]
 
-    def per_expert_part(self, name: str, group: int, index: int, sizes: list[int]) -> torch.Tensor:
-        """Part `index` of new expert `group`'s per-expert keys making module tensor `name` (split on dim 0)."""
-        return self.module_tensor(name, group).split(sizes, dim=0)[index]
+    def per_expert_part(self, name: str, group: int, index: int, sizes: list[int], dtype: torch.dtype,
+                        fp8_entries: tuple | None = None) -> tuple[torch.Tensor, ...]:
+        """Part `index` of new expert `group`'s per-expert keys making module tensor `name` (split on
+        dim 0), in `dtype`; with `fp8_entries` (the part's weight and multiplier entries) quantised
+        to FP8 on the source's block grid: (weight, block multipliers)."""
+        part = self.module_tensor(name, group).split(sizes, dim=0)[index]
+        if not fp8_entries:
+            return (part.to(dtype),)
+        weight, scale = fp8_entries
+        return fp8.quantize(part, (weight.shape[0] // scale.shape[0], weight.shape[1] // scale.shape[1]))
 
 
 def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_layers: int,
@@ -171,13 +180,21 @@ def _layer_tensors(reader, family: MoEFamily, layout, merger: _LayerMerger, grou
         if isinstance(spec, list):  # per-expert keys, concatenated on dim 0 into the module tensor
             prefix = layout.expert_prefix
             entries = [reader.entries[prefix.format(layer=layer, expert=0) + part] for part in spec]
+            scales = [reader.entries.get(fp8.scale_key(prefix.format(layer=layer, expert=0) + part)) for part in spec]
             sizes = [entry.shape[0] for entry in entries]
-            for g in range(groups):
-                for index, (part, entry) in enumerate(zip(spec, entries)):
-                    key = prefix.format(layer=layer, expert=g) + part
-                    compute = (lambda _, n=name, g=g, i=index, s=sizes, e=entry:
-                               merger.per_expert_part(n, g, i, s).to(TORCH_DTYPES[e.dtype]))
-                    yield TensorCopy(None, key, compute=compute), TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(entry.shape))
+            for g, members in enumerate(merger.plan.layers[layer]):
+                for index, (part, entry, scale) in enumerate(zip(spec, entries, scales)):
+                    key, stored = prefix.format(layer=layer, expert=g) + part, prefix.format(layer=layer, expert=members[0]) + part
+                    outputs = [(key, entry)] + ([(fp8.scale_key(key), scale)] if scale is not None else [])
+                    if merger.unchanged(name, g):  # as stored (with its FP8 block multipliers)
+                        for (new_key, new_entry), source_key in zip(outputs, (stored, fp8.scale_key(stored))):
+                            yield TensorCopy(source_key, new_key), TensorSpec(new_key, TORCH_DTYPES[new_entry.dtype], new_entry.shape)
+                        continue
+                    for which, (new_key, new_entry) in enumerate(outputs):
+                        compute = (lambda _, n=name, g=g, i=index, s=sizes, e=entry, c=scale, w=which:
+                                   merger.per_expert_part(n, g, i, s, TORCH_DTYPES[e.dtype], c and (e, c))[w])
+                        yield TensorCopy(None, new_key, compute=compute), TensorSpec(new_key, TORCH_DTYPES[new_entry.dtype],
+                                                                                     new_entry.shape)
         elif isinstance(spec, dict):  # MXFP4
             base = layout.experts_prefix.format(layer=layer) + spec["mxfp4"]
             blocks = reader.entries[base + "_blocks"]
@@ -193,6 +210,9 @@ def _layer_tensors(reader, family: MoEFamily, layout, merger: _LayerMerger, grou
                        TensorSpec(base + suffix, torch.uint8, (groups, *entry.shape[1:])))
         else:  # a fused tensor (also an MXFP4 layout's biases)
             key = layout.experts_prefix.format(layer=layer) + spec
+            if fp8.scale_key(key) in reader:
+                raise CompressError(f"{key} holds every expert in FP8 in one tensor; merging and compensation re-quantise "
+                                    "FP8 experts stored one key per expert (as published FP8 checkpoints are) only")
             dtype = TORCH_DTYPES[reader.entries[key].dtype]
             yield (TensorCopy(None, key, compute=lambda _, n=name, k=key, d=dtype: merger.stacked(n, d, k)),
                    TensorSpec(key, dtype, (groups, *reader.entries[key].shape[1:])))
