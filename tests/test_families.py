@@ -161,14 +161,21 @@ def test_classify_key_roles():
 
 
 def _routes_to_experts(model_type: str) -> bool:
-    """Whether transformers' config class of `model_type` has a field counting routed experts (read
-    from transformers itself, not from our family definitions)."""
+    """Whether transformers' config class of `model_type` has a field counting routed experts, at its
+    top or in a nested config (a multimodal model's text_config, DBRX's ffn_config, an omni model's
+    thinker_config.text_config): read from transformers itself, not from our family definitions."""
     try:
         fields = AutoConfig.for_model(model_type).to_dict()
     except Exception:  # a config class that needs arguments to build: not a MoE language model here
         return False
-    return any(name in fields for name in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
-                                           "num_experts_per_tok"))
+
+    def counts_experts(config: dict, depth: int) -> bool:
+        if any(name in config for name in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
+                                           "num_experts_per_tok")):
+            return True
+        return depth > 0 and any(counts_experts(value, depth - 1) for value in config.values() if isinstance(value, dict))
+
+    return counts_experts(fields, 2)
 
 
 def test_every_model_type_with_routed_experts_is_supported_or_refused_with_a_reason():
