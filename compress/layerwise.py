@@ -90,7 +90,7 @@ class LayerwiseModel:
                  local_rank: int | None = None):
         from .model_loading import prepare_transformers
 
-        prepare_transformers()
+        prepare_transformers(source.raw_config["model_type"])
         self.source, self.family, self.meta = source, source.family, source.meta
         self.device = compute_device(device, local_rank)
         self.dtype = compute_dtype(dtype, self.device, source.config)

@@ -58,7 +58,7 @@ def meta_model(config):
 
     from .model_loading import prepare_transformers
 
-    prepare_transformers()
+    prepare_transformers(config.model_type)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 

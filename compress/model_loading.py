@@ -31,13 +31,14 @@ DTYPE_HELP = ("compute dtype; auto: float32 on CPU (bf16 matmuls are 9-28x slowe
               "same results), the checkpoint's dtype on GPU")
 
 
-def prepare_transformers() -> None:
-    """What every model load needs first: the project's model classes registered, chatter quiet."""
+def prepare_transformers(model_type: str | None) -> None:
+    """What loading a model of `model_type` needs first: the project's classes of its family
+    registered (`compress.register()` registers every family's), chatter quiet."""
     import transformers
 
-    from . import register
+    from .models import register_model_classes
 
-    register()
+    register_model_classes(model_type)
     for name in ("lm_eval", "lm-eval"):  # lm-eval logs every step at INFO/WARNING
         logging.getLogger(name).setLevel(logging.ERROR)
     transformers.logging.disable_progress_bar()  # a per-tensor bar, even for an 11 MB model
@@ -127,7 +128,7 @@ def load_meta_model(path, config: dict):
     The info lists missing, unexpected and wrong-shaped tensors (`check_loading_info`)."""
     from transformers import AutoModelForCausalLM
 
-    prepare_transformers()
+    prepare_transformers(config.get("model_type"))
     try:
         with _transformers_silent():
             return AutoModelForCausalLM.from_pretrained(

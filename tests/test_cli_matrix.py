@@ -1,6 +1,7 @@
 """Every kind of output the project writes, through every command that takes a model, as users run
-them: one `compress` process per cell. A fresh interpreter matters: transformers caches decisions
-per model class in-process, and a model loaded earlier once hid a crash on our own outputs.
+them: one `compress` process per cell. A fresh process matters: transformers caches decisions per
+model class in-process, and a model loaded earlier once hid a crash on our own outputs. The cells
+are forked from a server that has only imported torch and transformers (`cli_cells`).
 
 Each cell exits 0, or is a refusal this module documents (`REFUSED`): exit 2, one line, its
 phrase. A documented refusal that starts to succeed fails too, so the table stays true.
@@ -8,20 +9,17 @@ phrase. A documented refusal that starts to succeed fails too, so the table stay
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_cells import run_command_lines
 
 from compress.checkpoint.mxfp4 import write_mxfp4_checkpoint
 from compress.cli import main
 from compress.resolve import demo_model_path
 
-# A hang guard, not a time limit: the 88 processes take about 4 minutes on a quiet 2-core machine
+# A hang guard, not a time limit: the 88 processes take about 2 minutes on a quiet 2-core machine
 # and several times that on a busy one (pytest-timeout also counts the fixture that runs them).
 pytestmark = pytest.mark.timeout(3600)
 
@@ -67,11 +65,6 @@ REFUSED = {
 CELLS = [(output, command) for output in OUTPUTS for command in COMMANDS]
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress", *argv], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """Every kind of output, made through the command line (in-process: these are not under test here)."""
@@ -92,17 +85,15 @@ def model_path(root: Path, output: str) -> Path:
 
 @pytest.fixture(scope="module")
 def results(workspace) -> dict:
-    """{(output, command): the finished process}, two at a time (each cell is a fresh interpreter)."""
+    """{(output, command): the finished process}, two at a time, each cell a process of its own that
+    starts with nothing cached about any model class (`cli_cells`)."""
     (workspace / "cells").mkdir()
-
-    def cell(key):
-        output, command = key
+    command_lines = []
+    for output, command in CELLS:
         src = workspace / "demo-mxfp4" if output == "mxfp4" else "demo"
-        model = model_path(workspace, output)
-        return key, _run(shlex.split(COMMANDS[command].format(model=model, src=src, cell=workspace / "cells" / f"{output}-{command}")))
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(cell, CELLS))
+        cell = workspace / "cells" / f"{output}-{command}"
+        command_lines.append(shlex.split(COMMANDS[command].format(model=model_path(workspace, output), src=src, cell=cell)))
+    return dict(zip(CELLS, run_command_lines(command_lines)))
 
 
 @pytest.mark.parametrize("output, command", CELLS, ids=[f"{o}-{c}" for o, c in CELLS])
