@@ -52,15 +52,16 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "scipy>=1.10",  # the Hungarian method of neuron alignment (merge --align weights)
     ],
     extras_require={
         "kernels": ["triton>=3.0"],
         "eval": ["lm-eval>=0.4.5"],
         "data": ["datasets>=3.0", "pyarrow>=14"],
         "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5", "triton>=3.0; platform_system == 'Linux'",
-                "ruff>=0.17,<0.18", "scipy>=1.10", "setuptools>=70.1"],
-        # scipy: the reference clustering HC-SMoE is tested against; setuptools: the GPU suite's dry
-        # run installs the project offline, without build isolation, as the GPU machine must
+                "ruff>=0.17,<0.18", "setuptools>=70.1"],
+        # setuptools: the GPU suite's dry run installs the project offline, without build isolation,
+        # as the GPU machine must
     },
     entry_points={
         "console_scripts": ["compress=compress.cli:main"],

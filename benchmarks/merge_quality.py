@@ -6,7 +6,8 @@ math:0.8,general:0.2, every method below is applied in memory to the demo model 
 held-out perplexity on math, code and general text:
 
 * prune with the best criteria (``reconstruct``; MAN and MSAN for comparison);
-* merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``;
+* merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``, and with
+  the members' neurons aligned to the dominant expert's first (``--align weights``);
 * each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
 * each of those after `--steps` distillation steps toward the original (on the calibration
   mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
@@ -45,7 +46,7 @@ from compress.stats.profile import profile_windows
 
 CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "general": 0.2}}
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
-           "merge m-smoe", "merge m-smoe (weighted router)")
+           "merge hc-smoe (aligned)", "merge m-smoe", "merge m-smoe (weighted router)", "merge m-smoe (aligned)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--keeps", default="8,4")
     parser.add_argument("--distill-keeps", default="8,4", help="keeps whose models are also distilled ('' for none)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated rows of METHODS to run")
     args = parser.parse_args()
     start = time.perf_counter()
     path = demo_model_path()
@@ -90,7 +92,8 @@ def main() -> None:
         grouping = rest.split(" ")[0]
         answers = search_model(model, windows, MergeRequest(keep, grouping, "frequency"), progress=False)
         return MergePlan(source, {layer: g for layer, (g, _) in answers.items()}, {layer: w for layer, (_, w) in answers.items()},
-                         min(top_k, keep), "weighted" if "weighted" in rest else "dominant")
+                         min(top_k, keep), "weighted" if "weighted" in rest else "dominant",
+                         alignment="weights" if "aligned" in rest else "none")
 
     base = perplexities(model)
     print(f"demo model (16 experts, top-{top_k}); calibration {args.samples} windows of {args.seq_len} tokens; held-out "
@@ -105,7 +108,7 @@ def main() -> None:
             windows = mixture_windows(tokenizer, mixture, "calibration", args.samples, args.seq_len)
             train = mixture_windows(tokenizer, mixture, "train", 512, args.seq_len)
             stats = profile_windows(model, windows, batch_size=8, model_name="demo", domain=name, data="built-in", progress=False)
-            for method in METHODS:
+            for method in args.methods.split(","):
                 began = time.perf_counter()
                 plan = plan_for(method, keep, windows, stats)
                 planned = time.perf_counter() - began

@@ -80,6 +80,25 @@ def test_moe_layers_and_config_fields(family_name):
             assert tensor.shape[family.expert_tensors[name]["expert_dim"]] == 6
 
 
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_expert_tensor_shapes_in_the_definitions_are_the_modules(family_name):
+    """Each definition's ``shape`` of a fused expert tensor (read by compensation and neuron
+    alignment) is the module's, on a config whose intermediate sizes differ from the hidden size."""
+    model = build_tiny_model(family_name, intermediate_size=48, **({"moe_intermediate_size": 24} if family_name != "gpt_oss" else {}))
+    family = get_family(family_name)
+    experts = family.experts(model, family.moe_layer_indices(model)[0])
+    hidden = model.config.hidden_size
+    down = experts.down_proj.shape
+    intermediate = down[1] if down[2] == hidden else down[2]
+    assert intermediate != hidden
+    for name, spec in family.expert_tensors.items():
+        if getattr(experts, name, None) is None:
+            continue
+        dims = [dim.strip() for dim in spec["shape"].split("]")[0].lstrip("[").split(",")]
+        sizes = {"E": 6, "H": hidden, "I": intermediate, "2*I": 2 * intermediate}
+        assert tuple(getattr(experts, name).shape) == tuple(sizes[dim] for dim in dims), (name, spec["shape"])
+
+
 def test_qwen2_moe_sparse_step_makes_dense_layers():
     model = build_tiny_model("qwen2_moe", num_hidden_layers=4, decoder_sparse_step=2)
     assert get_family("qwen2_moe").moe_layer_indices(model) == [1, 3]

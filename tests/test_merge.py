@@ -266,6 +266,7 @@ def test_compensation_finds_the_exact_correction_when_one_exists():
         sample = LayerSample.of_model(model, layer, hidden, logits)
         fit = compensate_layer(sample, plan.merge_matrix(layer), plan.router_matrix(layer), 1, ridge=1e-12, sweeps=1)
         assert fit.error_before > 1e-2 and fit.error_after < 1e-9
+        assert fit.heldout_before > 1e-2 and fit.heldout_after < 1e-9  # the exact correction holds beyond the tokens fitted
         experts = model.model.layers[layer].mlp.experts
         torch.testing.assert_close(fit.tensors["down_proj"], experts.down_proj[[2, 3]].detach(), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fit.tensors["down_proj_bias"], experts.down_proj_bias[[2, 3]].detach(), rtol=1e-4, atol=1e-5)

@@ -234,7 +234,9 @@ def test_prune_with_compensation_records_it_and_needs_calibration_text(tmp_path,
     record = json.loads((tmp_path / "pruned" / "compress.json").read_text())
     assert record["operation"] == "prune" and record["plan"]["format"] == "moe-compress prune plan"
     assert all(layer["error_after"] < layer["error_before"] for layer in record["compensation"].values())
-    assert "## Compensation" in (tmp_path / "pruned" / "README.md").read_text()
+    assert all(0 < layer["heldout_error_after"] and 0 < layer["heldout_error_before"] for layer in record["compensation"].values())
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    assert "## Compensation" in card and "| layer | fitted, without | fitted, with | held out, without | held out, with |" in card
     assert not any(path.name.startswith(".moe-compress-compensation") for path in tmp_path.iterdir())  # spill removed
     glob_loaded_weight_files(tmp_path / "pruned")
     AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")

@@ -29,7 +29,8 @@ groupings (default {default}), each decided on a sample of the calibration token
 {groupings}
 
 Each new expert is the weighted average of its group's experts (every weight and bias, weights by
---merge-weights); its router row is its most used member's or the weighted sum (--router). A group
+--merge-weights; with --align weights each member's neurons are first permuted to match the dominant
+expert's); its router row is its most used member's or the weighted sum (--router). A group
 of one is that expert unchanged, so a plan of one-expert groups is a prune. --compensate then refits,
 per layer and without training, each new expert's down projection by least squares so that the
 layer's output on calibration tokens comes back toward the original's. The output has the shapes of
@@ -61,7 +62,7 @@ def run(args) -> int:
     from ..jobs.merge import merge
     from ..jobs.source import open_model
 
-    refuse_with_plan(args, ("keep", "keep_ratio", "grouping", "merge_weights", "router"))
+    refuse_with_plan(args, ("keep", "keep_ratio", "grouping", "merge_weights", "router", "align"))
     result = merge(open_model(args.model, revision=args.revision), options_from(MergeOptions, args),
                    options_from(OutputOptions, args), calibration=options_from(CalibrationOptions, args), plan=args.plan,
                    plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)

@@ -95,7 +95,7 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
     provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
     plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _) in answers.items()},
                      {layer: weights for layer, (_, weights) in answers.items()}, min(source.top_k, keep), options.router,
-                     provenance)
+                     provenance, options.align)
     plan.check_model(source)
     return plan, stats
 

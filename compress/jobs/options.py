@@ -14,7 +14,15 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from ..checkpoint.files import DEFAULT_MAX_SHARD_BYTES
 from ..errors import CompressError
-from ..merging import DEFAULT_GROUPING, DEFAULT_MERGE_WEIGHTS, DEFAULT_ROUTER_ROWS, MERGE_WEIGHTS, ROUTER_ROWS
+from ..merging import (
+    ALIGNMENTS,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_GROUPING,
+    DEFAULT_MERGE_WEIGHTS,
+    DEFAULT_ROUTER_ROWS,
+    MERGE_WEIGHTS,
+    ROUTER_ROWS,
+)
 from ..merging.groupings import GROUPINGS
 from ..model_loading import DEVICES, DTYPE_HELP, DTYPES
 from ..pruning import BUDGETS, DEFAULT_CRITERION
@@ -159,6 +167,8 @@ class MergeOptions:
                                 DEFAULT_MERGE_WEIGHTS, choices=MERGE_WEIGHTS)
     router: str = option("router row of a new expert: its most used member's (dominant) or the weighted sum of its members'",
                          DEFAULT_ROUTER_ROWS, choices=ROUTER_ROWS)
+    align: str = option("before averaging, permute each member's intermediate neurons to match its group's dominant expert: "
+                        "none, or weights (Hungarian matching of their weights)", DEFAULT_ALIGNMENT, choices=ALIGNMENTS)
     compensate: bool = option(COMPENSATE_HELP, action="store_true")
     dequantize: bool = option("MXFP4 sources: write every expert in bf16 instead of re-quantising merged experts to MXFP4",
                               action="store_true")

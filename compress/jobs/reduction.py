@@ -99,19 +99,24 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
 
 
 def compensation_record(fits: dict | None) -> dict | None:
-    """The relative layer-output errors on the sample before and after compensation, per layer."""
+    """The relative layer-output errors before and after compensation, per layer, on the tokens
+    fitted and on the held-out ones."""
     if fits is None:
         return None
-    return {str(layer): {"error_before": round(fit.error_before, 6), "error_after": round(fit.error_after, 6)}
+    return {str(layer): {"error_before": round(fit.error_before, 6), "error_after": round(fit.error_after, 6),
+                         "heldout_error_before": round(fit.heldout_before, 6), "heldout_error_after": round(fit.heldout_after, 6)}
             for layer, fit in sorted(fits.items())}
 
 
 def compensation_text(fits: dict | None) -> str:
     if not fits:
         return ""
-    before = sum(f.error_before for f in fits.values()) / len(fits)
-    after = sum(f.error_after for f in fits.values()) / len(fits)
-    return f", compensated: mean relative layer error {before:.4f} → {after:.4f}"
+
+    def mean(name: str) -> float:
+        return sum(getattr(fit, name) for fit in fits.values()) / len(fits)
+
+    return (f", compensated: mean relative layer error {mean('error_before'):.4f} → {mean('error_after'):.4f} "
+            f"(held out of the fit: {mean('heldout_before'):.4f} → {mean('heldout_after'):.4f})")
 
 
 def write_weights(source, plan, staging: Path, *, fits: dict | None = None, dequantize: bool = False, progress: bool = True,

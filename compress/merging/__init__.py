@@ -4,6 +4,8 @@ model or, streaming, to a checkpoint on disk."""
 
 MERGE_WEIGHTS = ("frequency", "gate-mass")
 ROUTER_ROWS = ("dominant", "weighted")
+ALIGNMENTS = ("none", "weights")  # neuron alignment before averaging (`align`)
 DEFAULT_GROUPING = "m-smoe"  # set from benchmarks/merge_quality.py
 DEFAULT_MERGE_WEIGHTS = "frequency"
 DEFAULT_ROUTER_ROWS = "dominant"
+DEFAULT_ALIGNMENT = "none"

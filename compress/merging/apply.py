@@ -33,6 +33,7 @@ from ..errors import CompressError
 from ..families import MoEFamily, family_for_config
 from ..models.modeling_moe_compress import set_counts
 from ..pruning.apply import copy_modeling_files, pruned_config, set_config_counts, stack_keys
+from . import align
 from .plan import MergePlan
 
 
@@ -50,20 +51,25 @@ def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = Non
     for layer in plan.layers:
         experts = family.experts(model, layer)
         refitted = compensation[layer].load() if compensation is not None else {}
-        for owners, specs, matrix in (({name: experts for name in family.expert_tensors}, family.expert_tensors, plan.merge_matrix(layer)),
-                                      (family.router_tensor_modules(model, layer), family.router_tensors, plan.router_matrix(layer))):
-            for name, spec in specs.items():
-                module = owners[name]
-                old = getattr(module, name, None)
-                if old is None:
-                    continue
-                new = combine(old.detach(), matrix, spec["expert_dim"])
-                if module is experts and name in refitted:
-                    new = refitted[name].to(old.device, old.dtype)
-                if isinstance(old, torch.nn.Parameter):
-                    setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
-                else:
-                    module.register_buffer(name, new)
+        present = {name: getattr(experts, name).detach() for name in family.expert_tensors if getattr(experts, name, None) is not None}
+        matrix = plan.merge_matrix(layer)
+        groups = [align.merge_members(family, {name: t.index_select(family.expert_tensors[name]["expert_dim"],
+                                                                    torch.tensor(members, device=t.device))
+                                               for name, t in present.items()}, matrix[g, members], plan.alignment)
+                  for g, members in enumerate(plan.layers[layer])]
+        new_tensors = {name: refitted[name].to(t.device, t.dtype) if name in refitted
+                       else torch.stack([group[name] for group in groups], dim=family.expert_tensors[name]["expert_dim"])
+                       for name, t in present.items()}
+        router_owners, router_matrix = family.router_tensor_modules(model, layer), plan.router_matrix(layer)
+        new_tensors |= {name: combine(getattr(router_owners[name], name).detach(), router_matrix, spec["expert_dim"])
+                        for name, spec in family.router_tensors.items() if getattr(router_owners[name], name, None) is not None}
+        owners = {name: experts for name in present} | router_owners
+        for name, new in new_tensors.items():
+            module, old = owners[name], getattr(owners[name], name)
+            if isinstance(old, torch.nn.Parameter):
+                setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                module.register_buffer(name, new)
         set_counts(layers[layer], family.moe_layout, len(plan.layers[layer]), plan.top_k)
     set_config_counts(model, family, plan)
 
@@ -78,6 +84,7 @@ class _LayerMerger:
         self._refitted = None
         self._last = None  # (name, group, tensor): per-expert parts reuse their group's module tensor
         self._quantized: dict[str, tuple] = {}
+        self._permutations: dict[int, list] = {}  # the last group's
 
     def refitted(self) -> dict:
         if self._refitted is None:
@@ -88,6 +95,19 @@ class _LayerMerger:
         """Whether new expert `group`'s tensor `name` is a source expert's, as stored."""
         return self.plan.is_copy(self.layer, group) and name not in self.refitted()
 
+    def _read(self, name: str, members: list[int]) -> torch.Tensor:
+        return self.family.read_module_tensor(self.reader, self.layer, name, members, self.layout, dtype=torch.float32)
+
+    def permutations(self, group: int) -> list:
+        """Each member's neuron permutation (`align.group_permutations`), found once per group from
+        all of its members' tensors."""
+        if group not in self._permutations:
+            members = self.plan.layers[self.layer][group]
+            tensors = {} if self.plan.alignment == "none" else {name: self._read(name, members) for name in self.family.expert_tensors}
+            self._permutations = {group: align.group_permutations(self.family, tensors, self.plan.alignment) if tensors
+                                  else [None] * len(members)}
+        return self._permutations[group]
+
     def module_tensor(self, name: str, group: int) -> torch.Tensor:
         """New expert `group`'s tensor `name` in the module orientation (float32, no expert dimension)."""
         if self._last is not None and self._last[:2] == (name, group):
@@ -95,11 +115,9 @@ class _LayerMerger:
         if name in self.refitted():
             return self.refitted()[name][group].float()
         members = self.plan.layers[self.layer][group]
-        weights = self.merge_matrix[group, members]
-        tensors = self.family.read_module_tensor(self.reader, self.layer, name, members, self.layout, dtype=torch.float32)
-        dim = self.family.expert_tensors[name]["expert_dim"]
-        merged = (tensors.double() * weights.view([-1 if d == dim else 1 for d in range(tensors.dim())])).sum(dim=dim)
-        self._last = (name, group, merged.float())
+        merged = align.merge_members(self.family, {name: self._read(name, members)}, self.merge_matrix[group, members],
+                                     permutations=self.permutations(group))
+        self._last = (name, group, merged[name])
         return self._last[2]
 
     def stacked(self, name: str, dtype: torch.dtype, source_key: str | None) -> torch.Tensor:

@@ -13,17 +13,19 @@ def compensation_section(fits: dict | None) -> str:
     """The card's lines on compensation (empty without it)."""
     if not fits:
         return ""
-    rows = "\n".join(f"| {layer} | {fit.error_before:.4f} | {fit.error_after:.4f} |" for layer, fit in sorted(fits.items()))
+    rows = "\n".join(f"| {layer} | {fit.error_before:.4f} | {fit.error_after:.4f} | {fit.heldout_before:.4f} | {fit.heldout_after:.4f} |"
+                     for layer, fit in sorted(fits.items()))
     return f"""
 ## Compensation
 
 Each new expert's down projection (and bias) was refitted by ridge least squares toward its merged
 value (closed form, no training), so that each MoE layer's output on calibration tokens stays close
 to the original layer's; routing and the gate/up projections are unchanged. Relative layer-output
-error ‖reduced − original‖² / ‖original‖² on those tokens:
+error ‖reduced − original‖² / ‖original‖² on the tokens fitted, and on calibration tokens held out
+of the fit (a fit that only interpolates its sample shows here):
 
-| layer | without | with |
-|---|---|---|
+| layer | fitted, without | fitted, with | held out, without | held out, with |
+|---|---|---|---|---|
 {rows}
 """
 

@@ -28,18 +28,24 @@ import torch
 
 RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.3 within 3% on math, 1.0 worse
 SWEEPS = 2
+# The sample's last tokens (its last windows) are not fitted: the error on them shows whether the
+# fit generalises or only interpolates its sample (at real size an expert sees fewer routed tokens
+# than its down projection has unknowns per output channel).
+HELDOUT_SHARE = 0.2
 
 
 @dataclass
 class CompensationFit:
     """One layer's refitted down projections (module orientation, {"down_proj": [G, …], "down_proj_bias": [G, H]}),
     held in memory or spilled to a safetensors file, and the relative layer-output error
-    ‖reduced − full‖² / ‖full‖² on the sample before and after."""
+    ‖reduced − full‖² / ‖full‖² before and after, on the tokens fitted and on the held-out ones."""
 
     error_before: float
     error_after: float
     tensors: dict | None = None
     path: str | None = None
+    heldout_before: float | None = None
+    heldout_after: float | None = None
 
     def load(self) -> dict:
         if self.tensors is not None:
@@ -53,7 +59,7 @@ class CompensationFit:
         from safetensors.torch import save_file
 
         save_file({name: t.to(dtype).contiguous() for name, t in self.tensors.items()}, str(path))
-        return CompensationFit(self.error_before, self.error_after, None, str(path))
+        return CompensationFit(self.error_before, self.error_after, None, str(path), self.heldout_before, self.heldout_after)
 
 
 def reduced_routing(sample, router_matrix: torch.Tensor, top_k: int):
@@ -65,19 +71,20 @@ def reduced_routing(sample, router_matrix: torch.Tensor, top_k: int):
     return sample.route(logits, buffers, top_k)
 
 
-def merged_experts(sample, merge_matrix: torch.Tensor):
+def merged_experts(sample, merge_matrix: torch.Tensor, members_of: list[list[int]] | None = None, alignment: str = "none"):
     """A loader of the new experts' fused tensors: group ids → {name: [len(ids), …]}, each new
-    expert `merge_matrix` [G, E] times its members' tensors (float64 sums, one group's members
+    expert `merge_matrix` [G, E] times its members' tensors (`members_of` [G]: in the plan's order,
+    the dominant first; neurons aligned first with `alignment`; float64 sums, one group's members
     read at a time), in the sample's compute dtype."""
+    from .align import merge_members
 
     def load(groups: list[int]) -> dict:
         parts: dict[str, list] = {}
-        for row in merge_matrix[groups]:
-            members = row.nonzero().flatten().tolist()
-            for name, tensor in sample.expert_tensors(members).items():
-                dim = sample.family.expert_tensors[name]["expert_dim"]
-                weights = row[members].to(tensor.device).view([-1 if d == dim else 1 for d in range(tensor.dim())])
-                parts.setdefault(name, []).append((tensor.double() * weights).sum(dim=dim).to(tensor.dtype))
+        for group in groups:
+            row = merge_matrix[group]
+            members = row.nonzero().flatten().tolist() if members_of is None else members_of[group]
+            for name, tensor in merge_members(sample.family, sample.expert_tensors(members), row[members], alignment).items():
+                parts.setdefault(name, []).append(tensor)
         return {name: torch.stack(values, dim=sample.family.expert_tensors[name]["expert_dim"]) for name, values in parts.items()}
 
     return load
@@ -89,12 +96,15 @@ def _down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, *,
+                     members_of: list[list[int]] | None = None, alignment: str = "none",
                      ridge: float = RIDGE, sweeps: int = SWEEPS) -> CompensationFit:
-    """The refitted down projections of one reduced layer (see the module docstring), on `sample`."""
+    """The refitted down projections of one reduced layer (see the module docstring), fitted on
+    `sample` but its last `HELDOUT_SHARE` of tokens (the new experts as `merged_experts` makes them)."""
     family, groups = sample.family, merge_matrix.shape[0]
     target = sample.full_output().double()
+    fitting = torch.arange(len(target)) < len(target) - int(len(target) * HELDOUT_SHARE)
     weights, ids = reduced_routing(sample, router_matrix, top_k)
-    load = merged_experts(sample, merge_matrix)
+    load = merged_experts(sample, merge_matrix, members_of, alignment)
 
     def intermediate(group_ids: list[int]) -> dict:  # the down projection replaced by the identity: a_g(x)
         tensors = load(group_ids)
@@ -109,13 +119,17 @@ def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Te
     outputs = sample.outputs_of(load, groups, ids).double()  # [T, k, H]
     w = weights.double().unsqueeze(-1)
     prediction = (w * outputs).sum(dim=1)
-    norm = max(float(target.square().sum()), 1e-30)
-    before = float((prediction - target).square().sum()) / norm
+
+    def error(tokens: torch.Tensor) -> float:
+        return float((prediction[tokens] - target[tokens]).square().sum()) / max(float(target[tokens].square().sum()), 1e-30)
+
+    before, heldout_before = error(fitting), error(~fitting)
     has_bias = family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
     fitted: dict[int, torch.Tensor] = {}  # g → [I(+1), H]: rows of D_g (then b_g)
     for _ in range(sweeps):
         for g in range(groups):
-            token, slot = (ids == g).nonzero(as_tuple=True)
+            routed, routed_slot = (ids == g).nonzero(as_tuple=True)
+            token, slot = routed[fitting[routed]], routed_slot[fitting[routed]]
             if g not in fitted:
                 merged = load([g])
                 rows = _down_as_rows(family, merged["down_proj"][0]).double().cpu()
@@ -131,13 +145,13 @@ def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Te
             strength = ridge * normal.diagonal().mean().clamp(min=1e-30)
             fitted[g] = torch.linalg.solve(normal + strength * torch.eye(len(normal), dtype=torch.float64),
                                            features.T @ residual + strength * fitted[g])
-            new = activations[token, slot] @ fitted[g][:activations.shape[-1]] + (fitted[g][-1] if has_bias else 0)
-            prediction.index_put_((token,), wg * (new - outputs[token, slot]), accumulate=True)
-            outputs[token, slot] = new
-    after = float((prediction - target).square().sum()) / norm
+            new = activations[routed, routed_slot] @ fitted[g][:activations.shape[-1]] + (fitted[g][-1] if has_bias else 0)
+            prediction.index_put_((routed,), w[routed, routed_slot] * (new - outputs[routed, routed_slot]), accumulate=True)
+            outputs[routed, routed_slot] = new
+    after, heldout_after = error(fitting), error(~fitting)
     inner = activations.shape[-1]
     down = torch.stack([_down_as_rows(family, fitted[g][:inner].float()) for g in range(groups)])
     tensors = {"down_proj": down}
     if has_bias:
         tensors["down_proj_bias"] = torch.stack([fitted[g][inner].float() for g in range(groups)])
-    return CompensationFit(before, after, tensors)
+    return CompensationFit(before, after, tensors, heldout_before=heldout_before, heldout_after=heldout_after)

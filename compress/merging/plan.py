@@ -8,6 +8,7 @@ The JSON file::
       "source": {... as in a prune plan ...},
       "top_k": 4,
       "router": "dominant",
+      "alignment": "none",
       "layers": {"0": [[3, 7], [0], [5, 9, 12], …], …},
       "weights": {"0": [[0.6, 0.4], [1.0], [0.5, 0.3, 0.2], …], …},
       "provenance": {"grouping": "m-smoe", "merge_weights": "frequency", …}
@@ -16,7 +17,8 @@ The JSON file::
 New expert g of a layer is the weighted sum Σ_m w_m·W_m of its group's experts' tensors (every
 weight and bias; the weights of a group are normalised to sum to 1). Its router row is the
 group's first ("dominant") expert's row with ``router: dominant``, or the same weighted sum of the
-members' rows (and biases) with ``router: weighted``. Experts in no group are dropped, so a plan
+members' rows (and biases) with ``router: weighted``. With ``alignment: weights`` each member's
+intermediate neurons are first permuted to match the dominant expert's (`align`). Experts in no group are dropped, so a plan
 of one-expert groups is a prune plan (`from_prune_plan`). ``top_k`` is ``min(source top-k, groups)``.
 """
 
@@ -41,7 +43,7 @@ from ..pruning.plan import (
     read_plan_file,
     save_plan_file,
 )
-from . import ROUTER_ROWS
+from . import ALIGNMENTS, ROUTER_ROWS
 
 FORMAT = "moe-compress merge plan"
 FORMAT_VERSION = 1
@@ -55,6 +57,7 @@ class MergePlan(LayerPlan):
     top_k: int
     router: str = "dominant"
     provenance: dict = field(default_factory=dict)
+    alignment: str = "none"  # how members' neurons are matched to the dominant expert's first (`align.ALIGNMENTS`)
 
     def merge_matrix(self, layer: int) -> torch.Tensor:
         """[groups, source experts] float64: row g holds new expert g's normalised member weights."""
@@ -88,6 +91,8 @@ class MergePlan(LayerPlan):
         check_plan_source(self, moe_layers, experts_per_layer, fingerprint)
         if self.router not in ROUTER_ROWS:
             raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
+        if self.alignment not in ALIGNMENTS:
+            raise CompressError(f'the plan\'s "alignment" is {self.alignment!r}: choose one of {", ".join(ALIGNMENTS)}')
         for layer, groups in self.layers.items():
             count = experts_per_layer[layer]
             members = [e for group in groups for e in group]
@@ -110,7 +115,7 @@ class MergePlan(LayerPlan):
     def to_dict(self) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "source": self.source, "top_k": self.top_k,
-            "router": self.router,
+            "router": self.router, "alignment": self.alignment,
             "layers": {str(layer): groups for layer, groups in sorted(self.layers.items())},
             "weights": {str(layer): [[round(w, 6) for w in group] for group in weights]
                         for layer, weights in sorted(self.weights.items())},
@@ -143,7 +148,7 @@ class MergePlan(LayerPlan):
             if bad:
                 raise CompressError(f"{where}: layer {layer} has merge weight {bad[0]!r}: weights must be positive finite numbers")
         source, top_k, provenance = plan_header(data, where)
-        return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance)
+        return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance, data.get("alignment", "none"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MergePlan:

@@ -49,7 +49,8 @@ class CompensationRequest:
         from .compensate import compensate_layer
 
         plan = self.plan
-        fit = compensate_layer(sample, plan.merge_matrix(sample.layer), plan.router_matrix(sample.layer), plan.top_k)
+        fit = compensate_layer(sample, plan.merge_matrix(sample.layer), plan.router_matrix(sample.layer), plan.top_k,
+                               members_of=plan.layers[sample.layer], alignment=plan.alignment)
         return fit if self.spill is None else fit.spill(Path(self.spill) / f"layer-{sample.layer}.safetensors", self.dtype)
 
     def finish(self, answers: dict) -> dict:

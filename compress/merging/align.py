@@ -1,0 +1,111 @@
+"""Neuron alignment before merging: the members of a merge group are averaged neuron by neuron, but
+two experts trained apart hold the same features in different intermediate neurons (any
+permutation of an MLP's hidden units computes the same function). So before the weighted sum each
+member's neurons are permuted to match the group's dominant (first) expert, the permutation found
+by `scipy.optimize.linear_sum_assignment` on the cosine similarity of their weights (each neuron's
+gate row, up row, down column and biases: Hungarian weight matching, as REAP's merges do).
+
+A permutation moves the same neuron in every tensor of an expert, wherever the family keeps it:
+the rows of ``[2*I, H]`` gate/up projections (gate half, then up half), gpt-oss's interleaved
+``[H, 2*I]`` columns and ``[2*I]`` biases (gate = even, up = odd), the ``I`` side of the down
+projection; tensors without an ``I`` side (the down bias) stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from . import ALIGNMENTS  # noqa: F401  (the choices, named where --help can read them without torch)
+
+
+def neuron_layout(family, name: str) -> tuple[int, str] | None:
+    """(dimension of one expert's tensor `name` that runs over the intermediate neurons, "plain" /
+    "halves" / "interleaved"), read from the tensor's ``shape`` in the family definition; None when
+    it has no such dimension."""
+    shape = family.expert_tensors[name]["shape"]
+    dims = [dim.strip() for dim in shape.split("]")[0].lstrip("[").split(",")]
+    expert_dim = family.expert_tensors[name]["expert_dim"]
+    dims = [dim for position, dim in enumerate(dims) if position != expert_dim]
+    for position, dim in enumerate(dims):
+        if dim == "I":
+            return position, "plain"
+        if dim == "2*I":
+            return position, "interleaved" if re.search(r"\beven\b", shape) else "halves"
+    return None
+
+
+def neuron_index(layout: str, permutation: torch.Tensor) -> torch.Tensor:
+    """The index along a tensor's neuron dimension that puts neuron ``permutation[j]`` at ``j``."""
+    if layout == "plain":
+        return permutation
+    if layout == "halves":
+        return torch.cat([permutation, permutation + len(permutation)])
+    return torch.stack([2 * permutation, 2 * permutation + 1], dim=1).flatten()
+
+
+def permuted(family, name: str, tensor: torch.Tensor, permutation: torch.Tensor | None) -> torch.Tensor:
+    """One expert's tensor `name` with its neurons in the order `permutation` (None: unchanged)."""
+    layout = neuron_layout(family, name)
+    if permutation is None or layout is None:
+        return tensor
+    dim, kind = layout
+    return tensor.index_select(dim, neuron_index(kind, permutation).to(tensor.device))
+
+
+def _neuron_features(family, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[I, f]: each intermediate neuron's weights in every tensor of one expert, side by side."""
+    features = []
+    for name, tensor in tensors.items():
+        layout = neuron_layout(family, name)
+        if layout is None:
+            continue
+        dim, kind = layout
+        values = tensor.double().movedim(dim, 0)  # [n, ...] with n = I or 2*I
+        if kind == "halves":
+            values = torch.cat(values.chunk(2, dim=0), dim=-1) if values.dim() > 1 else torch.stack(values.chunk(2), dim=-1)
+        elif kind == "interleaved":
+            values = values.reshape(values.shape[0] // 2, 2, *values.shape[1:])
+        features.append(values.reshape(values.shape[0], -1))
+    return torch.cat(features, dim=1)
+
+
+def align_to(family, dominant: dict[str, torch.Tensor], member: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The permutation of `member`'s neurons that best matches `dominant`'s (both one expert's
+    tensors): maximal summed cosine similarity of the neurons' weights, by the Hungarian method."""
+    from scipy.optimize import linear_sum_assignment
+
+    ours, theirs = _neuron_features(family, dominant), _neuron_features(family, member)
+    similarity = torch.nn.functional.normalize(ours, dim=1) @ torch.nn.functional.normalize(theirs, dim=1).T
+    _, columns = linear_sum_assignment(similarity.cpu().numpy(), maximize=True)
+    return torch.as_tensor(columns, dtype=torch.long)
+
+
+def group_permutations(family, tensors: dict[str, torch.Tensor], alignment: str) -> list[torch.Tensor | None]:
+    """One permutation per member of a group ({name: [members, …]} along each tensor's expert
+    dimension; the first member is the dominant one, never permuted), or None each without alignment."""
+    count = next(iter(tensors.values())).shape[family.expert_tensors[next(iter(tensors))]["expert_dim"]]
+    if alignment == "none" or count == 1:
+        return [None] * count
+
+    def expert(index: int) -> dict:
+        return {name: t.select(family.expert_tensors[name]["expert_dim"], index) for name, t in tensors.items()}
+
+    dominant = expert(0)
+    return [None] + [align_to(family, dominant, expert(index)) for index in range(1, count)]
+
+
+def merge_members(family, tensors: dict[str, torch.Tensor], weights: torch.Tensor, alignment: str = "none",
+                  permutations: list | None = None) -> dict[str, torch.Tensor]:
+    """A new expert's tensors (no expert dimension, the members' dtype): Σ_m w_m·P_m(W_m) in float64,
+    P_m the member's neuron permutation (given, or found from these `tensors` by `group_permutations`)."""
+    if permutations is None:
+        permutations = group_permutations(family, tensors, alignment)
+    merged = {}
+    for name, tensor in tensors.items():
+        dim = family.expert_tensors[name]["expert_dim"]
+        total = sum(weights[m].item() * permuted(family, name, tensor.select(dim, m).double(), permutations[m])
+                    for m in range(len(permutations)))
+        merged[name] = total.to(tensor.dtype)
+    return merged
