@@ -103,9 +103,11 @@ class _LayerMerger:
         all of its members' tensors."""
         if group not in self._permutations:
             members = self.plan.layers[self.layer][group]
-            tensors = {} if self.plan.alignment == "none" else {name: self._read(name, members) for name in self.family.expert_tensors}
-            self._permutations = {group: align.group_permutations(self.family, tensors, self.plan.alignment) if tensors
-                                  else [None] * len(members)}
+            found = [None] * len(members)
+            if self.plan.alignment != "none" and len(members) > 1:
+                tensors = {name: self._read(name, members) for name in self.family.expert_tensors}
+                found = align.group_permutations(self.family, tensors, self.plan.alignment)
+            self._permutations = {group: found}
         return self._permutations[group]
 
     def module_tensor(self, name: str, group: int) -> torch.Tensor:

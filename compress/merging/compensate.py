@@ -102,7 +102,7 @@ def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Te
     `sample` but its last `HELDOUT_SHARE` of tokens (the new experts as `merged_experts` makes them)."""
     family, groups = sample.family, merge_matrix.shape[0]
     target = sample.full_output().double()
-    fitting = torch.arange(len(target)) < len(target) - int(len(target) * HELDOUT_SHARE)
+    fitting = torch.arange(len(target)) < len(target) - max(1, int(len(target) * HELDOUT_SHARE))
     weights, ids = reduced_routing(sample, router_matrix, top_k)
     load = merged_experts(sample, merge_matrix, members_of, alignment)
 
