@@ -11,7 +11,9 @@ default-size search sample of 2,048 tokens):
 3. ``compress merge --keep 16`` (M-SMoE, MXFP4 re-quantised);
 4. the same with ``--compensate``.
 
-It prints wall time and peak RSS of each, and each one's time as a ratio of the baseline's.
+It prints wall time and peak RSS of each, and each one's time as a ratio of the baseline's; for the
+compensated runs also the mean relative layer-output error without and with compensation, on the
+search sample's tokens fitted and on those held out of the fit (from the output's compress.json).
 
     python benchmarks/merge_scale.py [--layers 2 --samples 32 --seq-len 512 --workdir /tmp/merge_scale]
 """
@@ -19,6 +21,7 @@ It prints wall time and peak RSS of each, and each one's time as a ratio of the 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -45,13 +48,23 @@ def main() -> None:
             "merge (m-smoe)": ["merge"], "merge --compensate": ["merge", "--compensate"]}
     print(f"gpt-oss-20b-shaped MXFP4, {args.layers} layers, {sizes['total'] / 1e9:.2f} GB; keep 16 of 32; "
           f"{args.samples} x {args.seq_len} math tokens\n")
-    print("| run | wall s | per layer s | peak RSS GB | time vs prune |\n|---|---|---|---|---|")
+    print("| run | wall s | per layer s | peak RSS GB | time vs prune | layer error, fitted: without → with | "
+          "held out: without → with |\n|---|---|---|---|---|---|---|")
     baseline = None
     for index, (name, command) in enumerate(runs.items()):
         out = work / f"out{index}"
         seconds, rss = run_measured([sys.executable, "-m", "compress", *command, *common, "--out", str(out)])
         baseline = baseline or seconds
-        print(f"| {name} | {seconds:.1f} | {seconds / args.layers:.1f} | {rss / 1e9:.2f} | {seconds / baseline:.2f}× |", flush=True)
+        errors = "— | —"
+        layers = (json.loads((out / "compress.json").read_text()).get("compensation") or {}).values()
+        if layers:
+            def mean(key: str) -> float:
+                return sum(layer[key] for layer in layers) / len(layers)
+
+            errors = (f"{mean('error_before'):.4f} → {mean('error_after'):.4f} | "
+                      f"{mean('heldout_error_before'):.4f} → {mean('heldout_error_after'):.4f}")
+        print(f"| {name} | {seconds:.1f} | {seconds / args.layers:.1f} | {rss / 1e9:.2f} | {seconds / baseline:.2f}× | {errors} |",
+              flush=True)
         shutil.rmtree(out)
     shutil.rmtree(work, ignore_errors=True)
 

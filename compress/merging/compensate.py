@@ -28,10 +28,11 @@ import torch
 
 RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.3 within 3% on math, 1.0 worse
 SWEEPS = 2
-# The sample's last tokens (its last windows) are not fitted: the error on them shows whether the
-# fit generalises or only interpolates its sample (at real size an expert sees fewer routed tokens
-# than its down projection has unknowns per output channel).
-HELDOUT_SHARE = 0.2
+# One run of up to HELDOUT_RUN consecutive sample tokens in every HELDOUT_EVERY is not fitted (spread
+# over the whole sample, so over every domain of a calibration mixture): the error on those shows
+# whether the fit generalises or only interpolates its sample (at real size an expert sees fewer
+# routed tokens than its down projection has unknowns per output channel).
+HELDOUT_EVERY, HELDOUT_RUN = 5, 32
 
 
 @dataclass
@@ -90,6 +91,13 @@ def merged_experts(sample, merge_matrix: torch.Tensor, members_of: list[list[int
     return load
 
 
+def heldout_tokens(count: int) -> torch.Tensor:
+    """[count] bool: the sample tokens compensation does not fit, every `HELDOUT_EVERY`-th run of
+    consecutive tokens (runs of `HELDOUT_RUN`, shorter in a sample of fewer than 20 runs' worth)."""
+    run = max(1, min(HELDOUT_RUN, count // (4 * HELDOUT_EVERY)))
+    return (torch.arange(count) // run) % HELDOUT_EVERY == HELDOUT_EVERY - 1
+
+
 def _down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
     """One expert's down projection as [I, H] (inputs × outputs), whatever the family's orientation."""
     return tensor if family.channel_dim("down_proj") == 2 else tensor.transpose(-1, -2)
@@ -99,10 +107,10 @@ def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Te
                      members_of: list[list[int]] | None = None, alignment: str = "none",
                      ridge: float = RIDGE, sweeps: int = SWEEPS) -> CompensationFit:
     """The refitted down projections of one reduced layer (see the module docstring), fitted on
-    `sample` but its last `HELDOUT_SHARE` of tokens (the new experts as `merged_experts` makes them)."""
+    `sample` but its held-out tokens (`heldout_tokens`; the new experts as `merged_experts` makes them)."""
     family, groups = sample.family, merge_matrix.shape[0]
     target = sample.full_output().double()
-    fitting = torch.arange(len(target)) < len(target) - max(1, int(len(target) * HELDOUT_SHARE))
+    fitting = ~heldout_tokens(len(target))
     weights, ids = reduced_routing(sample, router_matrix, top_k)
     load = merged_experts(sample, merge_matrix, members_of, alignment)
 
