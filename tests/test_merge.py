@@ -273,6 +273,16 @@ def test_compensation_finds_the_exact_correction_when_one_exists():
     assert not torch.allclose(scales, torch.ones_like(scales))
 
 
+def test_compensation_holds_out_a_fifth_of_the_sample_spread_over_all_of_it():
+    from compress.merging.compensate import heldout_tokens
+
+    for count in (10, 100, 2048, 4096):
+        held = heldout_tokens(count)
+        assert abs(int(held.sum()) - count / 5) <= 32
+        # every tenth of a default-size sample (each of its windows, each domain of a mixture) holds out some tokens and fits others
+        assert count < 2048 or all(0 < int(part.sum()) < len(part) for part in held.chunk(10))
+
+
 def test_compensation_lowers_the_layer_error_and_is_applied_on_disk(tmp_path):
     model = build_tiny_model("mixtral")
     model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
