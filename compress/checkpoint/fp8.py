@@ -45,18 +45,16 @@ def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor
     return out["weight"], out["weight" + SCALE_SUFFIX]
 
 
-def read_values(reader, key: str, experts: list[int] | None = None, dim: int = 0,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
+def read_values(reader, key: str, experts: list[int] | None = None, dim: int = 0) -> torch.Tensor:
     """Tensor `key` of `reader` (rows `experts` along `dim` when given) as values: dequantised to
-    `dtype` (float32 by default) when the checkpoint holds block multipliers for it, else as stored
-    (in `dtype` when given)."""
+    float32 when the checkpoint holds block multipliers for it, else as stored."""
     def read(name: str) -> torch.Tensor:
         return reader.read(name) if experts is None else reader.read_experts(name, experts, dim)
 
     tensor = read(key)
     if scale_key(key) in reader:
-        return dequantize(tensor, read(scale_key(key)), dtype or torch.float32)
+        return dequantize(tensor, read(scale_key(key)))
     if tensor.dtype in FP8_DTYPES:
         raise CheckpointError(f"{key} is stored in {tensor.dtype} without {scale_key(key)}: moe-compress reads FP8 weights "
                               "with per-block multipliers (quant_method \"fp8\") only")
-    return tensor if dtype is None else tensor.to(dtype)
+    return tensor

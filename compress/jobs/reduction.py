@@ -91,7 +91,7 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
     dtype = TORCH_DTYPES[source.reader.entries[probe].dtype]
     if source.layout.name == "mxfp4":
         dtype = torch.bfloat16
-    elif fp8.scale_key(probe) in source.reader:  # quantised on the source's block grid when written
+    elif fp8.is_fp8(source.raw_config):  # quantised on the source's block grid when written
         dtype = torch.float32
     _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype), statistics=False,
                          progress=progress)

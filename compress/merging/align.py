@@ -17,8 +17,6 @@ import re
 
 import torch
 
-from . import ALIGNMENTS  # noqa: F401  (the choices, named where --help can read them without torch)
-
 
 def neuron_layout(family, name: str) -> tuple[int, str] | None:
     """(dimension of one expert's tensor `name` that runs over the intermediate neurons, "plain" /

@@ -85,6 +85,7 @@ class _LayerMerger:
         self._last = None  # (name, group, tensor): per-expert parts reuse their group's module tensor
         self._quantized: dict[str, tuple] = {}
         self._permutations: dict[int, list] = {}  # the last group's
+        self._fp8_part: tuple = (None, None)  # ((name, group, part), quantised): the last FP8 part's
 
     def refitted(self) -> dict:
         if self._refitted is None:
@@ -156,8 +157,11 @@ class _LayerMerger:
         part = self.module_tensor(name, group).split(sizes, dim=0)[index]
         if not fp8_entries:
             return (part.to(dtype),)
-        weight, scale = fp8_entries
-        return fp8.quantize(part, (weight.shape[0] // scale.shape[0], weight.shape[1] // scale.shape[1]))
+        if self._fp8_part[0] != (name, group, index):  # the weight and its multipliers are written one after the other
+            weight, scale = fp8_entries
+            block = (weight.shape[0] // scale.shape[0], weight.shape[1] // scale.shape[1])
+            self._fp8_part = ((name, group, index), fp8.quantize(part, block))
+        return self._fp8_part[1]
 
 
 def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_layers: int,
