@@ -31,15 +31,17 @@ class LayerSample:
     router_buffers: dict  # non-parameter router state (float32, CPU)
     inputs: torch.Tensor  # [T, H] the experts' inputs, on the compute device in the compute dtype
     logits: torch.Tensor  # [T, E] router logits (float32, CPU)
-    outputs: torch.Tensor  # [T, E, H] every expert's output for every token (float32, CPU)
+    outputs: torch.Tensor | None  # [T, E, H] every expert's output for every token (float32, CPU), or None (see `full`)
     experts: torch.nn.Module  # the experts module: its flags and gate function
-    expert_tensors: Callable[[list[int]], dict]  # expert ids → {fused tensor name: those experts' tensor}
+    expert_tensors: Callable[..., dict]  # (expert ids, names=None) → {fused tensor name: those experts' tensor}
     group_size: int | None = None  # experts to hold at once when computing outputs (None: all)
+    full: torch.Tensor | None = None  # [T, H] the layer's routed output, when `outputs` is None (float32, CPU)
 
     @classmethod
-    def of_model(cls, model, layer: int, inputs: torch.Tensor, logits: torch.Tensor) -> LayerSample:
+    def of_model(cls, model, layer: int, inputs: torch.Tensor, logits: torch.Tensor, every_expert: bool = True) -> LayerSample:
         """For MoE layer `layer` of a loaded model, from its experts' inputs and router logits
-        (`capture_layer_inputs`)."""
+        (`capture_layer_inputs`); without `every_expert` only the routed experts' outputs are
+        computed, for `full`."""
         from .families import family_for_config
 
         family = family_for_config(model.config)
@@ -47,16 +49,24 @@ class LayerSample:
         parameter = next(experts.parameters())
         inputs = inputs.to(parameter.device, parameter.dtype)
         count = logits.shape[1]
-        with torch.inference_mode():
-            outputs = routed_expert_outputs(experts, inputs, torch.arange(count, device=inputs.device).expand(len(inputs), count))
         buffers = {name: t.detach().float().cpu() for name, t in family.router_buffers(model, layer).items()}
+        outputs = full = None
+        with torch.inference_mode():
+            if every_expert:
+                outputs = routed_expert_outputs(experts, inputs, torch.arange(count, device=inputs.device).expand(len(inputs), count))
+            else:
+                weights, ids = family.route(logits.float().cpu(), model.config, buffers, None)
+                routed = routed_expert_outputs(experts, inputs, ids.to(inputs.device)).float().cpu()
+                full = (routed * weights.float().unsqueeze(-1)).sum(dim=1)
 
-        def tensors(ids: list[int]) -> dict:
+        def tensors(ids: list[int], names=None) -> dict:
             index = torch.tensor(ids, device=parameter.device)
             return {name: getattr(experts, name).detach().index_select(spec["expert_dim"], index)
-                    for name, spec in family.expert_tensors.items() if getattr(experts, name, None) is not None}
+                    for name, spec in family.expert_tensors.items()
+                    if getattr(experts, name, None) is not None and (names is None or name in names)}
 
-        return cls(layer, family, model.config, buffers, inputs, logits.float().cpu(), outputs.float().cpu(), experts, tensors)
+        return cls(layer, family, model.config, buffers, inputs, logits.float().cpu(), None if outputs is None else outputs.float().cpu(),
+                   experts, tensors, full=full)
 
     def route(self, logits: torch.Tensor | None = None, buffers: dict | None = None, top_k: int | None = None):
         """(weights, ids) [T, k] of the sample's tokens under the family's routing (by default the
@@ -66,17 +76,21 @@ class LayerSample:
 
     def full_output(self) -> torch.Tensor:
         """The layer's routed output Σ_k g_k·f_k(x) [T, H] (float32) for the sample's tokens."""
+        if self.full is not None:
+            return self.full
         weights, ids = self.route()
         chosen = self.outputs.gather(1, ids.unsqueeze(-1).expand(-1, -1, self.outputs.shape[-1]))
         return (chosen * weights.float().unsqueeze(-1)).sum(dim=1)
 
-    def outputs_of(self, load_experts, count: int, ids: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    def outputs_of(self, load_experts, count: int, ids: torch.Tensor, group_size: int | None = None,
+                   rows: slice = slice(None)) -> torch.Tensor:
         """f_g(x) [T, k, H] (float32, CPU) of experts given by `load_experts` (ids → {fused tensor
         name: [len(ids), …]}, `count` of them, read `group_size` at a time, by default the
-        sample's) for each token and each of its ids [T, k]."""
-        tokens = torch.arange(len(ids), device=self.inputs.device).repeat_interleave(ids.shape[1])
+        sample's) for each token (of `rows` of the sample) and each of its ids [T, k]."""
+        inputs = self.inputs[rows]
+        tokens = torch.arange(len(ids), device=inputs.device).repeat_interleave(ids.shape[1])
         with torch.inference_mode():
-            (out,) = pair_outputs_in_groups(self.experts, [(self.inputs, tokens, ids.reshape(-1).to(self.inputs.device))],
+            (out,) = pair_outputs_in_groups(self.experts, [(inputs, tokens, ids.reshape(-1).to(inputs.device))],
                                             load_experts, group_size or self.group_size or count, num_experts=count)
         return out.view(*ids.shape, -1).float().cpu()
 
@@ -129,10 +143,17 @@ def capture_layer_inputs(model, windows: torch.Tensor, batch_size: int, max_toke
 
 def search_model(model, windows: torch.Tensor, request, *, batch_size: int = 8, max_tokens: int | None = None,
                  progress: bool = True):
-    """A per-layer search `request` (``reconstruct``, a merge grouping, compensation: anything with
-    ``answer(LayerSample)`` and ``finish(answers)``) on a loaded model, from one forward pass."""
+    """A per-layer search `request` (``reconstruct``, a merge grouping: anything with
+    ``answer(LayerSample)`` and ``finish(answers)``; or a streamed one such as compensation, given
+    every token of `windows` as one chunk) on a loaded model, from one forward pass."""
+    streamed = getattr(request, "streamed", False)
     answers = {}
-    for layer, (hidden, logits) in tqdm(capture_layer_inputs(model, windows, batch_size, max_tokens).items(),
-                                        desc="layer search", unit="layer", disable=not progress):
-        answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))
+    captured = capture_layer_inputs(model, windows, batch_size, windows.numel() if streamed else max_tokens)
+    for layer, (hidden, logits) in tqdm(captured.items(), desc="layer search", unit="layer", disable=not progress):
+        if streamed:
+            stream = request.start(layer, len(hidden))
+            stream.add(LayerSample.of_model(model, layer, hidden, logits, every_expert=False))
+            answers[layer] = request.end(layer, stream)
+        else:
+            answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))
     return request.finish(answers)

@@ -185,11 +185,12 @@ class LayerwiseModel:
                 module.get_submodule(experts_path).__dict__.pop("_routed_outputs", None)
             module.to("meta")
 
-    def expert_tensors(self, layer: int, experts: list[int]) -> dict[str, torch.Tensor]:
-        """The fused expert tensors of `experts` in layer `layer`, in the module's layout, on the compute device."""
+    def expert_tensors(self, layer: int, experts: list[int], names=None) -> dict[str, torch.Tensor]:
+        """The fused expert tensors of `experts` in layer `layer` (all, or those in `names`), in the
+        module's layout, on the compute device."""
         return {name: self.family.read_module_tensor(self.source.reader, layer, name, experts, self.source.layout,
                                                      dtype=self.dtype, device=self.device)
-                for name in self.family.expert_tensors}
+                for name in self.family.expert_tensors if names is None or name in names}
 
     def run_layer(self, module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
         args, kwargs = call
@@ -326,17 +327,21 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
 
     engine = LayerwiseModel(source, dtype=dtype, device=device, experts_per_group=experts_per_group, local_rank=local_rank)
     rank, world_size = world()
-    batches = list(windows.split(batch_size))[rank::world_size] if statistics else []
+    streamed = getattr(search, "streamed", False)  # given every window, in chunks, not a sample
+    if streamed and statistics:
+        raise ValueError("a streamed search runs without statistics")
+    batches = list(windows.split(batch_size))[rank::world_size] if statistics else list(windows.split(batch_size)) if streamed else []
     masks = None if attention_mask is None or not statistics else list(attention_mask.split(batch_size))[rank::world_size]
     samples, search_tokens = [], 0
-    if search is not None:
+    if search is not None and not streamed:
         search.check(source.top_k)
         sample, search_tokens = search_windows(windows, source.top_k, source.num_experts,
                                                              source.config.hidden_size)
         samples = list(sample.split(batch_size))
     hidden = engine.embeddings(batches + samples)
     calls = engine.layer_arguments(hidden, None if masks is None else [*masks, *[None] * len(samples)])
-    states = [batch_state(*batch.shape, None if masks is None else masks[index]) for index, batch in enumerate(batches)]
+    states = [batch_state(*batch.shape, None if masks is None else masks[index]) if statistics else None
+              for index, batch in enumerate(batches)]
     states += [None] * len(samples)  # the search's windows are run, not counted
     answers = {}
     with RoutingStatsCollector(source.meta) as collector:
@@ -347,8 +352,9 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
                     for index in range(len(hidden)):
                         hidden[index] = engine.run_layer(module, hidden[index], calls[index][layer])
                 else:
+                    stream = search.start(layer, windows.numel()) if streamed else None
                     answer = _moe_layer(engine, module, layer, hidden, calls, states, collector, len(batches), search_tokens,
-                                        search)
+                                        search, stream)
                     if answer is not None:
                         answers[layer] = answer
             release_freed_memory()
@@ -367,11 +373,18 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
 
 
 def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
-               search_tokens: int, search):
+               search_tokens: int, search, stream=None):
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
     chunk's expert outputs reading each expert group once, answer the search on its sample
-    windows, and replay the batches with those outputs (recording statistics)."""
+    windows (or give a streamed search's `stream` every chunk), and replay the batches with those
+    outputs (recording statistics)."""
     from .layer_sample import LayerSample
+
+    def layer_sample(inputs, logits, outputs=None, full=None):
+        buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+        return LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(), outputs,
+                           engine.family.experts(engine.meta, layer), functools.partial(engine.expert_tensors, layer),
+                           engine.experts_per_group, full)
 
     top_k = engine.source.top_k
     count = engine.source.experts_per_layer[layer]
@@ -395,11 +408,12 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
             logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
         routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
+        if stream is not None:
+            chunk_logits = torch.cat([captured[index].logits for index in counted])
+            full = [_routed_sum(engine, layer, captured[index], outputs) for index, outputs in zip(counted, routed)]
+            stream.add(layer_sample(torch.cat([captured[index].inputs for index in counted]), chunk_logits, full=torch.cat(full)))
         if searched:
-            buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
-            answer = search.answer(LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(),
-                                               every.float().cpu(), engine.family.experts(engine.meta, layer),
-                                               functools.partial(engine.expert_tensors, layer), engine.experts_per_group))
+            answer = search.answer(layer_sample(inputs, logits, every.float().cpu()))
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
             # tokens (past the search's last) get none: in a causal decoder they never reach it.
             ids = sample_ids[:search_tokens]
@@ -410,4 +424,15 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             collector.current = states[index]
             hidden[index] = engine.replay(module, hidden[index], calls[index][layer], captured[index], outputs)
         collector.current = None
-    return answer
+    return search.end(layer, stream) if stream is not None else answer
+
+
+def _routed_sum(engine, layer: int, captured: Captured, outputs: torch.Tensor) -> torch.Tensor:
+    """Σ_k g_k·f_k(x) [T, H] (float32, CPU) of a batch from its routed experts' outputs [T, k, H]
+    (in the order of the ids the model chose), weighted as the family's routing weighs them."""
+    buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+    weights, ids = engine.family.route(captured.logits.float().cpu(), engine.source.config, buffers)
+    chosen = captured.ids.cpu()
+    position = (chosen.unsqueeze(1) == ids.unsqueeze(2)).int().argmax(dim=2)  # where each of `ids` is among `chosen`
+    outputs = outputs.float().cpu().gather(1, position.unsqueeze(-1).expand(-1, -1, outputs.shape[-1]))
+    return (outputs * weights.float().unsqueeze(-1)).sum(dim=1)

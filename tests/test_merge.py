@@ -264,7 +264,7 @@ def test_compensation_finds_the_exact_correction_when_one_exists():
     plan = from_prune_plan(PrunePlan(_source(model, "gpt_oss"), {0: [0, 1], 1: [0, 1]}, 1))
     for layer, (hidden, logits) in capture_layer_inputs(model, WINDOWS, batch_size=4, max_tokens=WINDOWS.numel()).items():
         sample = LayerSample.of_model(model, layer, hidden, logits)
-        fit = compensate_layer(sample, plan.merge_matrix(layer), plan.router_matrix(layer), 1, ridge=1e-12, sweeps=1)
+        fit = compensate_layer(sample, plan.merge_matrix(layer), plan.router_matrix(layer), 1, ridge=1e-12)
         assert fit.error_before > 1e-2 and fit.error_after < 1e-9
         assert fit.heldout_before > 1e-2 and fit.heldout_after < 1e-9  # the exact correction holds beyond the tokens fitted
         experts = model.model.layers[layer].mlp.experts

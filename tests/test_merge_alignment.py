@@ -21,7 +21,7 @@ from compress.kernels.reference import routed_expert_outputs
 from compress.layer_sample import LayerSample, capture_layer_inputs
 from compress.merging.align import align_to
 from compress.merging.apply import apply_merge_to_model, write_merged_checkpoint
-from compress.merging.compensate import merged_experts
+from compress.merging.compensate import MergedExperts
 from compress.merging.plan import MergePlan
 from conftest import build_tiny_model, cli_error
 
@@ -137,7 +137,7 @@ def test_compensation_fits_the_aligned_merge():
     windows = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(5))
     layer, (hidden, logits) = next(iter(capture_layer_inputs(model, windows, batch_size=4).items()))
     sample = LayerSample.of_model(model, layer, hidden, logits)
-    load = merged_experts(sample, plan.merge_matrix(layer), plan.layers[layer], plan.alignment)
+    load = MergedExperts(sample, plan.merge_matrix(layer), plan.layers[layer], plan.alignment)
     expected = _expert(family, family.experts(model, layer), DOMINANT)
     for name, tensor in load([0]).items():
         torch.testing.assert_close(tensor[0], expected[name], rtol=1e-6, atol=1e-7)

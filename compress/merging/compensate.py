@@ -1,38 +1,42 @@
 """One-shot compensation: per MoE layer, new down projections for the reduced layer's experts,
-fitted in closed form so that its output matches the full layer's on calibration tokens — no
-gradient steps.
+fitted in closed form so that its output matches the full layer's on every routed calibration
+token — no gradient steps.
 
-A reduced layer (pruned, or merged: `MergePlan.merge_matrix` / `router_matrix`) routes a sample
-token x to new experts g with weights w_g(x); expert g's output is D_g·a_g(x) + b_g, with a_g(x)
-its gated intermediate activation and (D_g, b_g) its down projection. Compensation refits every
-(D_g, b_g) by ridge least squares toward its merged value, one expert at a time with the others
-fixed (block coordinate descent, `SWEEPS` passes over the experts), each block solving
+A reduced layer (pruned, or merged: `MergePlan.merge_matrix` / `router_matrix`) routes a token x
+to new experts g with weights w_g(x); expert g's output is D_g·a_g(x) + b_g, with a_g(x) its gated
+intermediate activation and M_g = (D_g, b_g) its down projection. The layer misses the full
+layer's output y(x) by e(x) = y(x) − Σ_g w_g(x)·(D_g·a_g(x) + b_g). Each routed expert takes the
+share s_g(x) = w_g(x) / Σ w(x) of that error, and its correction Δ_g solves the ridge least squares
 
-    min Σ_{x → g} ‖w_g(x)·(D_g·a_g(x) + b_g) − r_g(x)‖² + λ‖(D_g, b_g) − (D_g, b_g)_merged‖²
+    min Σ_{x → g} ‖f_g(x)ᵀ·Δ_g − s_g(x)·e(x)‖² + λ‖Δ_g‖²,   f_g(x) = w_g(x)·(a_g(x), 1)
 
-where r_g(x) is what the full layer's output y(x) leaves for g after the other routed experts'
-current outputs, and λ is `RIDGE` times the mean diagonal of the block's normal matrix (so an
-expert few tokens reach stays close to its merged weights). Routing and the gate/up projections
-are not changed. When the full output is exactly reachable by new down projections and each token
-reaches one new expert, one sweep finds it.
+so Δ_g = (A_g + λI)⁻¹ C_g with the normal equations A_g = Σ f fᵀ and C_g = Σ f (s·e)ᵀ summed over
+every fitted token routed to g (λ is `RIDGE` times A_g's mean diagonal, so an expert few tokens
+reach stays near its merged weights). The sums stream: `LayerFit.add` takes the calibration tokens
+a chunk at a time (the layer-wise engine's chunks), so the fit sees every routed token, not the
+search's sample, and memory holds each new expert's A_g and C_g ((I+1)·(I+1+H) floats). The shares
+add up to the whole error, so if every expert fits its share exactly the layer output is exact;
+with one new expert per token this is the exact least-squares fit. Routing and gate/up are unchanged.
 
-Memory: one expert's normal matrix ((I+1)², float64) and the sample's routed activations at a time.
+A fifth of the tokens (`heldout_tokens`) is never fitted: the layer error before and after on up
+to `EVAL_TOKENS` of them, and of the fitted ones, shows whether the fit generalises or only
+interpolates its sample.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.3 within 3% on math, 1.0 worse
-SWEEPS = 2
-# One run of up to HELDOUT_RUN consecutive sample tokens in every HELDOUT_EVERY is not fitted (spread
-# over the whole sample, so over every domain of a calibration mixture): the error on those shows
-# whether the fit generalises or only interpolates its sample (at real size an expert sees fewer
-# routed tokens than its down projection has unknowns per output channel).
+# One run of up to HELDOUT_RUN consecutive tokens in every HELDOUT_EVERY is not fitted (spread over
+# the whole calibration set, so over every domain of a mixture).
 HELDOUT_EVERY, HELDOUT_RUN = 5, 32
+EVAL_TOKENS = 2048  # tokens of each kind (fitted, held out) the error after the fit is measured on
+SLICE_BYTES = 2**28  # the new experts' activations and outputs of one slice of a chunk's tokens (fp32)
 
 
 @dataclass
@@ -72,94 +76,183 @@ def reduced_routing(sample, router_matrix: torch.Tensor, top_k: int):
     return sample.route(logits, buffers, top_k)
 
 
-def merged_experts(sample, merge_matrix: torch.Tensor, members_of: list[list[int]] | None = None, alignment: str = "none"):
-    """A loader of the new experts' fused tensors: group ids → {name: [len(ids), …]}, each new
-    expert `merge_matrix` [G, E] times its members' tensors (`members_of` [G]: in the plan's order,
-    the dominant first; neurons aligned first with `alignment`; float64 sums, one group's members
-    read at a time), in the sample's compute dtype."""
-    from .align import merge_members
+class MergedExperts:
+    """The new experts of one layer from a sample's expert tensors: new expert g is `merge_matrix`
+    [G, E] row g times its members' tensors (`members_of` [G], in the plan's order, the dominant
+    first; neurons aligned first with `alignment`, each group's permutations found once from all
+    of its tensors), in float64, returned in the sample's compute dtype."""
 
-    def load(groups: list[int]) -> dict:
-        parts: dict[str, list] = {}
+    def __init__(self, sample, merge_matrix: torch.Tensor, members_of: list[list[int]] | None = None, alignment: str = "none"):
+        self.sample, self.merge_matrix, self.alignment = sample, merge_matrix, alignment
+        self.members_of = members_of or [row.nonzero().flatten().tolist() for row in merge_matrix]
+        self._permutations: dict[int, list] = {}
+
+    def permutations(self, group: int, tensors: dict | None = None) -> list:
+        from .align import group_permutations
+
+        if group not in self._permutations:
+            members = self.members_of[group]
+            self._permutations[group] = group_permutations(self.sample.family, tensors or self.sample.expert_tensors(members),
+                                                           self.alignment)
+        return self._permutations[group]
+
+    def __call__(self, groups: list[int], names=None) -> dict:
+        """{name: [len(groups), …]} of new experts `groups` (every tensor, or those in `names`)."""
+        from .align import merge_members
+
+        family, parts = self.sample.family, {}
         for group in groups:
-            row = merge_matrix[group]
-            members = row.nonzero().flatten().tolist() if members_of is None else members_of[group]
-            for name, tensor in merge_members(sample.family, sample.expert_tensors(members), row[members], alignment).items():
+            members = self.members_of[group]
+            if names is not None:
+                self.permutations(group)  # from every tensor, as the writer finds them
+            tensors = self.sample.expert_tensors(members, names)
+            merged = merge_members(family, tensors, self.merge_matrix[group, members], permutations=self.permutations(group, tensors))
+            for name, tensor in merged.items():
                 parts.setdefault(name, []).append(tensor)
-        return {name: torch.stack(values, dim=sample.family.expert_tensors[name]["expert_dim"]) for name, values in parts.items()}
-
-    return load
+        return {name: torch.stack(values, dim=family.expert_tensors[name]["expert_dim"]) for name, values in parts.items()}
 
 
 def heldout_tokens(count: int) -> torch.Tensor:
-    """[count] bool: the sample tokens compensation does not fit, every `HELDOUT_EVERY`-th run of
-    consecutive tokens (runs of `HELDOUT_RUN`, shorter in a sample of fewer than 20 runs' worth)."""
+    """[count] bool: the tokens compensation does not fit, every `HELDOUT_EVERY`-th run of
+    consecutive tokens (runs of `HELDOUT_RUN`, shorter in fewer than 20 runs' worth of tokens)."""
     run = max(1, min(HELDOUT_RUN, count // (4 * HELDOUT_EVERY)))
     return (torch.arange(count) // run) % HELDOUT_EVERY == HELDOUT_EVERY - 1
 
 
 def _down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
-    """One expert's down projection as [I, H] (inputs × outputs), whatever the family's orientation."""
+    """Down projections [..., I, H] (inputs × outputs), whatever the family's orientation (its own inverse)."""
     return tensor if family.channel_dim("down_proj") == 2 else tensor.transpose(-1, -2)
 
 
+def with_activations(family, tensors: dict) -> dict:
+    """New experts' tensors whose down projection is [identity | D] (bias [0 | b]): each expert's
+    output is then its intermediate activation a(x) followed by its output D·a(x) + b, in one pass."""
+    rows = _down_as_rows(family, tensors["down_proj"])  # [G, I, H]
+    count, inner = rows.shape[0], rows.shape[1]
+    eye = torch.eye(inner, dtype=rows.dtype, device=rows.device).expand(count, inner, inner)
+    tensors = dict(tensors, down_proj=_down_as_rows(family, torch.cat([eye, rows], dim=-1)).contiguous())
+    if "down_proj_bias" in tensors:
+        bias = tensors["down_proj_bias"]
+        tensors["down_proj_bias"] = torch.cat([bias.new_zeros(count, inner), bias], dim=-1)
+    return tensors
+
+
+class _Evaluation:
+    """Up to `EVAL_TOKENS` tokens of one kind (fitted or held out), every `stride`-th, kept so the
+    layer error after the fit can be measured on them: their features, new expert ids and error."""
+
+    def __init__(self, count: int):
+        self.stride, self.seen = max(1, math.ceil(count / EVAL_TOKENS)), 0
+        self.features, self.ids, self.errors, self.norm = [], [], [], 0.0
+
+    def add(self, mask: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, error: torch.Tensor, target: torch.Tensor):
+        rank = self.seen + torch.cumsum(mask.long(), 0) - 1
+        self.seen += int(mask.sum())
+        keep = mask & (rank % self.stride == 0)
+        self.features.append(features[keep])
+        self.ids.append(ids[keep])
+        self.errors.append(error[keep])
+        self.norm += float(target[keep].double().square().sum())
+
+    def errors_before_after(self, deltas: dict[int, torch.Tensor]) -> tuple[float, float]:
+        """Relative layer error ‖e‖² / ‖y‖² on the kept tokens before and after the corrections Δ_g."""
+        if not self.errors or self.norm == 0:
+            return 0.0, 0.0
+        features, ids, error = torch.cat(self.features).double(), torch.cat(self.ids), torch.cat(self.errors).double()
+        before = float(error.square().sum())
+        for g, delta in deltas.items():
+            token, slot = (ids == g).nonzero(as_tuple=True)
+            error.index_put_((token,), -(features[token, slot] @ delta.to(features.device)), accumulate=True)
+        return before / self.norm, float(error.square().sum()) / self.norm
+
+
+class LayerFit:
+    """The streamed compensation of one MoE layer (see the module docstring): `add` each chunk of
+    the calibration tokens (a `LayerSample`, in order, `tokens` in all), then `result`."""
+
+    def __init__(self, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, tokens: int, *,
+                 members_of: list[list[int]] | None = None, alignment: str = "none", ridge: float = RIDGE):
+        self.merge_matrix, self.router_matrix, self.top_k, self.ridge = merge_matrix, router_matrix, top_k, ridge
+        self.members_of, self.alignment = members_of, alignment
+        self.heldout, self.offset = heldout_tokens(tokens), 0
+        held = int(self.heldout.sum())
+        self.evaluation = {"fitted": _Evaluation(tokens - held), "heldout": _Evaluation(held)}
+        self.normal: dict[int, torch.Tensor] = {}  # g → A_g [F, F]
+        self.right: dict[int, torch.Tensor] = {}  # g → C_g [F, H]
+        self.load = self.family = self.has_bias = None
+
+    def add(self, sample) -> None:
+        """Add the normal equations of the next `len(sample.inputs)` calibration tokens."""
+        if self.load is None:
+            self.load = MergedExperts(sample, self.merge_matrix, self.members_of, self.alignment)
+            self.family = sample.family
+            self.has_bias = self.family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
+        groups = self.merge_matrix.shape[0]
+        target = sample.full_output().float()
+        weights, ids = reduced_routing(sample, self.router_matrix, self.top_k)
+        heldout = self.heldout[self.offset:self.offset + len(target)]
+        self.offset += len(target)
+        hidden, inner = target.shape[-1], _down_as_rows(self.family, sample.experts.down_proj).shape[-2]
+        step = max(1, SLICE_BYTES // (4 * ids.shape[1] * (inner + hidden)))
+        for start in range(0, len(target), step):
+            rows = slice(start, start + step)
+            both = sample.outputs_of(lambda g: with_activations(self.family, self.load(g)), groups, ids[rows], rows=rows)
+            w = weights[rows].float().unsqueeze(-1)
+            error = target[rows] - (w * both[..., inner:]).sum(dim=1)  # [n, H]
+            features = w * both[..., :inner]
+            del both
+            if self.has_bias:
+                features = torch.cat([features, w], dim=-1)  # [n, k', F]
+            share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
+            fitted = ~heldout[rows]
+            self.evaluation["fitted"].add(fitted, features, ids[rows], error, target[rows])
+            self.evaluation["heldout"].add(~fitted, features, ids[rows], error, target[rows])
+            chosen = ids[rows].masked_fill(~fitted.unsqueeze(-1), -1)
+            for g in chosen.unique().tolist():
+                if g < 0:
+                    continue
+                token, slot = (chosen == g).nonzero(as_tuple=True)
+                f = features[token, slot]
+                if g not in self.normal:
+                    self.normal[g] = f.new_zeros(f.shape[1], f.shape[1])
+                    self.right[g] = f.new_zeros(f.shape[1], hidden)
+                self.normal[g].addmm_(f.T, f)
+                self.right[g].addmm_(f.T, share[token, slot] * error[token])
+
+    def corrections(self) -> dict[int, torch.Tensor]:
+        """Δ_g [F, H] (float64) of every new expert some fitted token reached."""
+        deltas = {}
+        for g, normal in self.normal.items():
+            normal = normal.double()
+            strength = self.ridge * normal.diagonal().mean().clamp(min=1e-30)
+            deltas[g] = torch.linalg.solve(normal + strength * torch.eye(len(normal), dtype=torch.float64, device=normal.device),
+                                           self.right[g].double())
+        return deltas
+
+    def result(self) -> CompensationFit:
+        """The refitted down projections and the layer errors before and after."""
+        deltas = self.corrections()
+        before, after = self.evaluation["fitted"].errors_before_after(deltas)
+        heldout_before, heldout_after = self.evaluation["heldout"].errors_before_after(deltas)
+        down, bias = [], []
+        for g in range(self.merge_matrix.shape[0]):
+            merged = self.load([g], ("down_proj", "down_proj_bias"))
+            rows = _down_as_rows(self.family, merged["down_proj"][0]).double()
+            delta = deltas.get(g)
+            inner = rows.shape[0]
+            down.append(_down_as_rows(self.family, (rows if delta is None else rows + delta[:inner].to(rows.device)).float()))
+            if self.has_bias:
+                row = merged["down_proj_bias"][0].double()
+                bias.append((row if delta is None else row + delta[inner].to(row.device)).float())
+        tensors = {"down_proj": torch.stack(down).cpu()}
+        if self.has_bias:
+            tensors["down_proj_bias"] = torch.stack(bias).cpu()
+        return CompensationFit(before, after, tensors, heldout_before=heldout_before, heldout_after=heldout_after)
+
+
 def compensate_layer(sample, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, *,
-                     members_of: list[list[int]] | None = None, alignment: str = "none",
-                     ridge: float = RIDGE, sweeps: int = SWEEPS) -> CompensationFit:
-    """The refitted down projections of one reduced layer (see the module docstring), fitted on
-    `sample` but its held-out tokens (`heldout_tokens`; the new experts as `merged_experts` makes them)."""
-    family, groups = sample.family, merge_matrix.shape[0]
-    target = sample.full_output().double()
-    fitting = ~heldout_tokens(len(target))
-    weights, ids = reduced_routing(sample, router_matrix, top_k)
-    load = merged_experts(sample, merge_matrix, members_of, alignment)
-
-    def intermediate(group_ids: list[int]) -> dict:  # the down projection replaced by the identity: a_g(x)
-        tensors = load(group_ids)
-        inner = _down_as_rows(family, tensors["down_proj"][0]).shape[0]
-        eye = torch.eye(inner, dtype=tensors["down_proj"].dtype, device=tensors["down_proj"].device)
-        tensors["down_proj"] = eye.expand(len(group_ids), inner, inner)
-        if "down_proj_bias" in tensors:
-            tensors["down_proj_bias"] = tensors["down_proj_bias"].new_zeros(len(group_ids), inner)
-        return tensors
-
-    activations = sample.outputs_of(intermediate, groups, ids).double()  # [T, k, I]
-    outputs = sample.outputs_of(load, groups, ids).double()  # [T, k, H]
-    w = weights.double().unsqueeze(-1)
-    prediction = (w * outputs).sum(dim=1)
-
-    def error(tokens: torch.Tensor) -> float:
-        return float((prediction[tokens] - target[tokens]).square().sum()) / max(float(target[tokens].square().sum()), 1e-30)
-
-    before, heldout_before = error(fitting), error(~fitting)
-    has_bias = family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
-    fitted: dict[int, torch.Tensor] = {}  # g → [I(+1), H]: rows of D_g (then b_g)
-    for _ in range(sweeps):
-        for g in range(groups):
-            routed, routed_slot = (ids == g).nonzero(as_tuple=True)
-            token, slot = routed[fitting[routed]], routed_slot[fitting[routed]]
-            if g not in fitted:
-                merged = load([g])
-                rows = _down_as_rows(family, merged["down_proj"][0]).double().cpu()
-                fitted[g] = torch.cat([rows, merged["down_proj_bias"][0:1].double().cpu()]) if has_bias else rows
-            if len(token) == 0:
-                continue
-            wg = w[token, slot]
-            residual = target[token] - (prediction[token] - wg * outputs[token, slot])
-            features = wg * activations[token, slot]
-            if has_bias:
-                features = torch.cat([features, wg], dim=1)
-            normal = features.T @ features
-            strength = ridge * normal.diagonal().mean().clamp(min=1e-30)
-            fitted[g] = torch.linalg.solve(normal + strength * torch.eye(len(normal), dtype=torch.float64),
-                                           features.T @ residual + strength * fitted[g])
-            new = activations[routed, routed_slot] @ fitted[g][:activations.shape[-1]] + (fitted[g][-1] if has_bias else 0)
-            prediction.index_put_((routed,), w[routed, routed_slot] * (new - outputs[routed, routed_slot]), accumulate=True)
-            outputs[routed, routed_slot] = new
-    after, heldout_after = error(fitting), error(~fitting)
-    inner = activations.shape[-1]
-    down = torch.stack([_down_as_rows(family, fitted[g][:inner].float()) for g in range(groups)])
-    tensors = {"down_proj": down}
-    if has_bias:
-        tensors["down_proj_bias"] = torch.stack([fitted[g][inner].float() for g in range(groups)])
-    return CompensationFit(before, after, tensors, heldout_before=heldout_before, heldout_after=heldout_after)
+                     members_of: list[list[int]] | None = None, alignment: str = "none", ridge: float = RIDGE) -> CompensationFit:
+    """The refitted down projections of one reduced layer fitted on one `sample` (all its tokens in one chunk)."""
+    fit = LayerFit(merge_matrix, router_matrix, top_k, len(sample.inputs), members_of=members_of, alignment=alignment, ridge=ridge)
+    fit.add(sample)
+    return fit.result()

@@ -1,10 +1,12 @@
 """The merge grouping and compensation as per-layer searches of the layer-wise engine (see
-`pruning.reconstruct.ReconstructRequest` for the protocol): each answers one `LayerSample` at a time."""
+`pruning.reconstruct.ReconstructRequest` for the protocol): the grouping answers one `LayerSample`
+of the search's sample windows; compensation is streamed every calibration token."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -36,22 +38,28 @@ class MergeRequest:
 class CompensationRequest:
     """The compensation fit of every MoE layer of `plan`: {layer: `compensate.CompensationFit`},
     each written to a file in `spill` (in `dtype`) as soon as it is made when `spill` is given, so
-    memory holds one layer's fit at a time."""
+    memory holds one layer's fit at a time. A streamed search: the engine gives it every
+    calibration token, a chunk at a time (`start`, ``LayerFit.add``, `end`), not a sample."""
 
     plan: MergePlan
     spill: Path | None = None
     dtype: torch.dtype = torch.float32
+    streamed: ClassVar[bool] = True
 
     def check(self, top_k: int) -> None:
         pass
 
-    def answer(self, sample):
-        from .compensate import compensate_layer
+    def start(self, layer: int, tokens: int):
+        """The `compensate.LayerFit` of MoE layer `layer` for `tokens` calibration tokens."""
+        from .compensate import LayerFit
 
         plan = self.plan
-        fit = compensate_layer(sample, plan.merge_matrix(sample.layer), plan.router_matrix(sample.layer), plan.top_k,
-                               members_of=plan.layers[sample.layer], alignment=plan.alignment)
-        return fit if self.spill is None else fit.spill(Path(self.spill) / f"layer-{sample.layer}.safetensors", self.dtype)
+        return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens,
+                        members_of=plan.layers[layer], alignment=plan.alignment)
+
+    def end(self, layer: int, fit):
+        fit = fit.result()
+        return fit if self.spill is None else fit.spill(Path(self.spill) / f"layer-{layer}.safetensors", self.dtype)
 
     def finish(self, answers: dict) -> dict:
         return answers
