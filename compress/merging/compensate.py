@@ -103,7 +103,7 @@ class MergedExperts:
         family, parts = self.sample.family, {}
         for group in groups:
             members = self.members_of[group]
-            if names is not None:
+            if names is not None and self.alignment != "none":
                 self.permutations(group)  # from every tensor, as the writer finds them
             tensors = self.sample.expert_tensors(members, names)
             merged = merge_members(family, tensors, self.merge_matrix[group, members], permutations=self.permutations(group, tensors))
