@@ -312,7 +312,7 @@ def test_the_engine_groups_and_compensates_as_the_loaded_model_does(family_name,
         _, engine = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, statistics=False,
                               experts_per_group=4, progress=False)
         expected = search_model(model, WINDOWS, request, batch_size=2, progress=False)
-        assert {layer: groups for layer, (groups, _) in engine.items()} == {layer: groups for layer, (groups, _) in expected.items()}
+        assert {layer: groups for layer, (groups, *_) in engine.items()} == {layer: groups for layer, (groups, *_) in expected.items()}
     plan = _merge_plan(model, family_name)
     _, engine = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=CompensationRequest(plan),
                           statistics=False, experts_per_group=4, progress=False)

@@ -19,7 +19,7 @@ from compress.families import get_family
 from compress.jobs.source import open_model
 from compress.kernels.reference import routed_expert_outputs
 from compress.layer_sample import LayerSample, capture_layer_inputs
-from compress.merging.align import align_to
+from compress.merging.align import activation_permutations, align_to
 from compress.merging.apply import apply_merge_to_model, write_merged_checkpoint
 from compress.merging.compensate import MergedExperts
 from compress.merging.plan import MergePlan
@@ -72,11 +72,25 @@ def _with_a_permuted_copy(family_name: str, noise: float = 0.0):
     return model, permutation
 
 
+WINDOWS = torch.randint(3, 64, (4, 16), generator=torch.Generator().manual_seed(5))
+
+
+def _samples(model) -> dict[int, LayerSample]:
+    """Every MoE layer's `LayerSample` of `WINDOWS`."""
+    return {layer: LayerSample.of_model(model, layer, hidden, logits)
+            for layer, (hidden, logits) in capture_layer_inputs(model, WINDOWS, batch_size=4).items()}
+
+
 def _plan(model, family_name: str, alignment: str) -> MergePlan:
     family = get_family(family_name)
     source = {"model": "tiny", "num_experts": family.num_experts(model.config), "top_k": family.top_k(model.config)}
     layers = family.moe_layer_indices(model)
-    plan = MergePlan(source, {layer: GROUPS for layer in layers}, {layer: WEIGHTS for layer in layers}, 2, alignment=alignment)
+    permutations = {}
+    if alignment == "activations":  # found on the calibration sample, as the grouping pass finds them
+        permutations = {layer: [[None if p is None else p.tolist() for p in activation_permutations(sample, group)] for group in GROUPS]
+                        for layer, sample in _samples(model).items()}
+    plan = MergePlan(source, {layer: GROUPS for layer in layers}, {layer: WEIGHTS for layer in layers}, 2, alignment=alignment,
+                     permutations=permutations)
     plan.check(layers, {layer: source["num_experts"] for layer in layers}, source["top_k"], None, family.routing_groups(model.config))
     return plan
 
@@ -101,7 +115,7 @@ def test_a_member_that_is_the_dominant_expert_with_permuted_neurons_merges_back_
     original = {layer: _expert(family, family.experts(model, layer), DOMINANT) for layer in family.moe_layer_indices(model)}
     model.save_pretrained(tmp_path / "source")
 
-    for alignment in ("weights", "none"):
+    for alignment in ("weights", "activations", "none"):
         plan = _plan(model, family_name, alignment)
         with atomic_output_dir(tmp_path / alignment) as staging:
             write_merged_checkpoint(open_model(str(tmp_path / "source")), staging, plan)
@@ -112,7 +126,7 @@ def test_a_member_that_is_the_dominant_expert_with_permuted_neurons_merges_back_
         for merged in (on_disk, in_memory):
             for layer, expected in original.items():
                 got = _expert(family, family.experts(merged, layer), 0)
-                if alignment == "weights":
+                if alignment != "none":
                     for name in expected:
                         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)
                 else:  # averaged as they are, the two orders of the same neurons blur
@@ -128,6 +142,15 @@ def test_alignment_recovers_a_planted_permutation(family_name, noise):
     found = align_to(family, _expert(family, experts, DOMINANT), _expert(family, experts, COPY))
     # the copy's neuron j is the original's neuron permutation[j]: the original's neuron i sits at argsort(permutation)[i]
     assert torch.equal(found, torch.argsort(permutation))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+@pytest.mark.parametrize("family_name", ["gpt_oss", "qwen3_moe", "deepseek_v3"])
+def test_alignment_on_activations_recovers_a_planted_permutation(family_name, noise):
+    model, permutation = _with_a_permuted_copy(family_name, noise)
+    for sample in _samples(model).values():
+        dominant, found = activation_permutations(sample, [DOMINANT, COPY])
+        assert dominant is None and torch.equal(found, torch.argsort(permutation))
 
 
 def test_compensation_fits_the_aligned_merge():
@@ -160,3 +183,30 @@ def test_the_merge_command_aligns_records_it_in_the_plan_and_checks_it(tmp_path,
     plan_file.write_text(json.dumps({**plan, "alignment": "sideways"}))
     assert "\"alignment\" is 'sideways': choose one of none, weights" in cli_error(
         capsys, "merge", "--model", "demo", "--plan", str(plan_file), "--out", str(tmp_path / "again"))
+
+
+def test_activation_alignment_is_stored_in_the_plan_and_checked(tmp_path, capsys):
+    from compress.cli import main
+
+    plan_file = tmp_path / "plan.json"
+    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--align", "activations", "--samples", "8",
+                 "--seq-len", "64", "--quiet", "--plan-only", "--out", str(plan_file)]) == 0
+    plan = json.loads(plan_file.read_text())
+    assert plan["alignment"] == "activations" and plan["permutations"].keys() == plan["layers"].keys()
+    inner = AutoModelForCausalLM.from_pretrained(open_model("demo").path).config.intermediate_size
+    for layer, groups in plan["layers"].items():
+        for members, found in zip(groups, plan["permutations"][layer]):
+            assert len(found) == len(members) and found[0] is None
+            assert all(sorted(p) == list(range(inner)) for p in found[1:])
+    assert main(["merge", "--model", "demo", "--plan", str(plan_file), "--quiet", "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert torch.isfinite(merged(input_ids=torch.tensor([[5, 6, 7]])).logits).all()
+    layer, groups = next((layer, groups) for layer, groups in plan["permutations"].items() if any(len(g) > 1 for g in groups))
+    broken = [list(g) for g in groups]
+    index = next(i for i, g in enumerate(broken) if len(g) > 1)
+    broken[index][1] = broken[index][1][:-1] + broken[index][1][:1]  # a neuron twice
+    plan_file.write_text(json.dumps({**plan, "permutations": {**plan["permutations"], layer: broken}}))
+    assert "an ordering of 0..I-1" in cli_error(capsys, "merge", "--model", "demo", "--plan", str(plan_file), "--out", str(tmp_path / "x"))
+    plan_file.write_text(json.dumps({key: value for key, value in plan.items() if key != "permutations"}))
+    assert 'alignment "activations" needs "permutations"' in cli_error(capsys, "merge", "--model", "demo", "--plan", str(plan_file),
+                                                                         "--out", str(tmp_path / "x"))

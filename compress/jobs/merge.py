@@ -89,13 +89,14 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
     from .profile import collect
     from .provenance import plan_provenance
 
-    request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config))
+    request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config), options.align)
     _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
     stats = stats or profiled
     provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
-    plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _) in answers.items()},
-                     {layer: weights for layer, (_, weights) in answers.items()}, min(source.top_k, keep), options.router,
-                     provenance, options.align)
+    plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _, _) in answers.items()},
+                     {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
+                     provenance, options.align,
+                     {layer: found for layer, (_, _, found) in answers.items() if found is not None})
     plan.check_model(source)
     return plan, stats
 

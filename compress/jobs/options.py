@@ -168,7 +168,8 @@ class MergeOptions:
     router: str = option("router row of a new expert: its most used member's (dominant) or the weighted sum of its members'",
                          DEFAULT_ROUTER_ROWS, choices=ROUTER_ROWS)
     align: str = option("before averaging, permute each member's intermediate neurons to match its group's dominant expert: "
-                        "none, or weights (Hungarian matching of their weights)", DEFAULT_ALIGNMENT, choices=ALIGNMENTS)
+                        "none, weights (Hungarian matching of their weights) or activations (of their activations on the "
+                        "calibration sample; stored in the plan)", DEFAULT_ALIGNMENT, choices=ALIGNMENTS)
     compensate: bool = option(COMPENSATE_HELP, action="store_true")
     dequantize: bool = option("MXFP4 sources: write every expert in bf16 instead of re-quantising merged experts to MXFP4",
                               action="store_true")

@@ -4,7 +4,7 @@ model or, streaming, to a checkpoint on disk."""
 
 MERGE_WEIGHTS = ("frequency", "gate-mass")
 ROUTER_ROWS = ("dominant", "weighted")
-ALIGNMENTS = ("none", "weights")  # neuron alignment before averaging (`align`)
+ALIGNMENTS = ("none", "weights", "activations")  # neuron alignment before averaging (`align`)
 DEFAULT_GROUPING = "m-smoe"  # set from benchmarks/merge_quality.py
 DEFAULT_MERGE_WEIGHTS = "frequency"
 DEFAULT_ROUTER_ROWS = "dominant"

@@ -2,8 +2,11 @@
 two experts trained apart hold the same features in different intermediate neurons (any
 permutation of an MLP's hidden units computes the same function). So before the weighted sum each
 member's neurons are permuted to match the group's dominant (first) expert, the permutation found
-by `scipy.optimize.linear_sum_assignment` on the cosine similarity of their weights (each neuron's
-gate row, up row, down column and biases: Hungarian weight matching, as REAP's merges do).
+by `scipy.optimize.linear_sum_assignment`: with ``weights`` on the cosine similarity of their
+weights (each neuron's gate row, up row, down column and biases: Hungarian weight matching, as
+REAP's merges do), recomputed wherever the plan is applied; with ``activations`` on the correlation
+of their activations over the calibration sample (REAM's alignment, without its PCA of the
+weights), found once by the grouping pass and stored in the plan.
 
 A permutation moves the same neuron in every tensor of an expert, wherever the family keeps it:
 the rows of ``[2*I, H]`` gate/up projections (gate half, then up half), gpt-oss's interleaved
@@ -80,12 +83,37 @@ def align_to(family, dominant: dict[str, torch.Tensor], member: dict[str, torch.
     return torch.as_tensor(columns, dtype=torch.long)
 
 
+def activation_permutations(sample, members: list[int]) -> list[torch.Tensor | None]:
+    """One permutation per member of a group (the first, dominant one None): the matching of each
+    member's intermediate neurons to the dominant expert's that maximises the summed correlation
+    of their activations over `sample`'s tokens (a `LayerSample`), by the Hungarian method."""
+    from scipy.optimize import linear_sum_assignment
+
+    from .compensate import _down_as_rows, with_activations
+
+    if len(members) == 1:
+        return [None]
+    inner = _down_as_rows(sample.family, sample.experts.down_proj).shape[-2]
+    ids = torch.arange(len(members)).expand(len(sample.inputs), len(members))
+    activations = sample.outputs_of(lambda group: with_activations(sample.family, sample.expert_tensors([members[i] for i in group])),
+                                    len(members), ids)[..., :inner].double()  # [T, m, I]
+    activations = torch.nn.functional.normalize(activations - activations.mean(dim=0), dim=0)
+    found = [None]
+    for m in range(1, len(members)):
+        correlation = activations[:, 0].T @ activations[:, m]  # [dominant's neuron, member's neuron]
+        _, columns = linear_sum_assignment(correlation.cpu().numpy(), maximize=True)
+        found.append(torch.as_tensor(columns, dtype=torch.long))
+    return found
+
+
 def group_permutations(family, tensors: dict[str, torch.Tensor], alignment: str) -> list[torch.Tensor | None]:
     """One permutation per member of a group ({name: [members, …]} along each tensor's expert
     dimension; the first member is the dominant one, never permuted), or None each without alignment."""
     count = next(iter(tensors.values())).shape[family.expert_tensors[next(iter(tensors))]["expert_dim"]]
     if alignment == "none" or count == 1:
         return [None] * count
+    if alignment != "weights":  # found on calibration activations by the grouping pass, and stored in the plan
+        raise ValueError(f"alignment {alignment!r} is not found from weights: pass the plan's permutations")
 
     def expert(index: int) -> dict:
         return {name: t.select(family.expert_tensors[name]["expert_dim"], index) for name, t in tensors.items()}

@@ -55,7 +55,8 @@ def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = Non
         matrix = plan.merge_matrix(layer)
         groups = [align.merge_members(family, {name: t.index_select(family.expert_tensors[name]["expert_dim"],
                                                                     torch.tensor(members, device=t.device))
-                                               for name, t in present.items()}, matrix[g, members], plan.alignment)
+                                               for name, t in present.items()}, matrix[g, members], plan.alignment,
+                                              plan.stored_permutations(layer, g))
                   for g, members in enumerate(plan.layers[layer])]
         new_tensors = {name: refitted[name].to(t.device, t.dtype) if name in refitted
                        else torch.stack([group[name] for group in groups], dim=family.expert_tensors[name]["expert_dim"])
@@ -104,8 +105,8 @@ class _LayerMerger:
         all of its members' tensors."""
         if group not in self._permutations:
             members = self.plan.layers[self.layer][group]
-            found = [None] * len(members)
-            if self.plan.alignment != "none" and len(members) > 1:
+            found = self.plan.stored_permutations(self.layer, group) or [None] * len(members)
+            if self.plan.alignment == "weights" and len(members) > 1:
                 tensors = {name: self._read(name, members) for name in self.family.expert_tensors}
                 found = align.group_permutations(self.family, tensors, self.plan.alignment)
             self._permutations = {group: found}

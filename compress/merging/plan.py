@@ -10,6 +10,7 @@ The JSON file::
       "router": "dominant",
       "alignment": "none",
       "layers": {"0": [[3, 7], [0], [5, 9, 12], …], …},
+      "permutations": {"0": [[null, [2, 0, 1, …]], [null], …], …},   (alignment "activations" only)
       "weights": {"0": [[0.6, 0.4], [1.0], [0.5, 0.3, 0.2], …], …},
       "provenance": {"grouping": "m-smoe", "merge_weights": "frequency", …}
     }
@@ -18,7 +19,10 @@ New expert g of a layer is the weighted sum Σ_m w_m·W_m of its group's experts
 weight and bias; the weights of a group are normalised to sum to 1). Its router row is the
 group's first ("dominant") expert's row with ``router: dominant``, or the same weighted sum of the
 members' rows (and biases) with ``router: weighted``. With ``alignment: weights`` each member's
-intermediate neurons are first permuted to match the dominant expert's (`align`). Experts in no group are dropped, so a plan
+intermediate neurons are first permuted to match the dominant expert's (`align`), the permutation
+found from the weights when applied; with ``alignment: activations`` it was found on calibration
+activations and is stored, per member, in ``permutations`` (new neuron j is the member's neuron
+``permutation[j]``; the dominant expert's is null). Experts in no group are dropped, so a plan
 of one-expert groups is a prune plan (`from_prune_plan`). ``top_k`` is ``min(source top-k, groups)``.
 """
 
@@ -58,6 +62,14 @@ class MergePlan(LayerPlan):
     router: str = "dominant"
     provenance: dict = field(default_factory=dict)
     alignment: str = "none"  # how members' neurons are matched to the dominant expert's first (`align.ALIGNMENTS`)
+    permutations: dict[int, list[list[list[int] | None]]] = field(default_factory=dict)  # alignment "activations"
+
+    def stored_permutations(self, layer: int, group: int) -> list | None:
+        """The members' neuron permutations of new expert `group` as stored (``activations``), or
+        None when they are found from the weights where the plan is applied (or not at all)."""
+        if self.alignment != "activations":
+            return None
+        return [None if p is None else torch.tensor(p, dtype=torch.long) for p in self.permutations[layer][group]]
 
     def merge_matrix(self, layer: int) -> torch.Tensor:
         """[groups, source experts] float64: row g holds new expert g's normalised member weights."""
@@ -93,6 +105,8 @@ class MergePlan(LayerPlan):
             raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
         if self.alignment not in ALIGNMENTS:
             raise CompressError(f'the plan\'s "alignment" is {self.alignment!r}: choose one of {", ".join(ALIGNMENTS)}')
+        if self.alignment == "activations":
+            self._check_permutations()
         for layer, groups in self.layers.items():
             count = experts_per_layer[layer]
             members = [e for group in groups for e in group]
@@ -111,6 +125,19 @@ class MergePlan(LayerPlan):
                 check_routing_group_counts(layer, [sum(1 for group in groups if group[0] // size == r) for r in range(group_count)])
         check_plan_top_k(self, top_k, "groups")
 
+    def _check_permutations(self) -> None:
+        for layer, groups in self.layers.items():
+            stored = self.permutations.get(layer)
+            if stored is None or [len(p) for p in stored] != [len(g) for g in groups]:
+                raise CompressError(f'layer {layer}: alignment "activations" needs "permutations" with one entry per expert of '
+                                    'each group, like "layers" (null for each group\'s first expert)')
+            for group in stored:
+                sizes = {len(p) for p in group[1:]}
+                if (group[0] is not None or len(sizes) > 1
+                        or any(p is None or any(type(i) is not int for i in p) or sorted(p) != list(range(len(p))) for p in group[1:])):
+                    raise CompressError(f"layer {layer}: every permutation must be null for a group's first expert and an ordering "
+                                        "of 0..I-1 (the expert's neurons) for each other member")
+
     # --- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -119,6 +146,8 @@ class MergePlan(LayerPlan):
             "layers": {str(layer): groups for layer, groups in sorted(self.layers.items())},
             "weights": {str(layer): [[round(w, 6) for w in group] for group in weights]
                         for layer, weights in sorted(self.weights.items())},
+            **({"permutations": {str(layer): groups for layer, groups in sorted(self.permutations.items())}}
+               if self.alignment == "activations" else {}),
             "provenance": {**self.provenance, "tool_version": self.provenance.get("tool_version", __version__)},
         }
 
@@ -147,8 +176,14 @@ class MergePlan(LayerPlan):
                    if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 or not math.isfinite(w)]
             if bad:
                 raise CompressError(f"{where}: layer {layer} has merge weight {bad[0]!r}: weights must be positive finite numbers")
+        raw = data.get("permutations", {})
+        if not isinstance(raw, dict) or any(not isinstance(groups, list) or not all(isinstance(p, list) for p in groups)
+                                            for groups in raw.values()):
+            raise CompressError(f'{where}: "permutations" must map each MoE layer to one list per group, like "layers"')
+        permutations = {layer_number(layer, where): value for layer, value in raw.items()}
         source, top_k, provenance = plan_header(data, where)
-        return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance, data.get("alignment", "none"))
+        return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance, data.get("alignment", "none"),
+                   permutations)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MergePlan:

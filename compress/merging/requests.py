@@ -15,20 +15,27 @@ from .plan import MergePlan
 
 @dataclass(frozen=True)
 class MergeRequest:
-    """Groups and merge weights of every MoE layer: {layer: (groups, weights)}."""
+    """Groups, merge weights and (with ``alignment: activations``) the members' neuron permutations
+    of every MoE layer: {layer: (groups, weights, permutations or None)}."""
 
     keep: int
     grouping: str
     weights: str
     routing_groups: int = 1
+    alignment: str = "none"
 
     def check(self, top_k: int) -> None:
         pass  # the merge job checks the count against the model before the pass
 
     def answer(self, sample):
+        from .align import activation_permutations
         from .grouping import merge_groups
 
-        return merge_groups(sample, self.grouping, self.keep, self.weights, self.routing_groups)
+        groups, weights = merge_groups(sample, self.grouping, self.keep, self.weights, self.routing_groups)
+        if self.alignment != "activations":
+            return groups, weights, None
+        return groups, weights, [[None if p is None else p.tolist() for p in activation_permutations(sample, members)]
+                                 for members in groups]
 
     def finish(self, answers: dict) -> dict:
         return answers
@@ -54,8 +61,8 @@ class CompensationRequest:
         from .compensate import LayerFit
 
         plan = self.plan
-        return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens,
-                        members_of=plan.layers[layer], alignment=plan.alignment)
+        return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens, members_of=plan.layers[layer],
+                        alignment=plan.alignment, stored=lambda group: plan.stored_permutations(layer, group))
 
     def end(self, layer: int, fit):
         fit = fit.result()
