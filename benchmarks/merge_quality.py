@@ -7,7 +7,8 @@ held-out perplexity on math, code and general text:
 
 * prune with the best criteria (``reconstruct``; MAN and MSAN for comparison);
 * merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``, and with
-  the members' neurons aligned to the dominant expert's first (``--align weights``, ``--align activations``);
+  the members' neurons aligned to the dominant expert's first (``--align weights``, ``--align activations``),
+  and TIES-merged (``--merge-method ties``);
 * each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
 * each of those after `--steps` distillation steps toward the original (on the calibration
   mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
@@ -47,7 +48,8 @@ from compress.stats.profile import profile_windows
 CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "general": 0.2}}
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
            "merge hc-smoe (aligned)", "merge hc-smoe (aligned activations)", "merge m-smoe", "merge m-smoe (weighted router)",
-           "merge m-smoe (aligned)", "merge m-smoe (aligned activations)")
+           "merge m-smoe (aligned)", "merge m-smoe (aligned activations)", "merge hc-smoe (aligned activations, ties)",
+           "merge m-smoe (aligned activations, ties)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
@@ -95,7 +97,8 @@ def main() -> None:
         answers = search_model(model, windows, MergeRequest(keep, grouping, "frequency", alignment=alignment), progress=False)
         return MergePlan(source, {layer: g for layer, (g, _, _) in answers.items()}, {layer: w for layer, (_, w, _) in answers.items()},
                          min(top_k, keep), "weighted" if "weighted" in rest else "dominant", alignment=alignment,
-                         permutations={layer: p for layer, (_, _, p) in answers.items() if p is not None})
+                         permutations={layer: p for layer, (_, _, p) in answers.items() if p is not None},
+                         merge_method="ties" if "ties" in rest else "average")
 
     base = perplexities(model)
     print(f"demo model (16 experts, top-{top_k}); calibration {args.samples} windows of {args.seq_len} tokens; held-out "

@@ -62,7 +62,7 @@ def run(args) -> int:
     from ..jobs.merge import merge
     from ..jobs.source import open_model
 
-    refuse_with_plan(args, ("keep", "keep_ratio", "grouping", "merge_weights", "router", "align"))
+    refuse_with_plan(args, ("keep", "keep_ratio", "grouping", "merge_weights", "router", "align", "merge_method"))
     result = merge(open_model(args.model, revision=args.revision), options_from(MergeOptions, args),
                    options_from(OutputOptions, args), calibration=options_from(CalibrationOptions, args), plan=args.plan,
                    plan_only=args.plan_only, command=args.command_line, progress=not args.quiet)

@@ -96,7 +96,7 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
     plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _, _) in answers.items()},
                      {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
                      provenance, options.align,
-                     {layer: found for layer, (_, _, found) in answers.items() if found is not None})
+                     {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method)
     plan.check_model(source)
     return plan, stats
 

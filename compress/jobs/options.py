@@ -18,8 +18,10 @@ from ..merging import (
     ALIGNMENTS,
     DEFAULT_ALIGNMENT,
     DEFAULT_GROUPING,
+    DEFAULT_MERGE_METHOD,
     DEFAULT_MERGE_WEIGHTS,
     DEFAULT_ROUTER_ROWS,
+    MERGE_METHODS,
     MERGE_WEIGHTS,
     ROUTER_ROWS,
 )
@@ -170,6 +172,9 @@ class MergeOptions:
     align: str = option("before averaging, permute each member's intermediate neurons to match its group's dominant expert: "
                         "none, weights (Hungarian matching of their weights) or activations (of their activations on the "
                         "calibration sample; stored in the plan)", DEFAULT_ALIGNMENT, choices=ALIGNMENTS)
+    merge_method: str = option("how a group's (aligned) members become one: average (weighted by --merge-weights) or ties "
+                               "(the dominant expert plus the TIES merge of the others' largest differences from it)",
+                               DEFAULT_MERGE_METHOD, choices=MERGE_METHODS)
     compensate: bool = option(COMPENSATE_HELP, action="store_true")
     dequantize: bool = option("MXFP4 sources: write every expert in bf16 instead of re-quantising merged experts to MXFP4",
                               action="store_true")

@@ -5,7 +5,10 @@ model or, streaming, to a checkpoint on disk."""
 MERGE_WEIGHTS = ("frequency", "gate-mass")
 ROUTER_ROWS = ("dominant", "weighted")
 ALIGNMENTS = ("none", "weights", "activations")  # neuron alignment before averaging (`align`)
+MERGE_METHODS = ("average", "ties")  # how aligned members become one (`align.merge_members`)
+TIES_DENSITY = 0.2  # the share of each member's largest differences from the dominant expert TIES keeps (TIES-merging's k)
 DEFAULT_GROUPING = "m-smoe"  # set from benchmarks/merge_quality.py
 DEFAULT_MERGE_WEIGHTS = "frequency"
 DEFAULT_ROUTER_ROWS = "dominant"
 DEFAULT_ALIGNMENT = "none"
+DEFAULT_MERGE_METHOD = "average"

@@ -122,16 +122,37 @@ def group_permutations(family, tensors: dict[str, torch.Tensor], alignment: str)
     return [None] + [align_to(family, dominant, expert(index)) for index in range(1, count)]
 
 
+def ties_delta(deltas: torch.Tensor, weights: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES-merging (Yadav et al. 2023) of task vectors `deltas` [m, …] with `weights` [m]: each
+    trimmed to its `density` largest magnitudes, a sign elected per entry by the weighted sum of
+    the trimmed vectors, and Σ_m w_m·δ_m over the members that agree with it."""
+    flat = deltas.reshape(len(deltas), -1)
+    kept = max(1, round(density * flat.shape[1]))
+    threshold = flat.abs().kthvalue(flat.shape[1] - kept + 1, dim=1, keepdim=True).values
+    trimmed = torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat))
+    weighted = trimmed * weights.to(flat).unsqueeze(1)
+    agree = torch.sign(trimmed) == torch.sign(weighted.sum(dim=0))
+    return (weighted * agree).sum(dim=0).reshape(deltas.shape[1:])
+
+
 def merge_members(family, tensors: dict[str, torch.Tensor], weights: torch.Tensor, alignment: str = "none",
-                  permutations: list | None = None) -> dict[str, torch.Tensor]:
-    """A new expert's tensors (no expert dimension, the members' dtype): Σ_m w_m·P_m(W_m) in float64,
-    P_m the member's neuron permutation (given, or found from these `tensors` by `group_permutations`)."""
+                  permutations: list | None = None, method: str = "average") -> dict[str, torch.Tensor]:
+    """A new expert's tensors (no expert dimension, the members' dtype), in float64 from the members'
+    P_m(W_m) (P_m the member's neuron permutation: given, or found from these `tensors` by
+    `group_permutations`): ``average`` Σ_m w_m·P_m(W_m); ``ties`` the dominant expert W_0 plus the
+    TIES merge (`ties_delta`, `TIES_DENSITY`) of the others' differences P_m(W_m) − W_0 with their
+    weights. With every difference kept and of one sign, the two are equal."""
+    from . import TIES_DENSITY
+
     if permutations is None:
         permutations = group_permutations(family, tensors, alignment)
     merged = {}
     for name, tensor in tensors.items():
         dim = family.expert_tensors[name]["expert_dim"]
-        total = sum(weights[m].item() * permuted(family, name, tensor.select(dim, m).double(), permutations[m])
-                    for m in range(len(permutations)))
+        members = [permuted(family, name, tensor.select(dim, m).double(), permutations[m]) for m in range(len(permutations))]
+        if method == "ties" and len(members) > 1:
+            total = members[0] + ties_delta(torch.stack(members[1:]) - members[0], weights[1:].double(), TIES_DENSITY)
+        else:
+            total = sum(weights[m].item() * member for m, member in enumerate(members))
         merged[name] = total.to(tensor.dtype)
     return merged

@@ -56,7 +56,7 @@ def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = Non
         groups = [align.merge_members(family, {name: t.index_select(family.expert_tensors[name]["expert_dim"],
                                                                     torch.tensor(members, device=t.device))
                                                for name, t in present.items()}, matrix[g, members], plan.alignment,
-                                              plan.stored_permutations(layer, g))
+                                              plan.stored_permutations(layer, g), plan.merge_method)
                   for g, members in enumerate(plan.layers[layer])]
         new_tensors = {name: refitted[name].to(t.device, t.dtype) if name in refitted
                        else torch.stack([group[name] for group in groups], dim=family.expert_tensors[name]["expert_dim"])
@@ -120,7 +120,7 @@ class _LayerMerger:
             return self.refitted()[name][group].float()
         members = self.plan.layers[self.layer][group]
         merged = align.merge_members(self.family, {name: self._read(name, members)}, self.merge_matrix[group, members],
-                                     permutations=self.permutations(group))
+                                     permutations=self.permutations(group), method=self.plan.merge_method)
         self._last = (name, group, merged[name])
         return self._last[2]
 

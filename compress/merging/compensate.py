@@ -80,12 +80,12 @@ class MergedExperts:
     """The new experts of one layer from a sample's expert tensors: new expert g is `merge_matrix`
     [G, E] row g times its members' tensors (`members_of` [G], in the plan's order, the dominant
     first; neurons aligned first with `alignment`, each group's permutations found once from all
-    of its tensors, or given in `stored` (`MergePlan.stored_permutations`: group → list or None)),
-    in float64, returned in the sample's compute dtype."""
+    of its tensors, or given in `stored` (`MergePlan.stored_permutations`: group → list or None);
+    combined by `method`, `align.merge_members`), in float64, returned in the sample's compute dtype."""
 
     def __init__(self, sample, merge_matrix: torch.Tensor, members_of: list[list[int]] | None = None, alignment: str = "none",
-                 stored=None):
-        self.sample, self.merge_matrix, self.alignment = sample, merge_matrix, alignment
+                 stored=None, method: str = "average"):
+        self.sample, self.merge_matrix, self.alignment, self.method = sample, merge_matrix, alignment, method
         self.members_of = members_of or [row.nonzero().flatten().tolist() for row in merge_matrix]
         self._permutations: dict[int, list] = {}
         self.stored = stored
@@ -111,7 +111,8 @@ class MergedExperts:
             if names is not None and self.alignment == "weights":
                 self.permutations(group)  # from every tensor, as the writer finds them
             tensors = self.sample.expert_tensors(members, names)
-            merged = merge_members(family, tensors, self.merge_matrix[group, members], permutations=self.permutations(group, tensors))
+            merged = merge_members(family, tensors, self.merge_matrix[group, members], permutations=self.permutations(group, tensors),
+                                   method=self.method)
             for name, tensor in merged.items():
                 parts.setdefault(name, []).append(tensor)
         return {name: torch.stack(values, dim=family.expert_tensors[name]["expert_dim"]) for name, values in parts.items()}
@@ -176,9 +177,10 @@ class LayerFit:
     the calibration tokens (a `LayerSample`, in order, `tokens` in all), then `result`."""
 
     def __init__(self, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, tokens: int, *,
-                 members_of: list[list[int]] | None = None, alignment: str = "none", stored=None, ridge: float = RIDGE):
+                 members_of: list[list[int]] | None = None, alignment: str = "none", stored=None, method: str = "average",
+                 ridge: float = RIDGE):
         self.merge_matrix, self.router_matrix, self.top_k, self.ridge = merge_matrix, router_matrix, top_k, ridge
-        self.members_of, self.alignment, self.stored = members_of, alignment, stored
+        self.members_of, self.alignment, self.stored, self.method = members_of, alignment, stored, method
         self.heldout, self.offset = heldout_tokens(tokens), 0
         held = int(self.heldout.sum())
         self.evaluation = {"fitted": _Evaluation(tokens - held), "heldout": _Evaluation(held)}
@@ -189,7 +191,7 @@ class LayerFit:
     def add(self, sample) -> None:
         """Add the normal equations of the next `len(sample.inputs)` calibration tokens."""
         if self.load is None:
-            self.load = MergedExperts(sample, self.merge_matrix, self.members_of, self.alignment, self.stored)
+            self.load = MergedExperts(sample, self.merge_matrix, self.members_of, self.alignment, self.stored, self.method)
             self.family = sample.family
             self.has_bias = self.family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
         groups = self.merge_matrix.shape[0]

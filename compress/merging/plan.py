@@ -9,6 +9,7 @@ The JSON file::
       "top_k": 4,
       "router": "dominant",
       "alignment": "none",
+      "merge_method": "average",
       "layers": {"0": [[3, 7], [0], [5, 9, 12], …], …},
       "permutations": {"0": [[null, [2, 0, 1, …]], [null], …], …},   (alignment "activations" only)
       "weights": {"0": [[0.6, 0.4], [1.0], [0.5, 0.3, 0.2], …], …},
@@ -22,8 +23,10 @@ members' rows (and biases) with ``router: weighted``. With ``alignment: weights`
 intermediate neurons are first permuted to match the dominant expert's (`align`), the permutation
 found from the weights when applied; with ``alignment: activations`` it was found on calibration
 activations and is stored, per member, in ``permutations`` (new neuron j is the member's neuron
-``permutation[j]``; the dominant expert's is null). Experts in no group are dropped, so a plan
-of one-expert groups is a prune plan (`from_prune_plan`). ``top_k`` is ``min(source top-k, groups)``.
+``permutation[j]``; the dominant expert's is null). With ``merge_method: ties`` the new expert is
+the dominant expert plus the TIES merge of the other members' differences from it (`align.merge_members`).
+Experts in no group are dropped, so a plan of one-expert groups is a prune plan (`from_prune_plan`).
+``top_k`` is ``min(source top-k, groups)``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from ..pruning.plan import (
     read_plan_file,
     save_plan_file,
 )
-from . import ALIGNMENTS, ROUTER_ROWS
+from . import ALIGNMENTS, MERGE_METHODS, ROUTER_ROWS
 
 FORMAT = "moe-compress merge plan"
 FORMAT_VERSION = 1
@@ -63,6 +66,7 @@ class MergePlan(LayerPlan):
     provenance: dict = field(default_factory=dict)
     alignment: str = "none"  # how members' neurons are matched to the dominant expert's first (`align.ALIGNMENTS`)
     permutations: dict[int, list[list[list[int] | None]]] = field(default_factory=dict)  # alignment "activations"
+    merge_method: str = "average"  # `MERGE_METHODS`
 
     def stored_permutations(self, layer: int, group: int) -> list | None:
         """The members' neuron permutations of new expert `group` as stored (``activations``), or
@@ -107,6 +111,8 @@ class MergePlan(LayerPlan):
             raise CompressError(f'the plan\'s "alignment" is {self.alignment!r}: choose one of {", ".join(ALIGNMENTS)}')
         if self.alignment == "activations":
             self._check_permutations()
+        if self.merge_method not in MERGE_METHODS:
+            raise CompressError(f'the plan\'s "merge_method" is {self.merge_method!r}: choose one of {", ".join(MERGE_METHODS)}')
         for layer, groups in self.layers.items():
             count = experts_per_layer[layer]
             members = [e for group in groups for e in group]
@@ -142,7 +148,7 @@ class MergePlan(LayerPlan):
     def to_dict(self) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "source": self.source, "top_k": self.top_k,
-            "router": self.router, "alignment": self.alignment,
+            "router": self.router, "alignment": self.alignment, "merge_method": self.merge_method,
             "layers": {str(layer): groups for layer, groups in sorted(self.layers.items())},
             "weights": {str(layer): [[round(w, 6) for w in group] for group in weights]
                         for layer, weights in sorted(self.weights.items())},
@@ -183,7 +189,7 @@ class MergePlan(LayerPlan):
         permutations = {layer_number(layer, where): value for layer, value in raw.items()}
         source, top_k, provenance = plan_header(data, where)
         return cls(source, layers, weights, top_k, data.get("router", "dominant"), provenance, data.get("alignment", "none"),
-                   permutations)
+                   permutations, data.get("merge_method", "average"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MergePlan:

@@ -62,7 +62,8 @@ class CompensationRequest:
 
         plan = self.plan
         return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens, members_of=plan.layers[layer],
-                        alignment=plan.alignment, stored=lambda group: plan.stored_permutations(layer, group))
+                        alignment=plan.alignment, stored=lambda group: plan.stored_permutations(layer, group),
+                        method=plan.merge_method)
 
     def end(self, layer: int, fit):
         fit = fit.result()
