@@ -29,13 +29,16 @@ groupings (default {default}), each decided on a sample of the calibration token
 {groupings}
 
 Each new expert is the weighted average of its group's experts (every weight and bias, weights by
---merge-weights; with --align weights each member's neurons are first permuted to match the dominant
-expert's); its router row is its most used member's or the weighted sum (--router). A group
-of one is that expert unchanged, so a plan of one-expert groups is a prune. --compensate then refits,
-per layer and without training, each new expert's down projection by least squares so that the
-layer's output on calibration tokens comes back toward the original's. The output has the shapes of
-a pruned model and loads in stock transformers; MXFP4 sources stay MXFP4 (merged experts re-quantised)
-unless --dequantize.
+--merge-weights), or with --merge-method ties its most used member plus the TIES merge of the
+others' differences from it; with --align weights or activations each member's neurons are first
+permuted to match the dominant expert's (activations: found on the calibration sample and stored in
+the plan). Its router row is its most used member's or the weighted sum (--router). A group
+of one is that expert unchanged, so a plan of one-expert groups is a prune. --compensate then
+corrects, per layer and without training, each new expert's down projection by least squares on
+every calibration token routed to it, so that the layer's output comes back toward the original's
+(a fifth of the tokens is held out: the output reports the layer error on them before and after).
+The output has the shapes of a pruned model and loads in stock transformers; MXFP4 sources stay
+MXFP4 (merged experts re-quantised) unless --dequantize.
 """
 
 

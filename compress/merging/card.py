@@ -18,11 +18,11 @@ def compensation_section(fits: dict | None) -> str:
     return f"""
 ## Compensation
 
-Each new expert's down projection (and bias) was refitted by ridge least squares toward its merged
-value (closed form, no training), so that each MoE layer's output on calibration tokens stays close
-to the original layer's; routing and the gate/up projections are unchanged. Relative layer-output
-error ‖reduced − original‖² / ‖original‖² on the tokens fitted, and on calibration tokens held out
-of the fit (a fit that only interpolates its sample shows here):
+Each new expert's down projection (and bias) was corrected by ridge least squares (closed form, no
+training) on every calibration token routed to it, so that each MoE layer's output stays close to
+the original layer's; routing and the gate/up projections are unchanged. Relative layer-output
+error ‖reduced − original‖² / ‖original‖² on tokens fitted, and on the fifth of the calibration
+tokens held out of the fit (a fit that only interpolates its sample shows here):
 
 | layer | fitted, without | fitted, with | held out, without | held out, with |
 |---|---|---|---|---|
@@ -39,6 +39,11 @@ def merge_card(plan: MergePlan, before, after, statistics: dict | None, fits: di
     router = ("its most used member's router row" if plan.router == "dominant"
               else "the same weighted sum of its members' router rows")
     data = calibration_text(statistics)
+    combined = ("the weighted average" if plan.merge_method == "average"
+                else "a TIES merge (the most used member plus the trimmed, sign-elected differences of the others)")
+    aligned = {"none": "", "weights": ", their intermediate neurons first matched to the most used member's by their weights",
+               "activations": ", their intermediate neurons first matched to the most used member's by their activations on "
+                              "calibration text"}[plan.alignment]
     rows = "\n".join(
         f"| {layer} | {g} | " + " + ".join(f"{w:.3f}·{e}" for e, w in zip(members, weights)) + " |"
         for layer, groups in sorted(plan.layers.items())
@@ -51,8 +56,8 @@ tags: [moe, merged, moe-compress, {before.family}]
 ---
 # {source['model']}, experts merged
 
-Derived from `{source['model']}` by `compress merge` (moe-compress {__version__}): {merged_text}, each the
-weighted average of a group of original experts (every weight and bias), routed by {router}; {top_k_text}.
+Derived from `{source['model']}` by `compress merge` (moe-compress {__version__}): {merged_text}, each
+{combined} of a group of original experts (every weight and bias{aligned}), routed by {router}; {top_k_text}.
 Expert weights: {experts}. Everything else is unchanged.
 
 {size_table(before, after)}
