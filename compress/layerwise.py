@@ -20,10 +20,12 @@ it prunes:
 4. **Statistics** are recorded by the same collector, one `BatchState` per batch, so the sums
    are the whole-model path's. Under torchrun each process takes its share of the batches of
    every layer and the sums are all-reduced, as in `stats.profile`.
-5. **Per-layer searches** (the ``reconstruct`` criterion, merge groupings, compensation) get each
-   MoE layer's input for free: the search's sample windows run through the same layers, and
-   every expert's outputs for them are computed in groups too (they also give those windows'
-   routed outputs). A search alone (``statistics=False``) runs only the sample windows.
+5. **Per-layer searches** (the ``reconstruct`` criterion, merge groupings) get each MoE layer's
+   input for free: the search's sample windows run through the same layers, and every expert's
+   outputs for them are computed in groups too (they also give those windows' routed outputs). A
+   search alone (``statistics=False``) runs only the sample windows. A streamed search
+   (compensation) instead runs every window and is given each chunk's experts' inputs, router
+   logits and routed output as a `LayerSample` (`_moe_layer`).
 
 Each MoE layer runs twice per batch, once up to its experts (`capture`) and once whole with the
 experts' outputs given (`replay`); the second reuses the first's attention output.

@@ -2,10 +2,10 @@
 (calibrating) and its checkpoint writer; compensation (`jobs.reduction.compensation`) is shared
 with pruning (``compress prune --compensate``).
 
-Grouping and compensation are per-layer searches on the calibration windows' sample
-(`layerwise.calibrate`): the grouping pass also collects the routing statistics (for the card
-and the usage picture); compensation is a second pass over the sample windows alone, with the
-plan fixed, so it also applies to a plan given by hand.
+Grouping and compensation are per-layer searches of the layer-wise engine (`layerwise.calibrate`):
+the grouping, on the calibration windows' sample, also collects the routing statistics (for the
+card and the usage picture); compensation is a second pass over every calibration window, with
+the plan fixed, so it also applies to a plan given by hand.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def result_record(result, **how) -> dict:
 
 def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, progress: bool = True) -> dict:
     """{layer: `CompensationFit`} of a merge plan (or a prune plan's `from_prune_plan`), fitted on
-    the sample windows of settled `calibration` in one pass over them alone; each layer's refitted
+    every window of settled `calibration` in one streamed pass (`merging.compensate.LayerFit`); each layer's refitted
     tensors are written into the directory `spill` as soon as they are made (in the dtype the
     output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
     import torch
