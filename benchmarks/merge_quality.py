@@ -8,7 +8,8 @@ held-out perplexity on math, code and general text:
 * prune with the best criteria (``reconstruct``; MAN and MSAN for comparison);
 * merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``, and with
   the members' neurons aligned to the dominant expert's first (``--align weights``, ``--align activations``),
-  and TIES-merged (``--merge-method ties``);
+  TIES-merged (``--merge-method ties``), and REAM-style (aligned on activations, members weighted and
+  ordered by REAP saliency, ``--merge-weights saliency``);
 * each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
 * each of those after `--steps` distillation steps toward the original (on the calibration
   mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
@@ -49,7 +50,7 @@ CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "ge
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
            "merge hc-smoe (aligned)", "merge hc-smoe (aligned activations)", "merge m-smoe", "merge m-smoe (weighted router)",
            "merge m-smoe (aligned)", "merge m-smoe (aligned activations)", "merge hc-smoe (aligned activations, ties)",
-           "merge m-smoe (aligned activations, ties)")
+           "merge m-smoe (aligned activations, ties)", "merge m-smoe (aligned activations, saliency)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
@@ -94,7 +95,8 @@ def main() -> None:
             return from_prune_plan(PrunePlan(source, layers, min(top_k, keep)))
         grouping = rest.split(" ")[0]
         alignment = "activations" if "aligned activations" in rest else "weights" if "aligned" in rest else "none"
-        answers = search_model(model, windows, MergeRequest(keep, grouping, "frequency", alignment=alignment), progress=False)
+        weights = "saliency" if "saliency" in rest else "frequency"
+        answers = search_model(model, windows, MergeRequest(keep, grouping, weights, alignment=alignment), progress=False)
         return MergePlan(source, {layer: g for layer, (g, _, _) in answers.items()}, {layer: w for layer, (_, w, _) in answers.items()},
                          min(top_k, keep), "weighted" if "weighted" in rest else "dominant", alignment=alignment,
                          permutations={layer: p for layer, (_, _, p) in answers.items() if p is not None},

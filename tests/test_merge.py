@@ -402,3 +402,24 @@ def test_merge_weights_near_the_float_limit_are_a_ratio_like_any_others():
 
     ones, huge = (MergePlan({"num_experts": 4}, {0: [[0, 1], [2]]}, {0: [[w, w], [w]]}, 2) for w in (1.0, 1e308))
     assert huge.merge_matrix(0).tolist() == ones.merge_matrix(0).tolist() == [[0.5, 0.5, 0, 0], [0, 0, 1, 0]]
+
+
+def test_saliency_merge_weights_are_the_mean_gated_output_norm_of_each_expert():
+    from compress.merging.grouping import usage
+
+    model = build_tiny_model("mixtral")
+    layer, (hidden, logits) = next(iter(capture_layer_inputs(model, WINDOWS, batch_size=4, max_tokens=WINDOWS.numel()).items()))
+    experts = model.model.layers[layer].mlp.experts
+    with torch.no_grad():
+        _, gates, ids = model.model.layers[layer].mlp.gate(hidden)
+    total, count = torch.zeros(6, dtype=torch.float64), torch.zeros(6)
+    for t in range(len(hidden)):
+        for gate, e in zip(gates[t].tolist(), ids[t].tolist()):
+            with torch.no_grad():
+                g, u = (experts.gate_up_proj[e] @ hidden[t]).chunk(2)
+                output = experts.down_proj[e] @ (torch.nn.functional.silu(g) * u)
+            total[e] += gate * float(output.norm())
+            count[e] += 1
+    got = usage(LayerSample.of_model(model, layer, hidden, logits), "saliency")
+    torch.testing.assert_close(got, total / count.clamp(min=1), rtol=1e-5, atol=1e-7)
+    assert len(set(got.tolist())) > 3  # not a count in disguise

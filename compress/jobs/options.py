@@ -165,7 +165,8 @@ class MergeOptions:
     keep_ratio: float | tuple | None = option("share of each layer's experts to keep, in (0, 1], e.g. 0.5 (or 0.25,0.5,0.75)",
                                               type=keep_ratios, group="keep")
     grouping: str = option("how experts are grouped (see below)", DEFAULT_GROUPING, choices=GROUPINGS)
-    merge_weights: str = option("each member's weight in its group: its frequency or gate mass on the calibration sample",
+    merge_weights: str = option("each member's weight in its group, and the order that makes the first its dominant one: its "
+                                "frequency, gate mass or REAP saliency (mean gate × output norm) on the calibration sample",
                                 DEFAULT_MERGE_WEIGHTS, choices=MERGE_WEIGHTS)
     router: str = option("router row of a new expert: its most used member's (dominant) or the weighted sum of its members'",
                          DEFAULT_ROUTER_ROWS, choices=ROUTER_ROWS)

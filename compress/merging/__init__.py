@@ -2,7 +2,7 @@
 groupings that make them (HC-SMoE, M-SMoE), one-shot compensation, and applying them to a loaded
 model or, streaming, to a checkpoint on disk."""
 
-MERGE_WEIGHTS = ("frequency", "gate-mass")
+MERGE_WEIGHTS = ("frequency", "gate-mass", "saliency")
 ROUTER_ROWS = ("dominant", "weighted")
 ALIGNMENTS = ("none", "weights", "activations")  # neuron alignment before averaging (`align`)
 MERGE_METHODS = ("average", "ties")  # how aligned members become one (`align.merge_members`)

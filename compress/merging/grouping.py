@@ -7,8 +7,8 @@
   expert joins the dominant expert whose router logits over the sample's tokens are most similar
   (cosine), i.e. the one the router treats most alike.
 
-Usage (selection count or gate mass of each expert under the layer's routing of the sample)
-orders each group, most used first (that expert's router row is the group's with ``router:
+Usage (selection count, gate mass or REAP saliency of each expert under the layer's routing of
+the sample) orders each group, most used first (that expert's router row is the group's with ``router:
 dominant``), and gives the merge weights (normalised within the group). With group-limited
 routing (DeepSeek-V3) every routing group is grouped on its own into the same number of experts.
 """
@@ -26,13 +26,19 @@ _UNUSED_WEIGHT = 1e-6
 
 
 def usage(sample, weights: str) -> torch.Tensor:
-    """Per-expert usage [E] (float64) of the sample's tokens: selections (``frequency``) or Σ gate (``gate-mass``)."""
+    """Per-expert usage [E] (float64) of the sample's tokens: selections (``frequency``), Σ gate
+    (``gate-mass``) or REAP's saliency, the mean of g·‖f(x)‖ over the tokens routed to the expert
+    (``saliency``: REAM weighs and orders a group's members by it)."""
     gates, ids = sample.route()
     count = sample.logits.shape[1]
     if weights == "frequency":
         return torch.bincount(ids.reshape(-1), minlength=count).double()
     if weights == "gate-mass":
         return torch.zeros(count, dtype=torch.float64).index_add_(0, ids.reshape(-1), gates.reshape(-1).double())
+    if weights == "saliency":
+        norms = sample.outputs.gather(1, ids.unsqueeze(-1).expand(-1, -1, sample.outputs.shape[-1])).double().norm(dim=-1)
+        total = torch.zeros(count, dtype=torch.float64).index_add_(0, ids.reshape(-1), (gates.double() * norms).reshape(-1))
+        return total / torch.bincount(ids.reshape(-1), minlength=count).clamp(min=1)
     raise CompressError(f"unknown merge weights {weights!r}: choose one of {', '.join(MERGE_WEIGHTS)}")
 
 
