@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.reference import pair_outputs_in_groups
+
 RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.3 within 3% on math, 1.0 worse
 # One run of up to HELDOUT_RUN consecutive tokens in every HELDOUT_EVERY is not fitted (spread over
 # the whole calibration set, so over every domain of a mixture).
 HELDOUT_EVERY, HELDOUT_RUN = 5, 32
 EVAL_TOKENS = 2048  # tokens of each kind (fitted, held out) the error after the fit is measured on
-SLICE_BYTES = 2**28  # the new experts' activations and outputs of one slice of a chunk's tokens (fp32)
+SLICE_BYTES = 2**28  # the new experts' activations and outputs of one slice of a chunk's (token, expert) pairs (fp32)
 
 
 @dataclass
@@ -151,20 +153,35 @@ class _Evaluation:
         self.stride, self.seen = max(1, math.ceil(count / EVAL_TOKENS)), 0
         self.features, self.ids, self.errors, self.norm = [], [], [], 0.0
 
-    def add(self, mask: torch.Tensor, features: torch.Tensor, ids: torch.Tensor, error: torch.Tensor, target: torch.Tensor):
+    def keep(self, mask: torch.Tensor, ids: torch.Tensor, error: torch.Tensor, target: torch.Tensor):
+        """([T] position of each of a chunk's tokens among those kept, -1 if not; the kept tokens'
+        features [n, k', F] to fill) for a chunk's tokens of this kind (`mask`)."""
         rank = self.seen + torch.cumsum(mask.long(), 0) - 1
         self.seen += int(mask.sum())
-        keep = mask & (rank % self.stride == 0)
-        self.features.append(features[keep])
-        self.ids.append(ids[keep])
-        self.errors.append(error[keep])
-        self.norm += float(target[keep].double().square().sum())
+        kept = mask & (rank % self.stride == 0)
+        position = torch.full((len(mask),), -1, dtype=torch.long)
+        position[kept] = torch.arange(int(kept.sum()))
+        self.ids.append(ids[kept])
+        self.errors.append(error[kept])
+        self.norm += float(target[kept].double().square().sum())
+        self.features.append(None)
+        return position
+
+    def fill(self, position: torch.Tensor, token: torch.Tensor, slot: torch.Tensor, features: torch.Tensor) -> None:
+        """Record the features of the pairs (token, slot) of the last chunk whose token is kept."""
+        if self.features[-1] is None:
+            self.features[-1] = features.new_zeros(len(self.ids[-1]), self.ids[-1].shape[1], features.shape[-1])
+        at = position[token]
+        chosen = at >= 0
+        self.features[-1][at[chosen], slot[chosen]] = features[chosen]
 
     def errors_before_after(self, deltas: dict[int, torch.Tensor]) -> tuple[float, float]:
         """Relative layer error ‖e‖² / ‖y‖² on the kept tokens before and after the corrections Δ_g."""
-        if not self.errors or self.norm == 0:
+        parts = [(f, i, e) for f, i, e in zip(self.features, self.ids, self.errors) if f is not None]
+        if not parts or self.norm == 0:
             return 0.0, 0.0
-        features, ids, error = torch.cat(self.features).double(), torch.cat(self.ids), torch.cat(self.errors).double()
+        features, ids, error = (torch.cat(part) for part in zip(*parts))
+        features, error = features.double(), error.double()
         before = float(error.square().sum())
         for g, delta in deltas.items():
             token, slot = (ids == g).nonzero(as_tuple=True)
@@ -188,43 +205,67 @@ class LayerFit:
         self.right: dict[int, torch.Tensor] = {}  # g → C_g [F, H]
         self.load = self.family = self.has_bias = None
 
+    def _pair_outputs(self, sample, ids: torch.Tensor, inner: int, hidden: int):
+        """(tokens, slots, outputs [p, I + H]: activation, then output) of the (token, new expert)
+        pairs `ids` [T, k'], a block of new experts at a time (each merged once per call), the
+        pairs of a block in slices of at most `SLICE_BYTES` of outputs."""
+        flat = ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        groups = self.merge_matrix.shape[0]
+        size = sample.group_size or groups
+        bounds = torch.searchsorted(flat[order], torch.arange(0, groups + size, size)).tolist()
+        step = max(1, SLICE_BYTES // (4 * (inner + hidden)))
+        device = sample.inputs.device
+        for index, first in enumerate(range(0, groups, size)):
+            lo, hi = bounds[index], bounds[index + 1]
+            if hi == lo:
+                continue
+            block = list(range(first, min(first + size, groups)))
+            tensors = with_activations(self.family, self.load(block))
+            for start in range(lo, hi, step):
+                pairs = order[start:min(start + step, hi)]
+                token, slot = pairs // ids.shape[1], pairs % ids.shape[1]
+                (out,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), (flat[pairs] - first).to(device))],
+                                                lambda _, loaded=tensors: loaded, len(block), num_experts=len(block))
+                yield token, slot, out.float().cpu()
+
     def add(self, sample) -> None:
         """Add the normal equations of the next `len(sample.inputs)` calibration tokens."""
         if self.load is None:
             self.load = MergedExperts(sample, self.merge_matrix, self.members_of, self.alignment, self.stored, self.method)
             self.family = sample.family
             self.has_bias = self.family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
-        groups = self.merge_matrix.shape[0]
         target = sample.full_output().float()
         weights, ids = reduced_routing(sample, self.router_matrix, self.top_k)
-        heldout = self.heldout[self.offset:self.offset + len(target)]
+        w = weights.float()
+        fitted = ~self.heldout[self.offset:self.offset + len(target)]
         self.offset += len(target)
         hidden, inner = target.shape[-1], _down_as_rows(self.family, sample.experts.down_proj).shape[-2]
-        step = max(1, SLICE_BYTES // (4 * ids.shape[1] * (inner + hidden)))
-        for start in range(0, len(target), step):
-            rows = slice(start, start + step)
-            both = sample.outputs_of(lambda g: with_activations(self.family, self.load(g)), groups, ids[rows], rows=rows)
-            w = weights[rows].float().unsqueeze(-1)
-            error = target[rows] - (w * both[..., inner:]).sum(dim=1)  # [n, H]
-            features = w * both[..., :inner]
-            del both
+        # the reduced layer's error e(x) on these tokens, then its normal equations: each block of
+        # new experts is merged twice per chunk, never per slice of tokens
+        error = target.clone()
+        for token, slot, out in self._pair_outputs(sample, ids, inner, hidden):
+            error.index_add_(0, token, -(w[token, slot].unsqueeze(-1) * out[:, inner:]))
+        share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
+        kept = {kind: (evaluation, evaluation.keep(mask, ids, error, target))
+                for (kind, evaluation), mask in zip(self.evaluation.items(), (fitted, ~fitted))}
+        for token, slot, out in self._pair_outputs(sample, ids, inner, hidden):
+            gate = w[token, slot].unsqueeze(-1)
+            features = gate * out[:, :inner]
             if self.has_bias:
-                features = torch.cat([features, w], dim=-1)  # [n, k', F]
-            share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
-            fitted = ~heldout[rows]
-            self.evaluation["fitted"].add(fitted, features, ids[rows], error, target[rows])
-            self.evaluation["heldout"].add(~fitted, features, ids[rows], error, target[rows])
-            chosen = ids[rows].masked_fill(~fitted.unsqueeze(-1), -1)
-            for g in chosen.unique().tolist():
-                if g < 0:
-                    continue
-                token, slot = (chosen == g).nonzero(as_tuple=True)
-                f = features[token, slot]
+                features = torch.cat([features, gate], dim=-1)  # [p, F]
+            for evaluation, position in kept.values():
+                evaluation.fill(position, token, slot, features)
+            chosen = fitted[token]
+            token, slot, features, groups = token[chosen], slot[chosen], features[chosen], ids[token[chosen], slot[chosen]]
+            for g in groups.unique().tolist():
+                mine = groups == g
+                f = features[mine]
                 if g not in self.normal:
                     self.normal[g] = f.new_zeros(f.shape[1], f.shape[1])
                     self.right[g] = f.new_zeros(f.shape[1], hidden)
                 self.normal[g].addmm_(f.T, f)
-                self.right[g].addmm_(f.T, share[token, slot] * error[token])
+                self.right[g].addmm_(f.T, share[token[mine], slot[mine]].unsqueeze(-1) * error[token[mine]])
 
     def corrections(self) -> dict[int, torch.Tensor]:
         """Δ_g [F, H] (float64) of every new expert some fitted token reached."""
