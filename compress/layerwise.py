@@ -410,10 +410,11 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
             logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
         routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
+        streamed = None
         if stream is not None:
-            chunk_logits = torch.cat([captured[index].logits for index in counted])
-            full = [_routed_sum(engine, layer, captured[index], outputs) for index, outputs in zip(counted, routed)]
-            stream.add(layer_sample(torch.cat([captured[index].inputs for index in counted]), chunk_logits, full=torch.cat(full)))
+            full = torch.cat([_routed_sum(engine, layer, captured[index], outputs) for index, outputs in zip(counted, routed)])
+            streamed = layer_sample(torch.cat([captured[index].inputs for index in counted]),
+                                    torch.cat([captured[index].logits for index in counted]), full=full)
         if searched:
             answer = search.answer(layer_sample(inputs, logits, every.float().cpu()))
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
@@ -422,10 +423,14 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             sample_outputs = every.new_zeros(*sample_ids.shape, every.shape[-1])
             sample_outputs[:len(ids)] = every[torch.arange(len(ids), device=ids.device)[:, None], ids]
             routed += sample_outputs.split([len(captured[index].ids) for index in searched])
-        for index, outputs in zip(chunk, routed):
+        for position, index in enumerate(chunk):
             collector.current = states[index]
-            hidden[index] = engine.replay(module, hidden[index], calls[index][layer], captured[index], outputs)
+            hidden[index] = engine.replay(module, hidden[index], calls[index][layer], captured[index], routed[position])
+            routed[position] = None  # the chunk's outputs go as they are used (1.5 GB for a chunk of gpt-oss)
         collector.current = None
+        if streamed is not None:
+            del captured, routed
+            stream.add(streamed)
     return search.end(layer, stream) if stream is not None else answer
 
 
