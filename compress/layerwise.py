@@ -335,8 +335,9 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
     batches = list(windows.split(batch_size))[rank::world_size] if statistics else list(windows.split(batch_size)) if streamed else []
     masks = None if attention_mask is None or not statistics else list(attention_mask.split(batch_size))[rank::world_size]
     samples, search_tokens = [], 0
-    if search is not None and not streamed:
+    if search is not None:
         search.check(source.top_k)
+    if search is not None and not streamed:
         sample, search_tokens = search_windows(windows, source.top_k, source.num_experts,
                                                              source.config.hidden_size)
         samples = list(sample.split(batch_size))

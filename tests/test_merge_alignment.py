@@ -204,9 +204,12 @@ def test_activation_alignment_is_stored_in_the_plan_and_checked(tmp_path, capsys
     layer, groups = next((layer, groups) for layer, groups in plan["permutations"].items() if any(len(g) > 1 for g in groups))
     broken = [list(g) for g in groups]
     index = next(i for i, g in enumerate(broken) if len(g) > 1)
-    broken[index][1] = broken[index][1][:-1] + broken[index][1][:1]  # a neuron twice
-    plan_file.write_text(json.dumps({**plan, "permutations": {**plan["permutations"], layer: broken}}))
-    assert "an ordering of 0..I-1" in cli_error(capsys, "merge", "--model", "demo", "--plan", str(plan_file), "--out", str(tmp_path / "x"))
+    original = broken[index][1]
+    for bad in (original[:-1] + original[:1], list(range(inner - 1))):  # a neuron twice; an ordering of too few neurons
+        broken[index][1] = bad
+        plan_file.write_text(json.dumps({**plan, "permutations": {**plan["permutations"], layer: broken}}))
+        assert f"an ordering of 0..{inner - 1}" in cli_error(capsys, "merge", "--model", "demo", "--plan", str(plan_file),
+                                                             "--out", str(tmp_path / "x"))
     plan_file.write_text(json.dumps({key: value for key, value in plan.items() if key != "permutations"}))
     assert 'alignment "activations" needs "permutations"' in cli_error(capsys, "merge", "--model", "demo", "--plan", str(plan_file),
                                                                          "--out", str(tmp_path / "x"))

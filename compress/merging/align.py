@@ -89,11 +89,11 @@ def activation_permutations(sample, members: list[int]) -> list[torch.Tensor | N
     of their activations over `sample`'s tokens (a `LayerSample`), by the Hungarian method."""
     from scipy.optimize import linear_sum_assignment
 
-    from .compensate import _down_as_rows, with_activations
+    from .compensate import down_as_rows, with_activations
 
     if len(members) == 1:
         return [None]
-    inner = _down_as_rows(sample.family, sample.experts.down_proj).shape[-2]
+    inner = down_as_rows(sample.family, sample.experts.down_proj).shape[-2]
     ids = torch.arange(len(members)).expand(len(sample.inputs), len(members))
     activations = sample.outputs_of(lambda group: with_activations(sample.family, sample.expert_tensors([members[i] for i in group])),
                                     len(members), ids)[..., :inner].double()  # [T, m, I]

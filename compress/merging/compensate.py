@@ -127,7 +127,7 @@ def heldout_tokens(count: int) -> torch.Tensor:
     return (torch.arange(count) // run) % HELDOUT_EVERY == HELDOUT_EVERY - 1
 
 
-def _down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
+def down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
     """Down projections [..., I, H] (inputs × outputs), whatever the family's orientation (its own inverse)."""
     return tensor if family.channel_dim("down_proj") == 2 else tensor.transpose(-1, -2)
 
@@ -135,10 +135,10 @@ def _down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
 def with_activations(family, tensors: dict) -> dict:
     """New experts' tensors whose down projection is [identity | D] (bias [0 | b]): each expert's
     output is then its intermediate activation a(x) followed by its output D·a(x) + b, in one pass."""
-    rows = _down_as_rows(family, tensors["down_proj"])  # [G, I, H]
+    rows = down_as_rows(family, tensors["down_proj"])  # [G, I, H]
     count, inner = rows.shape[0], rows.shape[1]
     eye = torch.eye(inner, dtype=rows.dtype, device=rows.device).expand(count, inner, inner)
-    tensors = dict(tensors, down_proj=_down_as_rows(family, torch.cat([eye, rows], dim=-1)).contiguous())
+    tensors = dict(tensors, down_proj=down_as_rows(family, torch.cat([eye, rows], dim=-1)).contiguous())
     if "down_proj_bias" in tensors:
         bias = tensors["down_proj_bias"]
         tensors["down_proj_bias"] = torch.cat([bias.new_zeros(count, inner), bias], dim=-1)
@@ -240,7 +240,7 @@ class LayerFit:
         w = weights.float()
         fitted = ~self.heldout[self.offset:self.offset + len(target)]
         self.offset += len(target)
-        hidden, inner = target.shape[-1], _down_as_rows(self.family, sample.experts.down_proj).shape[-2]
+        hidden, inner = target.shape[-1], down_as_rows(self.family, sample.experts.down_proj).shape[-2]
         # the reduced layer's error e(x) on these tokens, then its normal equations: each block of
         # new experts is merged twice per chunk, never per slice of tokens
         error = target.clone()
@@ -285,10 +285,10 @@ class LayerFit:
         down, bias = [], []
         for g in range(self.merge_matrix.shape[0]):
             merged = self.load([g], ("down_proj", "down_proj_bias"))
-            rows = _down_as_rows(self.family, merged["down_proj"][0]).double()
+            rows = down_as_rows(self.family, merged["down_proj"][0]).double()
             delta = deltas.get(g)
             inner = rows.shape[0]
-            down.append(_down_as_rows(self.family, (rows if delta is None else rows + delta[:inner].to(rows.device)).float()))
+            down.append(down_as_rows(self.family, (rows if delta is None else rows + delta[:inner].to(rows.device)).float()))
             if self.has_bias:
                 row = merged["down_proj_bias"][0].double()
                 bias.append((row if delta is None else row + delta[inner].to(row.device)).float())

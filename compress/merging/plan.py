@@ -100,17 +100,18 @@ class MergePlan(LayerPlan):
 
     # --- checking --------------------------------------------------------------------------------
     def check(self, moe_layers: list[int], experts_per_layer: dict[int, int], top_k: int,
-              fingerprint: str | None = None, group_count: int = 1) -> None:
+              fingerprint: str | None = None, group_count: int = 1, inner: int | None = None) -> None:
         """Refuse a plan that does not fit the model (see `pruning.plan.PrunePlan.check` for the
         common rules); with group-limited routing every merge group stays inside one routing group
-        and every routing group keeps the same number of new experts."""
+        and every routing group keeps the same number of new experts; stored permutations are
+        orderings of the `inner` intermediate neurons."""
         check_plan_source(self, moe_layers, experts_per_layer, fingerprint)
         if self.router not in ROUTER_ROWS:
             raise CompressError(f'the plan\'s "router" is {self.router!r}: choose one of {", ".join(ROUTER_ROWS)}')
         if self.alignment not in ALIGNMENTS:
             raise CompressError(f'the plan\'s "alignment" is {self.alignment!r}: choose one of {", ".join(ALIGNMENTS)}')
         if self.alignment == "activations":
-            self._check_permutations()
+            self._check_permutations(inner)
         if self.merge_method not in MERGE_METHODS:
             raise CompressError(f'the plan\'s "merge_method" is {self.merge_method!r}: choose one of {", ".join(MERGE_METHODS)}')
         for layer, groups in self.layers.items():
@@ -131,18 +132,28 @@ class MergePlan(LayerPlan):
                 check_routing_group_counts(layer, [sum(1 for group in groups if group[0] // size == r) for r in range(group_count)])
         check_plan_top_k(self, top_k, "groups")
 
-    def _check_permutations(self) -> None:
+    def check_model(self, source) -> None:
+        """`check` against an opened model (`jobs.SourceModel`), its intermediate size included."""
+        from .compensate import down_as_rows
+
+        down = source.family.experts(source.meta, source.moe_layers[0]).down_proj
+        self.check(source.moe_layers, source.experts_per_layer, source.top_k, source.fingerprint,
+                   source.family.routing_groups(source.config), down_as_rows(source.family, down).shape[-2])
+
+    def _check_permutations(self, inner: int | None) -> None:
+        """Each member's permutation an ordering of 0..I-1 (`inner` = I when known), the dominant's null."""
         for layer, groups in self.layers.items():
             stored = self.permutations.get(layer)
             if stored is None or [len(p) for p in stored] != [len(g) for g in groups]:
                 raise CompressError(f'layer {layer}: alignment "activations" needs "permutations" with one entry per expert of '
                                     'each group, like "layers" (null for each group\'s first expert)')
             for group in stored:
-                sizes = {len(p) for p in group[1:]}
-                if (group[0] is not None or len(sizes) > 1
-                        or any(p is None or any(type(i) is not int for i in p) or sorted(p) != list(range(len(p))) for p in group[1:])):
+                members = group[1:]
+                valid = all(isinstance(p, list) and all(type(i) is int for i in p) and sorted(p) == list(range(len(p)))
+                            and len(p) == (inner or len(p)) for p in members)
+                if group[0] is not None or not valid or len({len(p) for p in members}) > 1:
                     raise CompressError(f"layer {layer}: every permutation must be null for a group's first expert and an ordering "
-                                        "of 0..I-1 (the expert's neurons) for each other member")
+                                        f"of 0..{inner - 1 if inner else 'I-1'} (the expert's neurons) for each other member")
 
     # --- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
