@@ -4,7 +4,7 @@ checkpoint, in time and peak memory.
 Builds a synthetic gpt-oss-20b (`synthetic_gpt_oss.py`: the published names, shapes and MXFP4
 layout, random weights) of `--layers` layers and runs, each as its own measured process (`wait4`),
 on the same calibration (`--samples` windows of `--seq-len` math tokens; 32 × 512 gives the
-default-size search sample of 2,048 tokens):
+default-size search sample of 2,048 tokens, and compensation fits on every one of the tokens):
 
 1. ``compress prune --keep 16`` (criterion ``reconstruct``): the baseline;
 2. the same with ``--compensate``;
@@ -12,10 +12,10 @@ default-size search sample of 2,048 tokens):
 4. the same with ``--compensate``.
 
 It prints wall time and peak RSS of each, and each one's time as a ratio of the baseline's; for the
-compensated runs also the mean relative layer-output error without and with compensation, on the
-search sample's tokens fitted and on those held out of the fit (from the output's compress.json).
+compensated runs also the mean relative layer-output error without and with compensation, on
+calibration tokens fitted and on the fifth held out of the fit (from the output's compress.json).
 
-    python benchmarks/merge_scale.py [--layers 2 --samples 32 --seq-len 512 --workdir /tmp/merge_scale]
+    python benchmarks/merge_scale.py [--layers 2 --samples 32 --seq-len 512 --workdir /tmp/merge_scale --skip RUN,...]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--skip", default="", help="comma-separated runs to leave out after the baseline, e.g. 'merge (m-smoe)'")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -52,6 +53,8 @@ def main() -> None:
           "held out: without → with |\n|---|---|---|---|---|---|---|")
     baseline = None
     for index, (name, command) in enumerate(runs.items()):
+        if index and name in args.skip.split(","):
+            continue
         out = work / f"out{index}"
         seconds, rss = run_measured([sys.executable, "-m", "compress", *command, *common, "--out", str(out)])
         baseline = baseline or seconds

@@ -83,15 +83,16 @@ class LayerSample:
         return (chosen * weights.float().unsqueeze(-1)).sum(dim=1)
 
     def outputs_of(self, load_experts, count: int, ids: torch.Tensor, group_size: int | None = None,
-                   rows: slice = slice(None)) -> torch.Tensor:
+                   activations: bool = False) -> torch.Tensor:
         """f_g(x) [T, k, H] (float32, CPU) of experts given by `load_experts` (ids → {fused tensor
         name: [len(ids), …]}, `count` of them, read `group_size` at a time, by default the
-        sample's) for each token (of `rows` of the sample) and each of its ids [T, k]."""
-        inputs = self.inputs[rows]
-        tokens = torch.arange(len(ids), device=inputs.device).repeat_interleave(ids.shape[1])
+        sample's) for each token and each of its ids [T, k]; with `activations` their intermediate
+        activations a_g(x) [T, k, I] instead."""
+        tokens = torch.arange(len(ids), device=self.inputs.device).repeat_interleave(ids.shape[1])
         with torch.inference_mode():
-            (out,) = pair_outputs_in_groups(self.experts, [(inputs, tokens, ids.reshape(-1).to(inputs.device))],
-                                            load_experts, group_size or self.group_size or count, num_experts=count)
+            (out,) = pair_outputs_in_groups(self.experts, [(self.inputs, tokens, ids.reshape(-1).to(self.inputs.device))],
+                                            load_experts, group_size or self.group_size or count, num_experts=count,
+                                            activations=activations)
         return out.view(*ids.shape, -1).float().cpu()
 
 

@@ -84,13 +84,15 @@ def pair_outputs(experts: torch.nn.Module, hidden_states: torch.Tensor, tokens: 
 
 
 def pair_outputs_in_groups(experts: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                           load_experts, group_size: int, num_experts: int | None = None) -> list[torch.Tensor]:
+                           load_experts, group_size: int, num_experts: int | None = None, activations: bool = False) -> list[torch.Tensor]:
     """`pair_outputs` of several (hidden_states, tokens, expert_ids) batches, the experts taken
     `group_size` at a time from `load_experts` (expert ids → {tensor name: those experts' tensor},
     e.g. read from a checkpoint): only one group's weights are ever in memory, and each group is
     loaded once for all batches. Each batch's rows are multiplied on their own, so a batch's
     outputs never depend on the batches beside it, and every row is computed exactly as with every
     expert present. `num_experts` (default: the module's) is how many experts `load_experts` knows.
+    With `activations` each pair's intermediate activation (the down projection's input, [P, I])
+    is returned instead of its output.
     """
     num_experts = num_experts or experts.num_experts
     edges = torch.arange(0, num_experts + group_size, group_size)
@@ -109,7 +111,7 @@ def pair_outputs_in_groups(experts: torch.nn.Module, batches: list[tuple[torch.T
             if hi > lo:
                 tensors = tensors if tensors is not None else load_experts(ids)
                 pairs = order[lo:hi]  # rows are gathered per group, so only the outputs are ever whole
-                rows = _expert_rows(experts, hidden_states[tokens[pairs]], sorted_ids[lo:hi] - first, tensors, len(ids))
+                rows = _expert_rows(experts, hidden_states[tokens[pairs]], sorted_ids[lo:hi] - first, tensors, len(ids), activations)
                 if outputs[index] is None:
                     outputs[index] = rows.new_empty(len(order), rows.shape[-1])
                 outputs[index][pairs] = rows
@@ -121,8 +123,10 @@ def pair_outputs_in_groups(experts: torch.nn.Module, batches: list[tuple[torch.T
 _TENSORS = ("gate_up_proj", "gate_up_proj_bias", "up_proj", "up_proj_bias", "down_proj", "down_proj_bias")
 
 
-def _expert_rows(experts: torch.nn.Module, rows: torch.Tensor, expert_ids: torch.Tensor, tensors: dict, num_experts: int) -> torch.Tensor:
-    """The experts' outputs for `rows` sorted by expert (`expert_ids`, local to `tensors`)."""
+def _expert_rows(experts: torch.nn.Module, rows: torch.Tensor, expert_ids: torch.Tensor, tensors: dict, num_experts: int,
+                 activations: bool = False) -> torch.Tensor:
+    """The experts' outputs (or, with `activations`, their down projections' inputs) for `rows`
+    sorted by expert (`expert_ids`, local to `tensors`)."""
     offsets = torch.cumsum(count_per_expert(expert_ids, num_experts), dim=0, dtype=torch.int32)
 
     def bias(name: str) -> torch.Tensor | None:
@@ -134,6 +138,8 @@ def _expert_rows(experts: torch.nn.Module, rows: torch.Tensor, expert_ids: torch
     else:
         projected = grouped_linear(rows, tensors["up_proj"], offsets, bias("up_proj_bias"), experts.is_transposed)
         projected = experts.act_fn(projected)
+    if activations:
+        return projected
     projected = grouped_linear(projected, tensors["down_proj"], offsets, bias("down_proj_bias"), experts.is_transposed)
     if experts.has_post_expert_norm:
         projected = experts.post_expert_norm(projected)

@@ -89,14 +89,11 @@ def activation_permutations(sample, members: list[int]) -> list[torch.Tensor | N
     of their activations over `sample`'s tokens (a `LayerSample`), by the Hungarian method."""
     from scipy.optimize import linear_sum_assignment
 
-    from .compensate import down_as_rows, with_activations
-
     if len(members) == 1:
         return [None]
-    inner = down_as_rows(sample.family, sample.experts.down_proj).shape[-2]
     ids = torch.arange(len(members)).expand(len(sample.inputs), len(members))
-    activations = sample.outputs_of(lambda group: with_activations(sample.family, sample.expert_tensors([members[i] for i in group])),
-                                    len(members), ids)[..., :inner].double()  # [T, m, I]
+    activations = sample.outputs_of(lambda group: sample.expert_tensors([members[i] for i in group]), len(members), ids,
+                                    activations=True).double()  # [T, m, I]
     activations = torch.nn.functional.normalize(activations - activations.mean(dim=0), dim=0)
     found = [None]
     for m in range(1, len(members)):

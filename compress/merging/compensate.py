@@ -132,19 +132,6 @@ def down_as_rows(family, tensor: torch.Tensor) -> torch.Tensor:
     return tensor if family.channel_dim("down_proj") == 2 else tensor.transpose(-1, -2)
 
 
-def with_activations(family, tensors: dict) -> dict:
-    """New experts' tensors whose down projection is [identity | D] (bias [0 | b]): each expert's
-    output is then its intermediate activation a(x) followed by its output D·a(x) + b, in one pass."""
-    rows = down_as_rows(family, tensors["down_proj"])  # [G, I, H]
-    count, inner = rows.shape[0], rows.shape[1]
-    eye = torch.eye(inner, dtype=rows.dtype, device=rows.device).expand(count, inner, inner)
-    tensors = dict(tensors, down_proj=down_as_rows(family, torch.cat([eye, rows], dim=-1)).contiguous())
-    if "down_proj_bias" in tensors:
-        bias = tensors["down_proj_bias"]
-        tensors["down_proj_bias"] = torch.cat([bias.new_zeros(count, inner), bias], dim=-1)
-    return tensors
-
-
 class _Evaluation:
     """Up to `EVAL_TOKENS` tokens of one kind (fitted or held out), every `stride`-th, kept so the
     layer error after the fit can be measured on them: their features, new expert ids and error."""
@@ -205,28 +192,30 @@ class LayerFit:
         self.right: dict[int, torch.Tensor] = {}  # g → C_g [F, H]
         self.load = self.family = self.has_bias = None
 
-    def _pair_outputs(self, sample, ids: torch.Tensor, inner: int, hidden: int):
-        """(tokens, slots, outputs [p, I + H]: activation, then output) of the (token, new expert)
-        pairs `ids` [T, k'], a block of new experts at a time (each merged once per call), the
-        pairs of a block in slices of at most `SLICE_BYTES` of outputs."""
+    def _pair_outputs(self, sample, ids: torch.Tensor, width: int, activations: bool):
+        """(tokens, slots, outputs [p, width]) of the (token, new expert) pairs `ids` [T, k']: the
+        new experts' outputs, or with `activations` their intermediate activations; a block of new
+        experts at a time (each merged once per call), a block's pairs in slices of at most
+        `SLICE_BYTES` of outputs."""
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
         groups = self.merge_matrix.shape[0]
         size = sample.group_size or groups
         bounds = torch.searchsorted(flat[order], torch.arange(0, groups + size, size)).tolist()
-        step = max(1, SLICE_BYTES // (4 * (inner + hidden)))
+        step = max(1, SLICE_BYTES // (4 * width))
         device = sample.inputs.device
         for index, first in enumerate(range(0, groups, size)):
             lo, hi = bounds[index], bounds[index + 1]
             if hi == lo:
                 continue
             block = list(range(first, min(first + size, groups)))
-            tensors = with_activations(self.family, self.load(block))
+            tensors = self.load(block)
             for start in range(lo, hi, step):
                 pairs = order[start:min(start + step, hi)]
                 token, slot = pairs // ids.shape[1], pairs % ids.shape[1]
                 (out,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), (flat[pairs] - first).to(device))],
-                                                lambda _, loaded=tensors: loaded, len(block), num_experts=len(block))
+                                                lambda _, loaded=tensors: loaded, len(block), num_experts=len(block),
+                                                activations=activations)
                 yield token, slot, out.float().cpu()
 
     def add(self, sample) -> None:
@@ -241,17 +230,17 @@ class LayerFit:
         fitted = ~self.heldout[self.offset:self.offset + len(target)]
         self.offset += len(target)
         hidden, inner = target.shape[-1], down_as_rows(self.family, sample.experts.down_proj).shape[-2]
-        # the reduced layer's error e(x) on these tokens, then its normal equations: each block of
-        # new experts is merged twice per chunk, never per slice of tokens
+        # the reduced layer's error e(x) on these tokens, then its normal equations from the
+        # activations: each block of new experts is merged twice per chunk, never per slice of tokens
         error = target.clone()
-        for token, slot, out in self._pair_outputs(sample, ids, inner, hidden):
-            error.index_add_(0, token, -(w[token, slot].unsqueeze(-1) * out[:, inner:]))
+        for token, slot, out in self._pair_outputs(sample, ids, hidden, activations=False):
+            error.index_add_(0, token, -(w[token, slot].unsqueeze(-1) * out))
         share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
         kept = {kind: (evaluation, evaluation.keep(mask, ids, error, target))
                 for (kind, evaluation), mask in zip(self.evaluation.items(), (fitted, ~fitted))}
-        for token, slot, out in self._pair_outputs(sample, ids, inner, hidden):
+        for token, slot, out in self._pair_outputs(sample, ids, inner, activations=True):
             gate = w[token, slot].unsqueeze(-1)
-            features = gate * out[:, :inner]
+            features = gate * out
             if self.has_bias:
                 features = torch.cat([features, gate], dim=-1)  # [p, F]
             for evaluation, position in kept.values():
