@@ -141,8 +141,9 @@ class _Evaluation:
         self.features, self.ids, self.errors, self.norm = [], [], [], 0.0
 
     def keep(self, mask: torch.Tensor, ids: torch.Tensor, error: torch.Tensor, target: torch.Tensor):
-        """([T] position of each of a chunk's tokens among those kept, -1 if not; the kept tokens'
-        features [n, k', F] to fill) for a chunk's tokens of this kind (`mask`)."""
+        """Keep every `stride`-th of a chunk's tokens of this kind (`mask` [T]) with their new expert
+        ids, error and target norm; [T] the position of each token among those kept (-1 if not),
+        for `fill` to record their features."""
         rank = self.seen + torch.cumsum(mask.long(), 0) - 1
         self.seen += int(mask.sum())
         kept = mask & (rank % self.stride == 0)
@@ -236,14 +237,14 @@ class LayerFit:
         for token, slot, out in self._pair_outputs(sample, ids, hidden, activations=False):
             error.index_add_(0, token, -(w[token, slot].unsqueeze(-1) * out))
         share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
-        kept = {kind: (evaluation, evaluation.keep(mask, ids, error, target))
-                for (kind, evaluation), mask in zip(self.evaluation.items(), (fitted, ~fitted))}
+        kept = [(evaluation, evaluation.keep(mask, ids, error, target))
+                for evaluation, mask in zip(self.evaluation.values(), (fitted, ~fitted))]
         for token, slot, out in self._pair_outputs(sample, ids, inner, activations=True):
             gate = w[token, slot].unsqueeze(-1)
             features = gate * out
             if self.has_bias:
                 features = torch.cat([features, gate], dim=-1)  # [p, F]
-            for evaluation, position in kept.values():
+            for evaluation, position in kept:
                 evaluation.fill(position, token, slot, features)
             chosen = fitted[token]
             token, slot, features, groups = token[chosen], slot[chosen], features[chosen], ids[token[chosen], slot[chosen]]
