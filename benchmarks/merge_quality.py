@@ -49,8 +49,8 @@ from compress.stats.profile import profile_windows
 CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "general": 0.2}}
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
            "merge hc-smoe (aligned)", "merge hc-smoe (aligned activations)", "merge m-smoe", "merge m-smoe (weighted router)",
-           "merge m-smoe (aligned)", "merge m-smoe (aligned activations)", "merge hc-smoe (aligned activations, ties)",
-           "merge m-smoe (aligned activations, ties)", "merge m-smoe (aligned activations, saliency)")
+           "merge m-smoe (aligned)", "merge m-smoe (aligned activations)", "merge hc-smoe (aligned activations + ties)",
+           "merge m-smoe (aligned activations + ties)", "merge m-smoe (aligned activations + saliency)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
