@@ -383,8 +383,9 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
     outputs (recording statistics)."""
     from .layer_sample import LayerSample
 
+    buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+
     def layer_sample(inputs, logits, outputs=None, full=None):
-        buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
         return LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(), outputs,
                            engine.family.experts(engine.meta, layer), functools.partial(engine.expert_tensors, layer),
                            engine.experts_per_group, full)
@@ -413,7 +414,7 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
         routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
         streamed = None
         if stream is not None:
-            full = torch.cat([_routed_sum(engine, layer, captured[index], outputs) for index, outputs in zip(counted, routed)])
+            full = torch.cat([_routed_sum(engine, buffers, captured[index], outputs) for index, outputs in zip(counted, routed)])
             streamed = layer_sample(torch.cat([captured[index].inputs for index in counted]),
                                     torch.cat([captured[index].logits for index in counted]), full=full)
         if searched:
@@ -435,10 +436,10 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
     return search.end(layer, stream) if stream is not None else answer
 
 
-def _routed_sum(engine, layer: int, captured: Captured, outputs: torch.Tensor) -> torch.Tensor:
+def _routed_sum(engine, buffers: dict, captured: Captured, outputs: torch.Tensor) -> torch.Tensor:
     """Σ_k g_k·f_k(x) [T, H] (float32, CPU) of a batch from its routed experts' outputs [T, k, H]
-    (in the order of the ids the model chose), weighted as the family's routing weighs them."""
-    buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+    (in the order of the ids the model chose), weighted as the family's routing weighs them
+    (with the layer's router `buffers`)."""
     weights, ids = engine.family.route(captured.logits.float().cpu(), engine.source.config, buffers)
     chosen = captured.ids.cpu()
     position = (chosen.unsqueeze(1) == ids.unsqueeze(2)).int().argmax(dim=2)  # where each of `ids` is among `chosen`
