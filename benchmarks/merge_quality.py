@@ -8,8 +8,10 @@ held-out perplexity on math, code and general text:
 * prune with the best criteria (``reconstruct``; MAN and MSAN for comparison);
 * merge with each grouping (HC-SMoE, M-SMoE), router rows ``dominant`` and ``weighted``, and with
   the members' neurons aligned to the dominant expert's first (``--align weights``, ``--align activations``),
-  TIES-merged (``--merge-method ties``), and REAM-style (aligned on activations, members weighted and
-  ordered by REAP saliency, ``--merge-weights saliency``);
+  TIES-merged (``--merge-method ties``), REAM-style (aligned on activations, members weighted and
+  ordered by REAP saliency, ``--merge-weights saliency``), weighted by gate mass (``--merge-weights
+  gate-mass``), and with router rows fitted so a merged expert is chosen where its members were
+  (``--router fitted``, `merging.router_fit`: one more pass, shared with compensation);
 * each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
 * each of those after `--steps` distillation steps toward the original (on the calibration
   mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
@@ -50,7 +52,10 @@ CALIBRATIONS = {"math": {"math": 1.0}, "math:0.8,general:0.2": {"math": 0.8, "ge
 METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "merge hc-smoe (weighted router)",
            "merge hc-smoe (aligned)", "merge hc-smoe (aligned activations)", "merge m-smoe", "merge m-smoe (weighted router)",
            "merge m-smoe (aligned)", "merge m-smoe (aligned activations)", "merge hc-smoe (aligned activations + ties)",
-           "merge m-smoe (aligned activations + ties)", "merge m-smoe (aligned activations + saliency)")
+           "merge m-smoe (aligned activations + ties)", "merge m-smoe (aligned activations + saliency)",
+           "merge m-smoe (aligned activations + fitted router)", "merge m-smoe (aligned activations + gate-mass + fitted router)",
+           "merge m-smoe (aligned activations + ties + gate-mass + fitted router)",
+           "merge hc-smoe (aligned activations + gate-mass + fitted router)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
@@ -95,10 +100,11 @@ def main() -> None:
             return from_prune_plan(PrunePlan(source, layers, min(top_k, keep)))
         grouping = rest.split(" ")[0]
         alignment = "activations" if "aligned activations" in rest else "weights" if "aligned" in rest else "none"
-        weights = "saliency" if "saliency" in rest else "frequency"
+        weights = "saliency" if "saliency" in rest else "gate-mass" if "gate-mass" in rest else "frequency"
         answers = search_model(model, windows, MergeRequest(keep, grouping, weights, alignment=alignment), progress=False)
         return MergePlan(source, {layer: g for layer, (g, _, _) in answers.items()}, {layer: w for layer, (_, w, _) in answers.items()},
-                         min(top_k, keep), "weighted" if "weighted" in rest else "dominant", alignment=alignment,
+                         min(top_k, keep), "weighted" if "weighted" in rest else "fitted" if "fitted router" in rest else "dominant",
+                         alignment=alignment,
                          permutations={layer: p for layer, (_, _, p) in answers.items() if p is not None},
                          merge_method="ties" if "ties" in rest else "average")
 
@@ -121,7 +127,9 @@ def main() -> None:
                 planned = time.perf_counter() - began
                 for compensated in (False, True):
                     began = time.perf_counter()
-                    fits = search_model(model, windows, CompensationRequest(plan), progress=False) if compensated else None
+                    fits = None
+                    if compensated or plan.router == "fitted":
+                        fits = search_model(model, windows, CompensationRequest(plan, compensate=compensated), progress=False)
                     reduced = copy.deepcopy(model)
                     apply_merge_to_model(reduced, plan, fits)
                     seconds = planned + time.perf_counter() - began

@@ -36,6 +36,7 @@ class LayerSample:
     expert_tensors: Callable[..., dict]  # (expert ids, names=None) → {fused tensor name: those experts' tensor}
     group_size: int | None = None  # experts to hold at once when computing outputs (None: all)
     full: torch.Tensor | None = None  # [T, H] the layer's routed output, when `outputs` is None (float32, CPU)
+    router_rows: dict | None = None  # the router's weight [E, H] and bias [E] (`MoEFamily.router_parameters`)
 
     @classmethod
     def of_model(cls, model, layer: int, inputs: torch.Tensor, logits: torch.Tensor, every_expert: bool = True) -> LayerSample:
@@ -66,7 +67,7 @@ class LayerSample:
                     if getattr(experts, name, None) is not None and (names is None or name in names)}
 
         return cls(layer, family, model.config, buffers, inputs, logits.float().cpu(), None if outputs is None else outputs.float().cpu(),
-                   experts, tensors, full=full)
+                   experts, tensors, full=full, router_rows=family.router_parameters(model, layer))
 
     def route(self, logits: torch.Tensor | None = None, buffers: dict | None = None, top_k: int | None = None):
         """(weights, ids) [T, k] of the sample's tokens under the family's routing (by default the
@@ -153,7 +154,10 @@ def search_model(model, windows: torch.Tensor, request, *, batch_size: int = 8, 
     for layer, (hidden, logits) in tqdm(captured.items(), desc="layer search", unit="layer", disable=not progress):
         if streamed:
             stream = request.start(layer, len(hidden))
-            stream.add(LayerSample.of_model(model, layer, hidden, logits, every_expert=False))
+            sample = LayerSample.of_model(model, layer, hidden, logits, every_expert=False)
+            if getattr(stream, "routing_first", False):
+                stream.add_routing(sample)
+            stream.add(sample)
             answers[layer] = request.end(layer, stream)
         else:
             answers[layer] = request.answer(LayerSample.of_model(model, layer, hidden, logits))

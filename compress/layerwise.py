@@ -24,8 +24,9 @@ it prunes:
    input for free: the search's sample windows run through the same layers, and every expert's
    outputs for them are computed in groups too (they also give those windows' routed outputs). A
    search alone (``statistics=False``) runs only the sample windows. A streamed search
-   (compensation) instead runs every window and is given each chunk's experts' inputs, router
-   logits and routed output as a `LayerSample` (`_moe_layer`).
+   (compensation, fitted router rows) instead runs every window and is given each chunk's experts'
+   inputs, router logits and routed output as a `LayerSample` (`_moe_layer`), after a sweep of
+   the router's inputs and logits alone when it asks for one (``routing_first``).
 
 Each MoE layer runs twice per batch, once up to its experts (`capture`) and once whole with the
 experts' outputs given (`replay`); the second reuses the first's attention output.
@@ -384,11 +385,12 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
     from .layer_sample import LayerSample
 
     buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
+    rows = {name: t.detach().float().cpu() for name, t in engine.family.router_parameters(engine.meta, layer).items()}
 
     def layer_sample(inputs, logits, outputs=None, full=None):
         return LayerSample(layer, engine.family, engine.source.config, buffers, inputs, logits.float().cpu(), outputs,
                            engine.family.experts(engine.meta, layer), functools.partial(engine.expert_tensors, layer),
-                           engine.experts_per_group, full)
+                           engine.experts_per_group, full, rows)
 
     top_k = engine.source.top_k
     count = engine.source.experts_per_layer[layer]
@@ -401,6 +403,10 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             chunks[-1] += sample
         else:
             chunks.append(sample)
+    if getattr(stream, "routing_first", False):  # the router's inputs and logits of every batch, before the main sweep
+        for index in range(first_sample):
+            captured = engine.capture(module, hidden[index], calls[index][layer])
+            stream.add_routing(layer_sample(captured.inputs, captured.logits))
     for chunk in chunks:
         captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
         counted = [index for index in chunk if index < first_sample]

@@ -340,6 +340,12 @@ class MoEFamily:
         owners = self.router_tensor_modules(model, layer)
         return {name: getattr(owners[name], name).reshape(-1) for name, spec in self.router_tensors.items() if spec.get("buffer")}
 
+    def router_parameters(self, model, layer: int) -> dict[str, torch.Tensor]:
+        """The router's learnt rows: its weight [E, H] and, where it has one, bias [E] (not the buffers)."""
+        owners = self.router_tensor_modules(model, layer)
+        return {name: getattr(owners[name], name) for name, spec in self.router_tensors.items()
+                if not spec.get("buffer") and getattr(owners[name], name, None) is not None}
+
     # --- on-disk keys ----------------------------------------------------------------------------
     def detect_layout(self, reader: CheckpointReader, layer: int) -> CheckpointLayout:
         """The key convention of a checkpoint, judged by the keys of MoE layer `layer`."""

@@ -149,6 +149,9 @@ class MergeMethod(Method):
     def compensation_plan(self, plan):
         return plan
 
+    def fits_router(self, options, plan) -> bool:
+        return (plan.router if plan is not None else options.router) == "fitted"
+
     def write(self, source, plan, staging, options, *, stats, fits, command, progress, max_shard_size):
         return write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,
                      progress=progress, max_shard_size=max_shard_size)

@@ -50,6 +50,10 @@ class Method:
         """The `merging.MergePlan` that compensation fits for `plan`."""
         raise NotImplementedError
 
+    def fits_router(self, options, plan) -> bool:
+        """Whether the output's router rows are fitted on calibration text (a merge's ``--router fitted``)."""
+        return False
+
     def write(self, source, plan, staging: Path, options, *, stats, fits, command, progress, max_shard_size):
         """The checkpoint of `plan` in `staging`, with provenance and card; its description."""
         raise NotImplementedError
@@ -66,12 +70,19 @@ def register_method(method: Method) -> Method:
     return method
 
 
-def fit_calibration(source, options, calibration: CalibrationOptions | None, plan_only: bool) -> CalibrationOptions | None:
-    """The settled calibration ``--compensate`` fits on (None without it), refused before any work when it cannot run."""
+def fit_calibration(source, options, calibration: CalibrationOptions | None, plan_only: bool,
+                    fits_router: bool = False) -> CalibrationOptions | None:
+    """The settled calibration ``--compensate`` (or a fitted router) fits on (None without either),
+    refused before any work when it cannot run."""
     from .calibration import settle
 
     if not options.compensate:
-        return None
+        if not fits_router or plan_only:
+            return None
+        if calibration is None or calibration.domain is None:
+            raise CompressError("fitted router rows are fitted on calibration text: pass --domain (math, code, general or "
+                                "your own with --dataset)")
+        return settle(calibration, source)
     if plan_only:
         raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
                             "later with --plan PLAN --compensate")
@@ -94,14 +105,14 @@ def reduce(method: Method, source, options, output: OutputOptions, *, calibratio
     if several is not None and (plan is not None or plan_only):
         raise CompressError("a size frontier (several --keep or --keep-ratio values) makes one plan per size: drop --plan / --plan-only")
     each = several or [Size(options, None if plan is not None or not method.sized else keep_count(options, source))]
-    fitting = fit_calibration(source, options, calibration, plan_only) if method.compensable else None
+    plan = method.load_plan(plan, source) if plan is not None else None
+    fitting = fit_calibration(source, options, calibration, plan_only, method.fits_router(options, plan)) if method.compensable else None
     kind, what = ("file", method.plan_what) if plan_only else ("directory", method.model_what)
     recognise = (lambda path: plan_file_format(path) == method.plan_format) if plan_only else None
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
                       what=what) as claimed, (claimed.scratch() if fitting else contextlib.nullcontext()) as spill:
         stats = checked_statistics(stats, source) if stats is not None else None
         planning = [method.check(source, size.options, size.keep, calibration, stats, plan) for size in each][-1]
-        plan = method.load_plan(plan, source) if plan is not None else None
         with claimed.write() as staging:
             if several is None:
                 return _one(method, source, each[0], output, staging, claimed.path, stats=stats, plan=plan, plan_only=plan_only,
@@ -127,7 +138,8 @@ def _one(method: Method, source, size: Size, output: OutputOptions, staging: Pat
     if plan_only:
         plan.save(staging)
         return method.result(plan, stats, None, out, source.info, None, time.perf_counter() - start)
-    fits = compensation(source, method.compensation_plan(plan), fitting, spill, progress=progress) if fitting else None
+    fits = (compensation(source, method.compensation_plan(plan), fitting, spill, compensate=size.options.compensate, progress=progress)
+            if fitting else None)
     after = method.write(source, plan, staging, size.options, stats=stats, fits=fits, command=command, progress=progress,
                          max_shard_size=output.max_shard_size)
     return method.result(plan, stats, fits, out, source.info, after, time.perf_counter() - start)

@@ -75,9 +75,11 @@ def result_record(result, **how) -> dict:
             "bytes": result.after.checkpoint_bytes, "shards": result.after.shards, "seconds": round(result.seconds, 2)}
 
 
-def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, progress: bool = True) -> dict:
+def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, compensate: bool = True,
+                 progress: bool = True) -> dict:
     """{layer: `CompensationFit`} of a merge plan (or a prune plan's `from_prune_plan`), fitted on
-    every window of settled `calibration` in one streamed pass (`merging.compensate.LayerFit`); each layer's refitted
+    every window of settled `calibration` in one streamed pass (`merging.compensate.LayerFit`): the
+    down projections with `compensate`, the router rows with ``router: fitted``; each layer's refitted
     tensors are written into the directory `spill` as soon as they are made (in the dtype the
     output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
     import torch
@@ -93,15 +95,15 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
         dtype = torch.bfloat16
     elif fp8.is_fp8(source.raw_config):  # quantised on the source's block grid when written
         dtype = torch.float32
-    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype), statistics=False,
-                         progress=progress)
+    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype, compensate),
+                         statistics=False, progress=progress)
     return fits
 
 
 def compensation_record(fits: dict | None) -> dict | None:
     """The relative layer-output errors before and after compensation, per layer, on the tokens
     fitted and on the held-out ones."""
-    if fits is None:
+    if not fits or next(iter(fits.values())).error_before is None:
         return None
     return {str(layer): {"error_before": round(fit.error_before, 6), "error_after": round(fit.error_after, 6),
                          "heldout_error_before": round(fit.heldout_before, 6), "heldout_error_after": round(fit.heldout_after, 6)}
@@ -109,7 +111,7 @@ def compensation_record(fits: dict | None) -> dict | None:
 
 
 def compensation_text(fits: dict | None) -> str:
-    if not fits:
+    if not fits or next(iter(fits.values())).error_before is None:
         return ""
 
     def mean(name: str) -> float:

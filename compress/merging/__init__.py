@@ -3,7 +3,7 @@ groupings that make them (HC-SMoE, M-SMoE), one-shot compensation, and applying 
 model or, streaming, to a checkpoint on disk."""
 
 MERGE_WEIGHTS = ("frequency", "gate-mass", "saliency")
-ROUTER_ROWS = ("dominant", "weighted")
+ROUTER_ROWS = ("dominant", "weighted", "fitted")  # `plan.MergePlan.router_matrix`, `router_fit`
 ALIGNMENTS = ("none", "weights", "activations")  # neuron alignment before averaging (`align`)
 MERGE_METHODS = ("average", "ties")  # how aligned members become one (`align.merge_members`)
 TIES_DENSITY = 0.2  # the share of each member's largest differences from the dominant expert TIES keeps (TIES-merging's k)

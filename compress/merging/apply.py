@@ -15,7 +15,8 @@ one output tensor at a time:
 * compensation (`compensate.CompensationFit`) replaces each new expert's down projection and bias
   by the refitted ones; the gate/up projections of an unmerged expert are still copied as stored.
 
-Router rows (weights, biases, DeepSeek's correction bias) are `router_matrix` times the source's.
+Router rows (weights, biases, DeepSeek's correction bias) are `router_matrix` times the source's,
+or with ``router: fitted`` the weights and biases the fit made (`router_fit`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..families import MoEFamily, family_for_config
 from ..models.modeling_moe_compress import set_counts
 from ..pruning.apply import copy_modeling_files, pruned_config, set_config_counts, stack_keys
 from . import align
+from .compensate import ROUTER_PREFIX
 from .plan import MergePlan
 
 
@@ -41,6 +43,13 @@ def combine(tensor: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tenso
     """`matrix` [G, E] times `tensor` along its expert dimension `dim` (float64), in the tensor's dtype."""
     out = torch.tensordot(matrix.to(tensor.device), tensor.movedim(dim, 0).double(), dims=1)
     return out.movedim(0, dim).to(tensor.dtype)
+
+
+def router_rows(tensor: torch.Tensor, matrix: torch.Tensor, dim: int, fitted: torch.Tensor | None) -> torch.Tensor:
+    """A new router tensor: the `fitted` rows (``router: fitted``) where the fit made them, else
+    `matrix` times the source's `tensor`."""
+    combined = combine(tensor, matrix, dim)
+    return combined if fitted is None else fitted.reshape(combined.shape).to(combined.device, combined.dtype)
 
 
 def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = None) -> None:
@@ -62,7 +71,8 @@ def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = Non
                        else torch.stack([group[name] for group in groups], dim=family.expert_tensors[name]["expert_dim"])
                        for name, t in present.items()}
         router_owners, router_matrix = family.router_tensor_modules(model, layer), plan.router_matrix(layer)
-        new_tensors |= {name: combine(getattr(router_owners[name], name).detach(), router_matrix, spec["expert_dim"])
+        new_tensors |= {name: router_rows(getattr(router_owners[name], name).detach(), router_matrix, spec["expert_dim"],
+                                          refitted.get(ROUTER_PREFIX + name))
                         for name, spec in family.router_tensors.items() if getattr(router_owners[name], name, None) is not None}
         owners = {name: experts for name in present} | router_owners
         for name, new in new_tensors.items():
@@ -184,7 +194,9 @@ def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_
             shape = list(entry.shape)
             shape[role.expert_dim] = groups
             matrix = plan.router_matrix(role.layer)
-            result.copies.append(TensorCopy(key, key, compute=lambda t, m=matrix, d=role.expert_dim: combine(t, m, d)))
+            fit = compensation[role.layer] if compensation is not None and plan.router == "fitted" else None
+            result.copies.append(TensorCopy(key, key, compute=lambda t, m=matrix, d=role.expert_dim, f=fit, n=role.suffix:
+                                            router_rows(t, m, d, None if f is None else f.load().get(ROUTER_PREFIX + n))))
             result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(shape)))
             continue
         result.dropped_keys.append(key)

@@ -11,7 +11,7 @@ from .plan import MergePlan
 
 def compensation_section(fits: dict | None) -> str:
     """The card's lines on compensation (empty without it)."""
-    if not fits:
+    if not fits or next(iter(fits.values())).error_before is None:
         return ""
     rows = "\n".join(f"| {layer} | {fit.error_before:.4f} | {fit.error_after:.4f} | {fit.heldout_before:.4f} | {fit.heldout_after:.4f} |"
                      for layer, fit in sorted(fits.items()))
@@ -36,8 +36,10 @@ def merge_card(plan: MergePlan, before, after, statistics: dict | None, fits: di
     merged_text = f"{next(iter(counts.values()))} experts in every MoE layer (from {source['num_experts']})"
     top_k_text = (f"top-k stays {plan.top_k}" if plan.top_k == source["top_k"]
                   else f"top-k lowered from {source['top_k']} to {plan.top_k}")
-    router = ("its most used member's router row" if plan.router == "dominant"
-              else "the same weighted sum of its members' router rows")
+    router = {"dominant": "its most used member's router row",
+              "weighted": "the same weighted sum of its members' router rows",
+              "fitted": "a router row fitted (closed form, on the calibration tokens) so that its logit matches the "
+                        "log-sum-exp of its members' logits, i.e. it is chosen where they were"}[plan.router]
     data = calibration_text(statistics)
     combined = ("the weighted average" if plan.merge_method == "average"
                 else "a TIES merge (the most used member plus the trimmed, sign-elected differences of the others)")

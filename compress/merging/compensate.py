@@ -38,17 +38,19 @@ RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.
 # the whole calibration set, so over every domain of a mixture).
 HELDOUT_EVERY, HELDOUT_RUN = 5, 32
 EVAL_TOKENS = 2048  # tokens of each kind (fitted, held out) the error after the fit is measured on
+ROUTER_PREFIX = "router."  # a fit's refitted router rows, beside its down projections
 SLICE_BYTES = 2**28  # the new experts' activations and outputs of one slice of a chunk's (token, expert) pairs (fp32)
 
 
 @dataclass
 class CompensationFit:
-    """One layer's refitted down projections (module orientation, {"down_proj": [G, …], "down_proj_bias": [G, H]}),
-    held in memory or spilled to a safetensors file, and the relative layer-output error
-    ‖reduced − full‖² / ‖full‖² before and after, on the tokens fitted and on the held-out ones."""
+    """One layer's refitted down projections (module orientation, {"down_proj": [G, …], "down_proj_bias": [G, H]})
+    and router rows ({"router.weight": [G, H], "router.bias": [G]}, with ``router: fitted``), held in
+    memory or spilled to a safetensors file, and the relative layer-output error ‖reduced − full‖² /
+    ‖full‖² before and after, on the tokens fitted and on the held-out ones (None without compensation)."""
 
-    error_before: float
-    error_after: float
+    error_before: float | None
+    error_after: float | None
     tensors: dict | None = None
     path: str | None = None
     heldout_before: float | None = None
@@ -69,13 +71,16 @@ class CompensationFit:
         return CompensationFit(self.error_before, self.error_after, None, str(path), self.heldout_before, self.heldout_after)
 
 
-def reduced_routing(sample, router_matrix: torch.Tensor, top_k: int):
+def reduced_routing(sample, router_matrix: torch.Tensor, top_k: int, router=None):
     """(weights, ids) [T, k'] of the sample's tokens routed by the reduced layer's router, whose
     rows (and biases, buffers) are `router_matrix` [G, E] times the source's: its logits are the
-    same combination of the source logits."""
-    logits = (sample.logits.double() @ router_matrix.T).float()
+    same combination of the source logits; the groups `router` (a solved `router_fit.RouterFit`)
+    fits have its rows' logits instead."""
+    logits = sample.logits.double() @ router_matrix.T
+    if router is not None and router.fitted:
+        logits[:, router.fitted] = router.fitted_logits(sample.inputs)
     buffers = {name: (router_matrix @ t.double()).float() for name, t in sample.router_buffers.items()}
-    return sample.route(logits, buffers, top_k)
+    return sample.route(logits.float(), buffers, top_k)
 
 
 class MergedExperts:
@@ -178,14 +183,20 @@ class _Evaluation:
 
 
 class LayerFit:
-    """The streamed compensation of one MoE layer (see the module docstring): `add` each chunk of
-    the calibration tokens (a `LayerSample`, in order, `tokens` in all), then `result`."""
+    """The streamed refit of one MoE layer: `add` each chunk of the calibration tokens (a
+    `LayerSample`, in order, `tokens` in all), then `result`. With `compensate` the down projections
+    (see the module docstring); with `fit_router` the router rows of merged experts
+    (`router_fit.RouterFit`). With both, the router is fitted first, on a sweep of its own
+    (`routing_first`: `add_routing` every chunk before any `add`), so compensation fits the routing
+    the reduced layer will have."""
 
     def __init__(self, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, tokens: int, *,
                  members_of: list[list[int]] | None = None, alignment: str = "none", stored=None, method: str = "average",
-                 ridge: float = RIDGE):
+                 ridge: float = RIDGE, compensate: bool = True, fit_router: bool = False):
         self.merge_matrix, self.router_matrix, self.top_k, self.ridge = merge_matrix, router_matrix, top_k, ridge
         self.members_of, self.alignment, self.stored, self.method = members_of, alignment, stored, method
+        self.compensate, self.fit_router, self.router = compensate, fit_router, None
+        self.routing_first = compensate and fit_router and merge_matrix.count_nonzero(dim=1).max() > 1
         self.heldout, self.offset = heldout_tokens(tokens), 0
         held = int(self.heldout.sum())
         self.evaluation = {"fitted": _Evaluation(tokens - held), "heldout": _Evaluation(held)}
@@ -219,14 +230,27 @@ class LayerFit:
                                                 activations=activations)
                 yield token, slot, out.float().cpu()
 
+    def add_routing(self, sample) -> None:
+        """Add the router's normal equations of the next calibration tokens (`routing_first`)."""
+        if self.router is None:
+            from .router_fit import RouterFit, sigmoid_scored
+
+            groups = self.members_of or [row.nonzero().flatten().tolist() for row in self.merge_matrix]
+            self.router = RouterFit(groups, sample.router_rows, sigmoid_scored(sample.family, sample.config))
+        self.router.add(sample.inputs, sample.logits)
+
     def add(self, sample) -> None:
         """Add the normal equations of the next `len(sample.inputs)` calibration tokens."""
+        if self.fit_router and not self.routing_first:
+            self.add_routing(sample)
+        if not self.compensate:
+            return
         if self.load is None:
             self.load = MergedExperts(sample, self.merge_matrix, self.members_of, self.alignment, self.stored, self.method)
             self.family = sample.family
             self.has_bias = self.family.expert_tensors.get("down_proj_bias") is not None and sample.experts.has_bias
         target = sample.full_output().float()
-        weights, ids = reduced_routing(sample, self.router_matrix, self.top_k)
+        weights, ids = reduced_routing(sample, self.router_matrix, self.top_k, self.router)
         w = weights.float()
         fitted = ~self.heldout[self.offset:self.offset + len(target)]
         self.offset += len(target)
@@ -268,7 +292,10 @@ class LayerFit:
         return deltas
 
     def result(self) -> CompensationFit:
-        """The refitted down projections and the layer errors before and after."""
+        """The refitted down projections and the layer errors before and after, and the router rows."""
+        router = {} if self.router is None else {ROUTER_PREFIX + name: t.float() for name, t in self.router.rows().items()}
+        if not self.compensate:
+            return CompensationFit(None, None, router)
         deltas = self.corrections()
         before, after = self.evaluation["fitted"].errors_before_after(deltas)
         heldout_before, heldout_after = self.evaluation["heldout"].errors_before_after(deltas)
@@ -282,7 +309,7 @@ class LayerFit:
             if self.has_bias:
                 row = merged["down_proj_bias"][0].double()
                 bias.append((row if delta is None else row + delta[inner].to(row.device)).float())
-        tensors = {"down_proj": torch.stack(down).cpu()}
+        tensors = {"down_proj": torch.stack(down).cpu()} | router
         if self.has_bias:
             tensors["down_proj_bias"] = torch.stack(bias).cpu()
         return CompensationFit(before, after, tensors, heldout_before=heldout_before, heldout_after=heldout_after)

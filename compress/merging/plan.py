@@ -19,7 +19,9 @@ The JSON file::
 New expert g of a layer is the weighted sum Σ_m w_m·W_m of its group's experts' tensors (every
 weight and bias; the weights of a group are normalised to sum to 1). Its router row is the
 group's first ("dominant") expert's row with ``router: dominant``, or the same weighted sum of the
-members' rows (and biases) with ``router: weighted``. With ``alignment: weights`` each member's
+members' rows (and biases) with ``router: weighted``. With ``router: fitted`` the rows of merged
+experts are fitted on calibration tokens when the plan is applied (`router_fit`: the group's
+log-sum-exp logit, in closed form), the dominant expert's row being the fit's prior. With ``alignment: weights`` each member's
 intermediate neurons are first permuted to match the dominant expert's (`align`), the permutation
 found from the weights when applied; with ``alignment: activations`` it was found on calibration
 activations and is stored, per member, in ``permutations`` (new neuron j is the member's neuron
@@ -86,7 +88,8 @@ class MergePlan(LayerPlan):
         return matrix
 
     def router_matrix(self, layer: int) -> torch.Tensor:
-        """[groups, source experts] float64: how each new router row is made from the old rows."""
+        """[groups, source experts] float64: how each new router row is made from the old rows (with
+        ``router: fitted``, the rows the fit starts from and the buffers: the dominant expert's)."""
         if self.router == "weighted":
             return self.merge_matrix(layer)
         matrix = torch.zeros(len(self.layers[layer]), self.source_experts(layer), dtype=torch.float64)

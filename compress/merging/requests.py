@@ -43,14 +43,17 @@ class MergeRequest:
 
 @dataclass(frozen=True)
 class CompensationRequest:
-    """The compensation fit of every MoE layer of `plan`: {layer: `compensate.CompensationFit`},
+    """The compensation fit (and, with ``router: fitted``, the router rows: `router_fit`) of every
+    MoE layer of `plan`: {layer: `compensate.CompensationFit`},
     each written to a file in `spill` (in `dtype`) as soon as it is made when `spill` is given, so
     memory holds one layer's fit at a time. A streamed search: the engine gives it every
-    calibration token, a chunk at a time (`start`, ``LayerFit.add``, `end`), not a sample."""
+    calibration token, a chunk at a time (`start`, ``LayerFit.add``, `end`), not a sample (after a
+    sweep of ``LayerFit.add_routing`` when the fit's ``routing_first``)."""
 
     plan: MergePlan
     spill: Path | None = None
     dtype: torch.dtype = torch.float32
+    compensate: bool = True  # refit the down projections (else only the router rows of ``router: fitted``)
     streamed: ClassVar[bool] = True
 
     def check(self, top_k: int) -> None:
@@ -63,7 +66,7 @@ class CompensationRequest:
         plan = self.plan
         return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens, members_of=plan.layers[layer],
                         alignment=plan.alignment, stored=lambda group: plan.stored_permutations(layer, group),
-                        method=plan.merge_method)
+                        method=plan.merge_method, compensate=self.compensate, fit_router=plan.router == "fitted")
 
     def end(self, layer: int, fit):
         fit = fit.result()
