@@ -14,7 +14,9 @@ so Δ_g = (A_g + λI)⁻¹ C_g with the normal equations A_g = Σ f fᵀ and C_g
 every fitted token routed to g (λ is `RIDGE` times A_g's mean diagonal, so an expert few tokens
 reach stays near its merged weights). The sums stream: `LayerFit.add` takes the calibration tokens
 a chunk at a time (the layer-wise engine's chunks), so the fit sees every routed token, not the
-search's sample, and memory holds each new expert's A_g and C_g ((I+1)·(I+1+H) floats). The shares
+search's sample, and memory holds each new expert's A_g and C_g ((I+1)·(I+1+H) floats) and one chunk's
+new-expert activations (kept from computing the error to the sums, so each block of new experts is
+merged and run once per chunk: 1.5 GB for the engine's largest chunk at gpt-oss shapes). The shares
 add up to the whole error, so if every expert fits its share exactly the layer output is exact;
 with one new expert per token this is the exact least-squares fit. Routing and gate/up are unchanged.
 
@@ -39,7 +41,7 @@ RIDGE = 0.1  # chosen on the demo model (benchmarks/merge_quality.py): 0.01–0.
 HELDOUT_EVERY, HELDOUT_RUN = 5, 32
 EVAL_TOKENS = 2048  # tokens of each kind (fitted, held out) the error after the fit is measured on
 ROUTER_PREFIX = "router."  # a fit's refitted router rows, beside its down projections
-SLICE_BYTES = 2**28  # the new experts' activations and outputs of one slice of a chunk's (token, expert) pairs (fp32)
+SLICE_BYTES = 2**28  # the new experts' activations of one slice of a chunk's (token, expert) pairs (fp32)
 
 
 @dataclass
@@ -204,17 +206,17 @@ class LayerFit:
         self.right: dict[int, torch.Tensor] = {}  # g → C_g [F, H]
         self.load = self.family = self.has_bias = None
 
-    def _pair_outputs(self, sample, ids: torch.Tensor, width: int, activations: bool):
-        """(tokens, slots, outputs [p, width]) of the (token, new expert) pairs `ids` [T, k']: the
-        new experts' outputs, or with `activations` their intermediate activations; a block of new
-        experts at a time (each merged once per call), a block's pairs in slices of at most
-        `SLICE_BYTES` of outputs."""
+    def _pair_activations(self, sample, ids: torch.Tensor, inner: int):
+        """(tokens, slots, activations [p, I], outputs [p, H]) of the (token, new expert) pairs `ids`
+        [T, k']: the new experts' intermediate activations and their outputs D·a + b from them; a
+        block of new experts at a time (each merged once per chunk), a block's pairs in slices of
+        at most `SLICE_BYTES` of activations."""
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
         groups = self.merge_matrix.shape[0]
         size = sample.group_size or groups
         bounds = torch.searchsorted(flat[order], torch.arange(0, groups + size, size)).tolist()
-        step = max(1, SLICE_BYTES // (4 * width))
+        step = max(1, SLICE_BYTES // (4 * inner))
         device = sample.inputs.device
         for index, first in enumerate(range(0, groups, size)):
             lo, hi = bounds[index], bounds[index + 1]
@@ -222,13 +224,19 @@ class LayerFit:
                 continue
             block = list(range(first, min(first + size, groups)))
             tensors = self.load(block)
+            down = down_as_rows(self.family, tensors["down_proj"]).float()  # [B, I, H]
+            bias = tensors["down_proj_bias"].float() if self.has_bias else None
             for start in range(lo, hi, step):
                 pairs = order[start:min(start + step, hi)]
-                token, slot = pairs // ids.shape[1], pairs % ids.shape[1]
-                (out,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), (flat[pairs] - first).to(device))],
-                                                lambda _, loaded=tensors: loaded, len(block), num_experts=len(block),
-                                                activations=activations)
-                yield token, slot, out.float().cpu()
+                token, slot, local = pairs // ids.shape[1], pairs % ids.shape[1], flat[pairs] - first
+                (act,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), local.to(device))],
+                                                lambda _, loaded=tensors: loaded, len(block), num_experts=len(block), activations=True)
+                act, local = act.float(), local.to(device)
+                out = act.new_empty(len(act), down.shape[-1])
+                for g in local.unique().tolist():
+                    mine = local == g
+                    out[mine] = act[mine] @ down[g] + (0 if bias is None else bias[g])
+                yield token, slot, act.cpu(), out.cpu()
 
     def add_routing(self, sample) -> None:
         """Add the router's normal equations of the next calibration tokens (`routing_first`)."""
@@ -256,16 +264,18 @@ class LayerFit:
         self.offset += len(target)
         hidden, inner = target.shape[-1], down_as_rows(self.family, sample.experts.down_proj).shape[-2]
         # the reduced layer's error e(x) on these tokens, then its normal equations from the
-        # activations: each block of new experts is merged twice per chunk, never per slice of tokens
-        error = target.clone()
-        for token, slot, out in self._pair_outputs(sample, ids, hidden, activations=False):
+        # activations kept meanwhile: each block of new experts is merged once per chunk
+        error, pairs = target.clone(), []
+        for token, slot, act, out in self._pair_activations(sample, ids, inner):
             error.index_add_(0, token, -(w[token, slot].unsqueeze(-1) * out))
+            pairs.append((token, slot, act))
         share = w / w.sum(dim=1, keepdim=True).clamp(min=1e-30)
         kept = [(evaluation, evaluation.keep(mask, ids, error, target))
                 for evaluation, mask in zip(self.evaluation.values(), (fitted, ~fitted))]
-        for token, slot, out in self._pair_outputs(sample, ids, inner, activations=True):
+        while pairs:
+            token, slot, act = pairs.pop(0)
             gate = w[token, slot].unsqueeze(-1)
-            features = gate * out
+            features = gate * act
             if self.has_bias:
                 features = torch.cat([features, gate], dim=-1)  # [p, F]
             for evaluation, position in kept:
