@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--keeps", default="8,4")
     parser.add_argument("--distill-keeps", default="8,4", help="keeps whose models are also distilled ('' for none)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated rows of METHODS to run")
+    parser.add_argument("--calibrations", nargs="+", default=list(CALIBRATIONS), choices=CALIBRATIONS)
     args = parser.parse_args()
     start = time.perf_counter()
     path = demo_model_path()
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"| 16 (all) | — | original | — | {base['math']:.2f} | {base['code']:.2f} | {base['general']:.2f} | — | — | — |", flush=True)
     distill_keeps = {int(k) for k in args.distill_keeps.split(",") if k}
     for keep in (int(k) for k in args.keeps.split(",")):
-        for name, mixture in CALIBRATIONS.items():
+        for name in args.calibrations:
+            mixture = CALIBRATIONS[name]
             windows = mixture_windows(tokenizer, mixture, "calibration", args.samples, args.seq_len)
             train = mixture_windows(tokenizer, mixture, "train", 512, args.seq_len)
             stats = profile_windows(model, windows, batch_size=8, model_name="demo", domain=name, data="built-in", progress=False)

@@ -171,7 +171,8 @@ def test_the_merge_command_aligns_records_it_in_the_plan_and_checks_it(tmp_path,
 
     fast = ["--samples", "8", "--seq-len", "64", "--quiet"]
     plan_file = tmp_path / "plan.json"
-    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--align", "weights", *fast, "--plan-only",
+    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--align", "weights", "--router", "dominant", *fast,
+                 "--plan-only",
                  "--out", str(plan_file)]) == 0
     plan = json.loads(plan_file.read_text())
     assert plan["alignment"] == "weights"
@@ -189,8 +190,8 @@ def test_activation_alignment_is_stored_in_the_plan_and_checked(tmp_path, capsys
     from compress.cli import main
 
     plan_file = tmp_path / "plan.json"
-    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--align", "activations", "--samples", "8",
-                 "--seq-len", "64", "--quiet", "--plan-only", "--out", str(plan_file)]) == 0
+    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--align", "activations", "--router", "dominant",
+                 "--samples", "8", "--seq-len", "64", "--quiet", "--plan-only", "--out", str(plan_file)]) == 0
     plan = json.loads(plan_file.read_text())
     assert plan["alignment"] == "activations" and plan["permutations"].keys() == plan["layers"].keys()
     inner = AutoModelForCausalLM.from_pretrained(open_model("demo").path).config.intermediate_size

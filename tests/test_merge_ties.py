@@ -83,8 +83,8 @@ def test_the_merge_command_records_ties_in_the_plan_and_checks_it(tmp_path, caps
     from conftest import cli_error
 
     plan_file = tmp_path / "plan.json"
-    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--merge-method", "ties", "--samples", "8",
-                 "--seq-len", "64", "--quiet", "--plan-only", "--out", str(plan_file)]) == 0
+    assert main(["merge", "--model", "demo", "--domain", "math", "--keep", "8", "--merge-method", "ties", "--router", "dominant",
+                 "--samples", "8", "--seq-len", "64", "--quiet", "--plan-only", "--out", str(plan_file)]) == 0
     plan = json.loads(plan_file.read_text())
     assert plan["merge_method"] == "ties"
     assert main(["merge", "--model", "demo", "--plan", str(plan_file), "--quiet", "--out", str(tmp_path / "merged")]) == 0

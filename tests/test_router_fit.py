@@ -140,7 +140,7 @@ def test_merge_router_fitted_end_to_end(tmp_path, capsys):
     calibration = ["--domain", "math", "--samples", "8", "--seq-len", "64", "--quiet"]
     out, dominant = tmp_path / "fitted", tmp_path / "dominant"
     assert main(["merge", "--model", "demo", "--keep", "8", "--router", "fitted", "--out", str(out), *calibration]) == 0
-    assert main(["merge", "--model", "demo", "--keep", "8", "--out", str(dominant), *calibration]) == 0
+    assert main(["merge", "--model", "demo", "--keep", "8", "--router", "dominant", "--out", str(dominant), *calibration]) == 0
     provenance = json.loads((out / "compress.json").read_text())
     assert provenance["plan"]["router"] == "fitted" and provenance["compensation"] is None
     assert "log-sum-exp of its members' logits" in (out / "README.md").read_text()
