@@ -11,7 +11,10 @@ held-out perplexity on math, code and general text:
   TIES-merged (``--merge-method ties``), REAM-style (aligned on activations, members weighted and
   ordered by REAP saliency, ``--merge-weights saliency``), weighted by gate mass (``--merge-weights
   gate-mass``), and with router rows fitted so a merged expert is chosen where its members were
-  (``--router fitted``, `merging.router_fit`: one more pass, shared with compensation);
+  (``--router fitted``, `merging.router_fit`: one more pass, shared with compensation; the
+  default), and that default grouped sequentially as REAM does ("+ sequential": each layer grouped
+  on the inputs the already-merged layers before it give; measured here in memory only, the
+  command groups every layer on the original model's inputs);
 * each of those with one-shot compensation (down projections refitted in closed form, `merging.compensate`);
 * each of those after `--steps` distillation steps toward the original (on the calibration
   mixture's training split), for the keeps in `--distill-keeps` and the methods in `DISTILLED`.
@@ -55,7 +58,8 @@ METHODS = ("prune reconstruct", "prune man", "prune msan", "merge hc-smoe", "mer
            "merge m-smoe (aligned activations + ties)", "merge m-smoe (aligned activations + saliency)",
            "merge m-smoe (aligned activations + fitted router)", "merge m-smoe (aligned activations + gate-mass + fitted router)",
            "merge m-smoe (aligned activations + ties + gate-mass + fitted router)",
-           "merge hc-smoe (aligned activations + gate-mass + fitted router)")
+           "merge hc-smoe (aligned activations + gate-mass + fitted router)",
+           "merge m-smoe (aligned activations + gate-mass + fitted router + sequential)")
 DISTILLED = ("prune reconstruct", "merge hc-smoe", "merge m-smoe")  # the best of each kind; distilling all triples the time
 
 
@@ -66,6 +70,17 @@ def mixture_windows(tokenizer, mixture: dict, split: str, samples: int, seq_len:
         count = max(1, round(share * samples))
         parts.append(token_windows(token_stream(tokenizer, load_texts(domain, split), max_tokens=count * seq_len), seq_len, count))
     return torch.cat(parts)
+
+
+def sequential_answers(model, windows, request: MergeRequest, source: dict, top_k: int) -> dict:
+    """The request's answers with each layer grouped on the inputs that the layers before it, already
+    merged (dominant router rows), give: one search of the partly merged copy per layer."""
+    merged, answers = copy.deepcopy(model), {}
+    for layer in range(model.config.num_hidden_layers):
+        groups, weights, found = answers[layer] = search_model(merged, windows, request, progress=False)[layer]
+        apply_merge_to_model(merged, MergePlan(source, {layer: groups}, {layer: weights}, top_k, alignment=request.alignment,
+                                               permutations={layer: found} if found is not None else {}))
+    return answers
 
 
 def main() -> None:
@@ -102,7 +117,9 @@ def main() -> None:
         grouping = rest.split(" ")[0]
         alignment = "activations" if "aligned activations" in rest else "weights" if "aligned" in rest else "none"
         weights = "saliency" if "saliency" in rest else "gate-mass" if "gate-mass" in rest else "frequency"
-        answers = search_model(model, windows, MergeRequest(keep, grouping, weights, alignment=alignment), progress=False)
+        request = MergeRequest(keep, grouping, weights, alignment=alignment)
+        answers = (sequential_answers(model, windows, request, source, min(top_k, keep)) if "sequential" in rest
+                   else search_model(model, windows, request, progress=False))
         return MergePlan(source, {layer: g for layer, (g, _, _) in answers.items()}, {layer: w for layer, (_, w, _) in answers.items()},
                          min(top_k, keep), "weighted" if "weighted" in rest else "fitted" if "fitted router" in rest else "dominant",
                          alignment=alignment,

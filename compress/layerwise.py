@@ -347,6 +347,9 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
     states = [batch_state(*batch.shape, None if masks is None else masks[index]) if statistics else None
               for index, batch in enumerate(batches)]
     states += [None] * len(samples)  # the search's windows are run, not counted
+    # A search that also observes every counted window once it has answered (merge's fitted router
+    # rows) is given them when this pass runs them all (with statistics, in one process).
+    observe = search is not None and not streamed and statistics and world_size == 1 and getattr(search, "observes", False)
     answers = {}
     with RoutingStatsCollector(source.meta) as collector:
         bar = tqdm(total=len(engine.layers), desc="calibrating layers", unit="layer", disable=not progress or rank != 0)
@@ -358,7 +361,7 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
                 else:
                     stream = search.start(layer, windows.numel()) if streamed else None
                     answer = _moe_layer(engine, module, layer, hidden, calls, states, collector, len(batches), search_tokens,
-                                        search, stream)
+                                        search, stream, observe)
                     if answer is not None:
                         answers[layer] = answer
             release_freed_memory()
@@ -377,11 +380,12 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
 
 
 def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
-               search_tokens: int, search, stream=None):
+               search_tokens: int, search, stream=None, observe: bool = False):
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
     chunk's expert outputs reading each expert group once, answer the search on its sample
     windows (or give a streamed search's `stream` every chunk), and replay the batches with those
-    outputs (recording statistics)."""
+    outputs (recording statistics). With `observe` the sample windows come first, and every later
+    chunk's router inputs and logits go to ``search.observe(layer, answer, sample)``."""
     from .layer_sample import LayerSample
 
     buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
@@ -398,7 +402,9 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
     answer = None
     chunks = _chunks(pairs[:first_sample], CHUNK_PAIRS)
     sample = list(range(first_sample, len(hidden)))
-    if sample:  # the search's windows stay together, with the last chunk when they fit beside it
+    if sample and observe:
+        chunks.insert(0, sample)
+    elif sample:  # the search's windows stay together, with the last chunk when they fit beside it
         if chunks and sum(pairs[i] for i in chunks[-1] + sample) <= CHUNK_PAIRS:
             chunks[-1] += sample
         else:
@@ -418,6 +424,9 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
             logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
         routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
+        if observe and answer is not None and counted:
+            search.observe(layer, answer, layer_sample(torch.cat([captured[index].inputs for index in counted]),
+                                                       torch.cat([captured[index].logits for index in counted])))
         streamed = None
         if stream is not None:
             full = torch.cat([_routed_sum(engine, buffers, captured[index], outputs) for index, outputs in zip(counted, routed)])

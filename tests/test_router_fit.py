@@ -164,3 +164,50 @@ def test_merge_router_fitted_end_to_end(tmp_path, capsys):
     for layer in provenance["plan"]["layers"]:
         torch.testing.assert_close(applied.model.layers[int(layer)].mlp.router.weight,
                                    fitted_model.model.layers[int(layer)].mlp.router.weight)
+
+
+@pytest.mark.parametrize("family_name", FITTED_FAMILIES)
+def test_the_plans_own_pass_fits_the_router_as_a_pass_of_its_own_does(family_name, tmp_path):
+    """Grouping with statistics runs every window: the rows fitted on them after each layer's answer
+    are the rows the streamed pass fits for the same plan."""
+    from compress.merging.requests import MergeRequest
+
+    model = build_tiny_model(family_name)
+    model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
+    source = open_model(str(tmp_path / "source"))
+    request = MergeRequest(4, "m-smoe", "gate-mass", get_family(family_name).routing_groups(model.config), fit_router=True)
+    _, answers = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, experts_per_group=4, progress=False)
+    rows = request.fitted_router()
+    assert rows.keys() == answers.keys()
+    plan = MergePlan(_plan(model, family_name).source, {layer: groups for layer, (groups, _, _) in answers.items()},
+                     {layer: weights for layer, (_, weights, _) in answers.items()}, 4, "fitted")
+    _, streamed = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=CompensationRequest(plan, compensate=False),
+                            statistics=False, experts_per_group=4, progress=False)
+    for layer, fit in streamed.items():
+        for name, tensor in rows[layer].items():
+            torch.testing.assert_close(tensor.float(), fit.tensors["router." + name], rtol=1e-5, atol=1e-6)
+    # without statistics only the sample windows run: nothing is fitted, the merge job makes a pass for it
+    request = MergeRequest(4, "m-smoe", "gate-mass", get_family(family_name).routing_groups(model.config), fit_router=True)
+    calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, statistics=False, experts_per_group=4, progress=False)
+    assert request.fitted_router() == {}
+
+
+def test_a_default_merge_makes_no_pass_for_the_router_unless_its_plan_pass_could_not_fit_it(tmp_path, monkeypatch):
+    import compress.jobs.reduce as reduce
+
+    passes = []
+    real = reduce.compensation
+    monkeypatch.setattr(reduce, "compensation", lambda *args, **kwargs: passes.append(kwargs["compensate"]) or real(*args, **kwargs))
+    calibration = ["--domain", "math", "--samples", "8", "--seq-len", "64", "--quiet"]
+    assert main(["merge", "--model", "demo", "--keep", "8", "--out", str(tmp_path / "one"), *calibration]) == 0
+    assert passes == []  # fitted while grouping
+    assert main(["merge", "--model", "demo", "--keep", "4,8", "--out", str(tmp_path / "frontier"), *calibration]) == 0
+    assert passes == [False]  # the second size groups on the first one's statistics, sample windows only: a pass of its own
+    assert main(["merge", "--model", "demo", "--keep", "8", "--compensate", "--out", str(tmp_path / "three"), *calibration]) == 0
+    assert passes == [False, True]  # compensation routes by the rows the grouping pass fitted
+    # the same plan, its rows fitted while grouping or in a pass of their own
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "one", dtype=torch.float32)
+    two = AutoModelForCausalLM.from_pretrained(tmp_path / "frontier" / "keep8", dtype=torch.float32)
+    assert json.loads((tmp_path / "one" / "compress.json").read_text())["plan"]["layers"] == \
+        json.loads((tmp_path / "frontier" / "keep8" / "compress.json").read_text())["plan"]["layers"]
+    torch.testing.assert_close(one.model.layers[0].mlp.router.weight, two.model.layers[0].mlp.router.weight, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,7 @@ EPILOG = """examples:
   compress merge --model demo --domain math --keep 8 --compensate --out out/demo-math-merge8c
   compress merge --model openai/gpt-oss-20b --domain math --keep 16 --out gpt-oss-20b-math-merge16
   compress merge --model demo --domain code --keep 8 --plan-only --out merge.json   (edit it, then:)
-  compress merge --model demo --plan merge.json --out out/demo-code-merged
+  compress merge --model demo --plan merge.json --domain code --out out/demo-code-merged
 
 groupings (default {default}), each decided on a sample of the calibration tokens:
 {groupings}
@@ -31,9 +31,12 @@ groupings (default {default}), each decided on a sample of the calibration token
 Each new expert is the weighted average of its group's experts (every weight and bias, weights by
 --merge-weights), or with --merge-method ties its most used member plus the TIES merge of the
 others' differences from it; with --align weights or activations each member's neurons are first
-permuted to match the dominant expert's (activations: found on the calibration sample and stored in
-the plan). Its router row is its most used member's or the weighted sum (--router). A group
-of one is that expert unchanged, so a plan of one-expert groups is a prune. --compensate then
+permuted to match the dominant expert's (activations, the default: found on the calibration sample
+and stored in the plan). Its router row is, by default, fitted in closed form on every calibration
+token so that it is chosen where its members were (--router fitted: one more pass over the
+calibration text, shared with --compensate; a plan file asking for it needs --domain when applied),
+or its most used member's row, or their weighted sum. A group of one is that expert unchanged, so
+a plan of one-expert groups is a prune. --compensate then
 corrects, per layer and without training, each new expert's down projection by least squares on
 every calibration token routed to it, so that the layer's output comes back toward the original's
 (a fifth of the tokens is held out: the output reports the layer error on them before and after).

@@ -89,14 +89,16 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
     from .profile import collect
     from .provenance import plan_provenance
 
-    request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config), options.align)
+    request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config), options.align,
+                           fit_router=options.router == "fitted")
     _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
     stats = stats or profiled
     provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
     plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _, _) in answers.items()},
                      {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
                      provenance, options.align,
-                     {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method)
+                     {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method,
+                     request.fitted_router())
     plan.check_model(source)
     return plan, stats
 
@@ -151,6 +153,14 @@ class MergeMethod(Method):
 
     def fits_router(self, options, plan) -> bool:
         return (plan.router if plan is not None else options.router) == "fitted"
+
+    def planned_fits(self, plan):
+        if not plan.fitted_router:
+            return None
+        from ..merging.compensate import ROUTER_PREFIX, CompensationFit
+
+        return {layer: CompensationFit(None, None, {ROUTER_PREFIX + name: t.float() for name, t in rows.items()})
+                for layer, rows in plan.fitted_router.items()}
 
     def write(self, source, plan, staging, options, *, stats, fits, command, progress, max_shard_size):
         return write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,

@@ -54,6 +54,10 @@ class Method:
         """Whether the output's router rows are fitted on calibration text (a merge's ``--router fitted``)."""
         return False
 
+    def planned_fits(self, plan) -> dict | None:
+        """What the plan's own pass already fitted ({layer: `CompensationFit`}: a merge's router rows), or None."""
+        return None
+
     def write(self, source, plan, staging: Path, options, *, stats, fits, command, progress, max_shard_size):
         """The checkpoint of `plan` in `staging`, with provenance and card; its description."""
         raise NotImplementedError
@@ -138,8 +142,10 @@ def _one(method: Method, source, size: Size, output: OutputOptions, staging: Pat
     if plan_only:
         plan.save(staging)
         return method.result(plan, stats, None, out, source.info, None, time.perf_counter() - start)
-    fits = (compensation(source, method.compensation_plan(plan), fitting, spill, compensate=size.options.compensate, progress=progress)
-            if fitting else None)
+    fits = method.planned_fits(plan)
+    if fitting and (size.options.compensate or fits is None):  # another pass: compensation, or router rows not fitted yet
+        fits = compensation(source, method.compensation_plan(plan), fitting, spill, compensate=size.options.compensate,
+                            progress=progress)
     after = method.write(source, plan, staging, size.options, stats=stats, fits=fits, command=command, progress=progress,
                          max_shard_size=output.max_shard_size)
     return method.result(plan, stats, fits, out, source.info, after, time.perf_counter() - start)

@@ -190,15 +190,20 @@ class LayerFit:
     (see the module docstring); with `fit_router` the router rows of merged experts
     (`router_fit.RouterFit`). With both, the router is fitted first, on a sweep of its own
     (`routing_first`: `add_routing` every chunk before any `add`), so compensation fits the routing
-    the reduced layer will have."""
+    the reduced layer will have. `router_rows` are rows already fitted (by the plan's pass): used, not refitted."""
 
     def __init__(self, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, tokens: int, *,
                  members_of: list[list[int]] | None = None, alignment: str = "none", stored=None, method: str = "average",
-                 ridge: float = RIDGE, compensate: bool = True, fit_router: bool = False):
+                 ridge: float = RIDGE, compensate: bool = True, fit_router: bool = False, router_rows: dict | None = None):
         self.merge_matrix, self.router_matrix, self.top_k, self.ridge = merge_matrix, router_matrix, top_k, ridge
-        self.members_of, self.alignment, self.stored, self.method = members_of, alignment, stored, method
-        self.compensate, self.fit_router, self.router = compensate, fit_router, None
-        self.routing_first = compensate and fit_router and merge_matrix.count_nonzero(dim=1).max() > 1
+        self.members_of = members_of or [row.nonzero().flatten().tolist() for row in merge_matrix]
+        self.alignment, self.stored, self.method = alignment, stored, method
+        self.compensate, self.fit_router, self.router = compensate, fit_router and router_rows is None, None
+        if router_rows is not None:  # fitted by the plan's own pass
+            from .router_fit import RouterFit
+
+            self.router = RouterFit.solved(self.members_of, router_rows)
+        self.routing_first = compensate and self.fit_router and merge_matrix.count_nonzero(dim=1).max() > 1
         self.heldout, self.offset = heldout_tokens(tokens), 0
         held = int(self.heldout.sum())
         self.evaluation = {"fitted": _Evaluation(tokens - held), "heldout": _Evaluation(held)}
@@ -243,8 +248,7 @@ class LayerFit:
         if self.router is None:
             from .router_fit import RouterFit, sigmoid_scored
 
-            groups = self.members_of or [row.nonzero().flatten().tolist() for row in self.merge_matrix]
-            self.router = RouterFit(groups, sample.router_rows, sigmoid_scored(sample.family, sample.config))
+            self.router = RouterFit(self.members_of, sample.router_rows, sigmoid_scored(sample.family, sample.config))
         self.router.add(sample.inputs, sample.logits)
 
     def add(self, sample) -> None:

@@ -62,6 +62,13 @@ class RouterFit:
         self.tokens = 0
         self._rows = None
 
+    @classmethod
+    def solved(cls, groups: list[list[int]], rows: dict[str, torch.Tensor]) -> RouterFit:
+        """A fit whose new rows (`rows`, as `rows()` gives them) are already known."""
+        fit = cls(groups, rows, sigmoid=False)
+        fit._rows = {name: t.double().cpu() for name, t in rows.items()}
+        return fit
+
     def _features(self, inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.double().cpu()
         if "bias" in self.source:
