@@ -347,8 +347,8 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
     states = [batch_state(*batch.shape, None if masks is None else masks[index]) if statistics else None
               for index, batch in enumerate(batches)]
     states += [None] * len(samples)  # the search's windows are run, not counted
-    # A search that also observes every counted window once it has answered (merge's fitted router
-    # rows) is given them when this pass runs them all (with statistics, in one process).
+    # A search that also streams every counted window once it has answered a layer (a merge's fitted
+    # router rows and compensation) is given them when this pass runs them all (with statistics, in one process).
     observe = search is not None and not streamed and statistics and world_size == 1 and getattr(search, "observes", False)
     answers = {}
     with RoutingStatsCollector(source.meta) as collector:
@@ -384,8 +384,9 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
     chunk's expert outputs reading each expert group once, answer the search on its sample
     windows (or give a streamed search's `stream` every chunk), and replay the batches with those
-    outputs (recording statistics). With `observe` the sample windows come first, and every later
-    chunk's router inputs and logits go to ``search.observe(layer, answer, sample)``."""
+    outputs (recording statistics). With `observe` the sample windows come first and the answer
+    opens a stream (``search.stream(layer, answer, tokens)``, closed by ``search.end_stream``) that
+    every later chunk is given, as a streamed search's is."""
     from .layer_sample import LayerSample
 
     buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
@@ -409,10 +410,14 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             chunks[-1] += sample
         else:
             chunks.append(sample)
-    if getattr(stream, "routing_first", False):  # the router's inputs and logits of every batch, before the main sweep
-        for index in range(first_sample):
-            captured = engine.capture(module, hidden[index], calls[index][layer])
-            stream.add_routing(layer_sample(captured.inputs, captured.logits))
+    def open_stream(stream):
+        if getattr(stream, "routing_first", False):  # the router's inputs and logits of every batch, before the main sweep
+            for index in range(first_sample):
+                captured = engine.capture(module, hidden[index], calls[index][layer])
+                stream.add_routing(layer_sample(captured.inputs, captured.logits))
+        return stream
+
+    open_stream(stream)
     for chunk in chunks:
         captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
         counted = [index for index in chunk if index < first_sample]
@@ -424,16 +429,16 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             inputs = torch.cat([captured[index].inputs for index in searched])[:search_tokens]
             logits = torch.cat([captured[index].logits for index in searched])[:search_tokens]
         routed, every = engine.chunk_outputs(layer, routed_inputs, inputs)
-        if observe and answer is not None and counted:
-            search.observe(layer, answer, layer_sample(torch.cat([captured[index].inputs for index in counted]),
-                                                       torch.cat([captured[index].logits for index in counted])))
         streamed = None
-        if stream is not None:
+        if stream is not None and counted:
             full = torch.cat([_routed_sum(engine, buffers, captured[index], outputs) for index, outputs in zip(counted, routed)])
             streamed = layer_sample(torch.cat([captured[index].inputs for index in counted]),
                                     torch.cat([captured[index].logits for index in counted]), full=full)
         if searched:
             answer = search.answer(layer_sample(inputs, logits, every.float().cpu()))
+            if observe:
+                tokens = sum(len(h.reshape(-1, h.shape[-1])) for h in hidden[:first_sample])
+                stream = open_stream(search.stream(layer, answer, tokens))
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
             # tokens (past the search's last) get none: in a causal decoder they never reach it.
             ids = sample_ids[:search_tokens]
@@ -448,6 +453,9 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
         if streamed is not None:
             del captured, routed
             stream.add(streamed)
+    if observe:
+        search.end_stream(layer, stream)
+        return answer
     return search.end(layer, stream) if stream is not None else answer
 
 

@@ -166,33 +166,41 @@ def test_merge_router_fitted_end_to_end(tmp_path, capsys):
                                    fitted_model.model.layers[int(layer)].mlp.router.weight)
 
 
+@pytest.mark.parametrize("compensate", [False, True])
 @pytest.mark.parametrize("family_name", FITTED_FAMILIES)
-def test_the_plans_own_pass_fits_the_router_as_a_pass_of_its_own_does(family_name, tmp_path):
-    """Grouping with statistics runs every window: the rows fitted on them after each layer's answer
-    are the rows the streamed pass fits for the same plan."""
+def test_the_grouping_pass_fits_router_and_compensation_as_a_pass_of_their_own_does(family_name, compensate, tmp_path):
+    """Grouping with statistics runs every window: streamed into each layer's fit once the layer is
+    answered (the sample windows first), they give the fit a pass of its own makes for the same plan."""
     from compress.merging.requests import MergeRequest
 
     model = build_tiny_model(family_name)
     model.save_pretrained(tmp_path / "source", max_shard_size="40KB")
-    source = open_model(str(tmp_path / "source"))
-    request = MergeRequest(4, "m-smoe", "gate-mass", get_family(family_name).routing_groups(model.config), fit_router=True)
+    source, plan_source = open_model(str(tmp_path / "source")), _plan(model, family_name).source
+
+    def refit(layer, answer):
+        return CompensationRequest(MergePlan(plan_source, {layer: answer[0]}, {layer: answer[1]}, 4, "fitted"), compensate=compensate)
+
+    routing_groups = get_family(family_name).routing_groups(model.config)
+    request = MergeRequest(4, "m-smoe", "gate-mass", routing_groups, refit=refit)
     _, answers = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, experts_per_group=4, progress=False)
-    rows = request.fitted_router()
-    assert rows.keys() == answers.keys()
-    plan = MergePlan(_plan(model, family_name).source, {layer: groups for layer, (groups, _, _) in answers.items()},
+    assert request.fits.keys() == answers.keys()
+    plan = MergePlan(plan_source, {layer: groups for layer, (groups, _, _) in answers.items()},
                      {layer: weights for layer, (_, weights, _) in answers.items()}, 4, "fitted")
-    _, streamed = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=CompensationRequest(plan, compensate=False),
+    _, separate = calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=CompensationRequest(plan, compensate=compensate),
                             statistics=False, experts_per_group=4, progress=False)
-    for layer, fit in streamed.items():
-        for name, tensor in rows[layer].items():
-            torch.testing.assert_close(tensor.float(), fit.tensors["router." + name], rtol=1e-5, atol=1e-6)
+    for layer, fit in separate.items():
+        assert request.fits[layer].tensors.keys() == fit.tensors.keys()
+        for name, tensor in fit.tensors.items():
+            torch.testing.assert_close(request.fits[layer].tensors[name], tensor, rtol=1e-4, atol=1e-5)
+        if compensate:
+            assert request.fits[layer].heldout_after == pytest.approx(fit.heldout_after, rel=1e-4, abs=1e-7)
     # without statistics only the sample windows run: nothing is fitted, the merge job makes a pass for it
-    request = MergeRequest(4, "m-smoe", "gate-mass", get_family(family_name).routing_groups(model.config), fit_router=True)
+    request = MergeRequest(4, "m-smoe", "gate-mass", routing_groups, refit=refit)
     calibrate(source, WINDOWS, batch_size=2, domain="d", data="x", search=request, statistics=False, experts_per_group=4, progress=False)
-    assert request.fitted_router() == {}
+    assert request.fits == {}
 
 
-def test_a_default_merge_makes_no_pass_for_the_router_unless_its_plan_pass_could_not_fit_it(tmp_path, monkeypatch):
+def test_a_default_merge_makes_no_pass_of_its_own_for_router_or_compensation_unless_grouped_on_given_statistics(tmp_path, monkeypatch):
     import compress.jobs.reduce as reduce
 
     passes = []
@@ -204,7 +212,8 @@ def test_a_default_merge_makes_no_pass_for_the_router_unless_its_plan_pass_could
     assert main(["merge", "--model", "demo", "--keep", "4,8", "--out", str(tmp_path / "frontier"), *calibration]) == 0
     assert passes == [False]  # the second size groups on the first one's statistics, sample windows only: a pass of its own
     assert main(["merge", "--model", "demo", "--keep", "8", "--compensate", "--out", str(tmp_path / "three"), *calibration]) == 0
-    assert passes == [False, True]  # compensation routes by the rows the grouping pass fitted
+    assert passes == [False]  # compensation too is fitted while grouping (after the router rows)
+    assert json.loads((tmp_path / "three" / "compress.json").read_text())["compensation"]
     # the same plan, its rows fitted while grouping or in a pass of their own
     one = AutoModelForCausalLM.from_pretrained(tmp_path / "one", dtype=torch.float32)
     two = AutoModelForCausalLM.from_pretrained(tmp_path / "frontier" / "keep8", dtype=torch.float32)

@@ -33,8 +33,8 @@ Each new expert is the weighted average of its group's experts (every weight and
 others' differences from it; with --align weights or activations each member's neurons are first
 permuted to match the dominant expert's (activations, the default: found on the calibration sample
 and stored in the plan). Its router row is, by default, fitted in closed form on every calibration
-token so that it is chosen where its members were (--router fitted: one more pass over the
-calibration text, shared with --compensate; a plan file asking for it needs --domain when applied),
+token so that it is chosen where its members were (--router fitted: fitted in the grouping's own
+pass; a plan file asking for it is refitted when applied, so it needs --domain then),
 or its most used member's row, or their weighted sum. A group of one is that expert unchanged, so
 a plan of one-expert groups is a prune. --compensate then
 corrects, per layer and without training, each new expert's down projection by least squares on

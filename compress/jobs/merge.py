@@ -80,17 +80,27 @@ def check_request(source, options: MergeOptions, keep: int | None, calibration: 
 
 # --- the plan ------------------------------------------------------------------------------------
 def make_plan(source, options: MergeOptions, keep: int, calibration: CalibrationOptions, *, stats=None, command: str | None = None,
-              progress: bool = True):
+              progress: bool = True, spill: Path | None = None):
     """(merge plan, statistics) of `source` into `keep` experts per layer, grouped on settled
     `calibration` text (profiled on the same pass, unless `stats` are given: then only the sample
-    windows run)."""
+    windows run). When that pass runs every window it also fits the plan's router rows and
+    compensation (`MergePlan.fits`, spilled into `spill`)."""
     from ..merging.plan import MergePlan
-    from ..merging.requests import MergeRequest
+    from ..merging.requests import CompensationRequest, MergeRequest
     from .profile import collect
     from .provenance import plan_provenance
+    from .reduction import spill_dtype
 
+    def refit(layer: int, answer) -> CompensationRequest:
+        groups, weights, found = answer
+        one = MergePlan(plan_source(source), {layer: groups}, {layer: weights}, min(source.top_k, keep), options.router,
+                        alignment=options.align, permutations={} if found is None else {layer: found}, merge_method=options.merge_method)
+        return CompensationRequest(one, spill, spill_dtype(source), options.compensate)
+
+    # the router rows and compensation are fitted in this pass when it runs every window (not on given statistics)
+    refits = stats is None and (options.router == "fitted" or options.compensate)
     request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config), options.align,
-                           fit_router=options.router == "fitted")
+                           refit if refits else None)
     _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
     stats = stats or profiled
     provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
@@ -98,7 +108,7 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
                      {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
                      provenance, options.align,
                      {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method,
-                     request.fitted_router())
+                     request.fits)
     plan.check_model(source)
     return plan, stats
 
@@ -145,8 +155,8 @@ class MergeMethod(Method):
     def load_plan(self, plan, source):
         return load_plan(plan, source)
 
-    def make_plan(self, source, options, keep, *, stats, calibration, command, progress):
-        return make_plan(source, options, keep, calibration, stats=stats, command=command, progress=progress)
+    def make_plan(self, source, options, keep, *, stats, calibration, command, progress, spill=None):
+        return make_plan(source, options, keep, calibration, stats=stats, command=command, progress=progress, spill=spill)
 
     def compensation_plan(self, plan):
         return plan
@@ -155,12 +165,7 @@ class MergeMethod(Method):
         return (plan.router if plan is not None else options.router) == "fitted"
 
     def planned_fits(self, plan):
-        if not plan.fitted_router:
-            return None
-        from ..merging.compensate import ROUTER_PREFIX, CompensationFit
-
-        return {layer: CompensationFit(None, None, {ROUTER_PREFIX + name: t.float() for name, t in rows.items()})
-                for layer, rows in plan.fitted_router.items()}
+        return plan.fits or None
 
     def write(self, source, plan, staging, options, *, stats, fits, command, progress, max_shard_size):
         return write(source, plan, staging, stats=stats, fits=fits, dequantize=options.dequantize, command=command,

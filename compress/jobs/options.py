@@ -169,8 +169,8 @@ class MergeOptions:
                                 "frequency, gate mass or REAP saliency (mean gate × output norm) on the calibration sample",
                                 DEFAULT_MERGE_WEIGHTS, choices=MERGE_WEIGHTS)
     router: str = option("router row of a new expert: its most used member's (dominant), the weighted sum of its members' "
-                         "(weighted), or fitted in closed form on the calibration tokens so it is chosen where its members "
-                         "were (fitted: one more pass, shared with --compensate)",
+                         "(weighted), or fitted in closed form on every calibration token so it is chosen where its members "
+                         "were (fitted)",
                          DEFAULT_ROUTER_ROWS, choices=ROUTER_ROWS)
     align: str = option("before averaging, permute each member's intermediate neurons to match its group's dominant expert: "
                         "none, weights (Hungarian matching of their weights) or activations (of their activations on the "

@@ -223,7 +223,7 @@ class PruneMethod(Method):
     def load_plan(self, plan, source):
         return load_plan(plan, source)
 
-    def make_plan(self, source, selection, keep, *, stats, calibration, command, progress):
+    def make_plan(self, source, selection, keep, *, stats, calibration, command, progress, spill=None):
         return plan_checked(source, selection, keep, stats=stats, calibration=calibration, command=command, progress=progress)
 
     def compensation_plan(self, plan):

@@ -42,8 +42,8 @@ class Method:
     def load_plan(self, plan, source):
         raise NotImplementedError
 
-    def make_plan(self, source, options, keep: int, *, stats, calibration, command, progress):
-        """(plan, statistics) for one size."""
+    def make_plan(self, source, options, keep: int, *, stats, calibration, command, progress, spill=None):
+        """(plan, statistics) for one size (`spill`: where refitted tensors may be written)."""
         raise NotImplementedError
 
     def compensation_plan(self, plan):
@@ -55,7 +55,8 @@ class Method:
         return False
 
     def planned_fits(self, plan) -> dict | None:
-        """What the plan's own pass already fitted ({layer: `CompensationFit`}: a merge's router rows), or None."""
+        """What the plan's own pass already fitted ({layer: `CompensationFit`}: a merge's router rows
+        and compensation), or None."""
         return None
 
     def write(self, source, plan, staging: Path, options, *, stats, fits, command, progress, max_shard_size):
@@ -114,7 +115,7 @@ def reduce(method: Method, source, options, output: OutputOptions, *, calibratio
     kind, what = ("file", method.plan_what) if plan_only else ("directory", method.model_what)
     recognise = (lambda path: plan_file_format(path) == method.plan_format) if plan_only else None
     with claim_output(output.out, kind=kind, overwrite=output.overwrite, sources=(source.path,), recognise=recognise,
-                      what=what) as claimed, (claimed.scratch() if fitting else contextlib.nullcontext()) as spill:
+                      what=what) as claimed, (claimed.scratch() if fitting and options.compensate else contextlib.nullcontext()) as spill:
         stats = checked_statistics(stats, source) if stats is not None else None
         planning = [method.check(source, size.options, size.keep, calibration, stats, plan) for size in each][-1]
         with claimed.write() as staging:
@@ -137,13 +138,13 @@ def _one(method: Method, source, size: Size, output: OutputOptions, staging: Pat
     """One size: the plan (unless given), its compensation, and the checkpoint (or plan file) in `staging`."""
     start = time.perf_counter()
     if plan is None:
-        plan, stats = method.make_plan(source, size.options, size.keep, stats=stats, calibration=planning, command=command,
+        plan, stats = method.make_plan(source, size.options, size.keep, stats=stats, calibration=planning, command=command, spill=spill,
                                        progress=progress)
     if plan_only:
         plan.save(staging)
         return method.result(plan, stats, None, out, source.info, None, time.perf_counter() - start)
     fits = method.planned_fits(plan)
-    if fitting and (size.options.compensate or fits is None):  # another pass: compensation, or router rows not fitted yet
+    if fitting and fits is None:  # not fitted in the plan's own pass (see `merging.requests.MergeRequest`): a pass of its own
         fits = compensation(source, method.compensation_plan(plan), fitting, spill, compensate=size.options.compensate,
                             progress=progress)
     after = method.write(source, plan, staging, size.options, stats=stats, fits=fits, command=command, progress=progress,

@@ -82,22 +82,28 @@ def compensation(source, plan, calibration: CalibrationOptions, spill: Path, *, 
     down projections with `compensate`, the router rows with ``router: fitted``; each layer's refitted
     tensors are written into the directory `spill` as soon as they are made (in the dtype the
     output will store them in, bf16 for MXFP4), so memory holds one layer's at a time."""
+    from ..merging.requests import CompensationRequest
+    from .profile import collect
+
+    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, spill_dtype(source), compensate),
+                         statistics=False, progress=progress)
+    return fits
+
+
+def spill_dtype(source):
+    """The dtype refitted tensors are spilled in: the one the output will store them in (bf16 for MXFP4;
+    float32 for FP8, quantised on the source's block grid when written)."""
     import torch
 
     from ..checkpoint import fp8
     from ..checkpoint.dtypes import TORCH_DTYPES
-    from ..merging.requests import CompensationRequest
-    from .profile import collect
 
-    probe = source.layout.probe_keys(source.moe_layers[0])[-1]
-    dtype = TORCH_DTYPES[source.reader.entries[probe].dtype]
     if source.layout.name == "mxfp4":
-        dtype = torch.bfloat16
-    elif fp8.is_fp8(source.raw_config):  # quantised on the source's block grid when written
-        dtype = torch.float32
-    _, _, fits = collect(source, calibration, search=CompensationRequest(plan, spill, dtype, compensate),
-                         statistics=False, progress=progress)
-    return fits
+        return torch.bfloat16
+    if fp8.is_fp8(source.raw_config):
+        return torch.float32
+    probe = source.layout.probe_keys(source.moe_layers[0])[-1]
+    return TORCH_DTYPES[source.reader.entries[probe].dtype]
 
 
 def compensation_record(fits: dict | None) -> dict | None:

@@ -106,7 +106,7 @@ class TieredMethod(Method):
         plan.check(source.moe_layers, source.experts_per_layer, source.fingerprint)
         return plan
 
-    def make_plan(self, source, options, keep, *, stats, calibration, command, progress):
+    def make_plan(self, source, options, keep, *, stats, calibration, command, progress, spill=None):
         from ..tiering.recipe import parse_tiers
         from ..tiering.teams import design_teams
         from .profile import collect

@@ -196,7 +196,7 @@ def plan_merged_tensors(reader, family: MoEFamily, layout, plan: MergePlan, num_
             matrix = plan.router_matrix(role.layer)
             fit = compensation[role.layer] if compensation is not None and plan.router == "fitted" else None
             result.copies.append(TensorCopy(key, key, compute=lambda t, m=matrix, d=role.expert_dim, f=fit, n=role.suffix:
-                                            router_rows(t, m, d, None if f is None else f.load().get(ROUTER_PREFIX + n))))
+                                            router_rows(t, m, d, None if f is None else f.tensor(ROUTER_PREFIX + n))))
             result.specs.append(TensorSpec(key, TORCH_DTYPES[entry.dtype], tuple(shape)))
             continue
         result.dropped_keys.append(key)

@@ -65,6 +65,15 @@ class CompensationFit:
 
         return load_file(self.path)
 
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """One of the fit's tensors (read alone from a spilled file), or None when it has no `name`."""
+        if self.tensors is not None:
+            return self.tensors.get(name)
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as handle:
+            return handle.get_tensor(name) if name in handle.keys() else None
+
     def spill(self, path: Path, dtype: torch.dtype) -> CompensationFit:
         """The same fit with its tensors written to `path` in `dtype` (and no longer held)."""
         from safetensors.torch import save_file
@@ -190,20 +199,16 @@ class LayerFit:
     (see the module docstring); with `fit_router` the router rows of merged experts
     (`router_fit.RouterFit`). With both, the router is fitted first, on a sweep of its own
     (`routing_first`: `add_routing` every chunk before any `add`), so compensation fits the routing
-    the reduced layer will have. `router_rows` are rows already fitted (by the plan's pass): used, not refitted."""
+    the reduced layer will have."""
 
     def __init__(self, merge_matrix: torch.Tensor, router_matrix: torch.Tensor, top_k: int, tokens: int, *,
                  members_of: list[list[int]] | None = None, alignment: str = "none", stored=None, method: str = "average",
-                 ridge: float = RIDGE, compensate: bool = True, fit_router: bool = False, router_rows: dict | None = None):
+                 ridge: float = RIDGE, compensate: bool = True, fit_router: bool = False):
         self.merge_matrix, self.router_matrix, self.top_k, self.ridge = merge_matrix, router_matrix, top_k, ridge
         self.members_of = members_of or [row.nonzero().flatten().tolist() for row in merge_matrix]
         self.alignment, self.stored, self.method = alignment, stored, method
-        self.compensate, self.fit_router, self.router = compensate, fit_router and router_rows is None, None
-        if router_rows is not None:  # fitted by the plan's own pass
-            from .router_fit import RouterFit
-
-            self.router = RouterFit.solved(self.members_of, router_rows)
-        self.routing_first = compensate and self.fit_router and merge_matrix.count_nonzero(dim=1).max() > 1
+        self.compensate, self.fit_router, self.router = compensate, fit_router, None
+        self.routing_first = compensate and fit_router and merge_matrix.count_nonzero(dim=1).max() > 1
         self.heldout, self.offset = heldout_tokens(tokens), 0
         held = int(self.heldout.sum())
         self.evaluation = {"fitted": _Evaluation(tokens - held), "heldout": _Evaluation(held)}

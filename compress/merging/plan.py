@@ -69,10 +69,9 @@ class MergePlan(LayerPlan):
     alignment: str = "none"  # how members' neurons are matched to the dominant expert's first (`align.ALIGNMENTS`)
     permutations: dict[int, list[list[list[int] | None]]] = field(default_factory=dict)  # alignment "activations"
     merge_method: str = "average"  # `MERGE_METHODS`
-    # With router "fitted": {layer: {"weight": [G, H], "bias": [G]}} when the pass that made the plan
-    # also fitted the router rows (`requests.MergeRequest.observe`); never saved, refitted when a
-    # plan file is applied.
-    fitted_router: dict = field(default_factory=dict, compare=False, repr=False)
+    # {layer: `compensate.CompensationFit`}: the router rows and/or compensation the pass that made
+    # the plan also fitted (`requests.MergeRequest.stream`); never saved, refitted when a plan file is applied.
+    fits: dict = field(default_factory=dict, compare=False, repr=False)
 
     def stored_permutations(self, layer: int, group: int) -> list | None:
         """The members' neuron permutations of new expert `group` as stored (``activations``), or

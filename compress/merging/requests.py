@@ -4,6 +4,7 @@ of the search's sample windows; compensation is streamed every calibration token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -18,37 +19,35 @@ class MergeRequest:
     """Groups, merge weights and (with ``alignment: activations``) the members' neuron permutations
     of every MoE layer: {layer: (groups, weights, permutations or None)}.
 
-    With `fit_router` it also fits the new router rows (`router_fit.RouterFit`) on every calibration
-    window the pass runs after answering a layer (`observe`; the layer-wise engine gives them when it
-    runs them all, see `layerwise.calibrate`): `fitted_router` then holds them, and no pass of their
-    own is needed."""
+    With `refit` (a function of the layer and its answer giving the `CompensationRequest` of a
+    plan for that layer) it also fits the router rows and/or compensation of each layer in the
+    same pass, on every calibration window the layer-wise engine runs after answering it (`stream`,
+    `end_stream`; given when the pass runs them all, see `layerwise.calibrate`): `fits` then holds
+    them, and no pass of their own is needed."""
 
     keep: int
     grouping: str
     weights: str
     routing_groups: int = 1
     alignment: str = "none"
-    fit_router: bool = False
-    routers: dict = field(default_factory=dict, compare=False, repr=False)  # layer → `RouterFit`, filled by `observe`
+    refit: Callable | None = None  # (layer, answer) → `CompensationRequest`
+    fits: dict = field(default_factory=dict, compare=False, repr=False)  # layer → `compensate.CompensationFit`
+    requests: dict = field(default_factory=dict, compare=False, repr=False)  # layer → its refit's request
 
     @property
     def observes(self) -> bool:
-        return self.fit_router
+        return self.refit is not None
 
     def check(self, top_k: int) -> None:
         pass  # the merge job checks the count against the model before the pass
 
-    def observe(self, layer: int, answer, sample) -> None:
-        """Add calibration tokens (a `LayerSample` of their router inputs and logits) to layer `layer`'s router fit."""
-        from .router_fit import RouterFit, sigmoid_scored
+    def stream(self, layer: int, answer, tokens: int):
+        """The `compensate.LayerFit` layer `layer`'s calibration tokens stream into once it is answered."""
+        self.requests[layer] = self.refit(layer, answer)
+        return self.requests[layer].start(layer, tokens)
 
-        if layer not in self.routers:
-            self.routers[layer] = RouterFit(answer[0], sample.router_rows, sigmoid_scored(sample.family, sample.config))
-        self.routers[layer].add(sample.inputs, sample.logits)
-
-    def fitted_router(self) -> dict:
-        """{layer: the new router rows} of every layer observed, or {} (see `plan.MergePlan.fitted_router`)."""
-        return {layer: fit.rows() for layer, fit in self.routers.items()}
+    def end_stream(self, layer: int, fit) -> None:
+        self.fits[layer] = self.requests.pop(layer).end(layer, fit)
 
     def answer(self, sample):
         from .align import activation_permutations
@@ -89,8 +88,7 @@ class CompensationRequest:
         plan = self.plan
         return LayerFit(plan.merge_matrix(layer), plan.router_matrix(layer), plan.top_k, tokens, members_of=plan.layers[layer],
                         alignment=plan.alignment, stored=lambda group: plan.stored_permutations(layer, group),
-                        method=plan.merge_method, compensate=self.compensate, fit_router=plan.router == "fitted",
-                        router_rows=plan.fitted_router.get(layer))
+                        method=plan.merge_method, compensate=self.compensate, fit_router=plan.router == "fitted")
 
     def end(self, layer: int, fit):
         fit = fit.result()

@@ -12,10 +12,12 @@ dominant member's row r₀
     min Σ_x (r·x̃ − z_g(x))² + λ‖r − r₀‖²,   x̃ = (x, 1) with a bias, else x,
 
 so r = (A + λI)⁻¹(B_g + λ·r₀) with A = Σ x̃x̃ᵀ (one matrix for the layer) and B_g = Σ x̃·z_g summed
-over every calibration token as the layer-wise engine's chunks stream past (`RouterFit.add`); λ is
-`ROUTER_RIDGE` times A's mean diagonal. A one-expert group keeps its row as stored, so a prune
-plan is unchanged. Router buffers (DeepSeek's correction bias, for the choice only) stay the
-dominant member's. HARC (arXiv 2606.03391) recalibrates routers after merging in closed form too.
+over every calibration token as the layer-wise engine's chunks stream past (`RouterFit.add`: in
+the grouping's own pass once it has answered the layer, `requests.MergeRequest.stream`, or in a
+pass of its own; `compensate.LayerFit`); λ is `ROUTER_RIDGE` times A's mean diagonal. A
+one-expert group keeps its row as stored, so a prune plan is unchanged. Router buffers (DeepSeek's
+correction bias, for the choice only) stay the dominant member's. HARC (arXiv 2606.03391)
+recalibrates routers after merging in closed form too.
 """
 
 from __future__ import annotations
@@ -61,13 +63,6 @@ class RouterFit:
         self.normal = self.right = None
         self.tokens = 0
         self._rows = None
-
-    @classmethod
-    def solved(cls, groups: list[list[int]], rows: dict[str, torch.Tensor]) -> RouterFit:
-        """A fit whose new rows (`rows`, as `rows()` gives them) are already known."""
-        fit = cls(groups, rows, sigmoid=False)
-        fit._rows = {name: t.double().cpu() for name, t in rows.items()}
-        return fit
 
     def _features(self, inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.double().cpu()
