@@ -4,8 +4,10 @@ with pruning (``compress prune --compensate``).
 
 Grouping and compensation are per-layer searches of the layer-wise engine (`layerwise.calibrate`):
 the grouping, on the calibration windows' sample, also collects the routing statistics (for the
-card and the usage picture); compensation is a second pass over every calibration window, with
-the plan fixed, so it also applies to a plan given by hand.
+card and the usage picture), and as that pass runs every calibration window it also fits each
+layer's router rows (``--router fitted``) and compensation once the layer is grouped
+(`merging.requests.MergeRequest`). A plan grouped on given statistics (a frontier's later sizes)
+or given by hand gets them from a second pass over every calibration window, with the plan fixed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The merge grouping and compensation as per-layer searches of the layer-wise engine (see
 `pruning.reconstruct.ReconstructRequest` for the protocol): the grouping answers one `LayerSample`
-of the search's sample windows; compensation is streamed every calibration token."""
+of the search's sample windows; compensation (and fitted router rows) is streamed every
+calibration token, in a pass of its own or in the grouping's pass once a layer is grouped."""
 
 from __future__ import annotations
 
