@@ -33,7 +33,7 @@ class MergeRequest:
     alignment: str = "none"
     refit: Callable | None = None  # (layer, answer) → `CompensationRequest`
     fits: dict = field(default_factory=dict, compare=False, repr=False)  # layer → `compensate.CompensationFit`
-    requests: dict = field(default_factory=dict, compare=False, repr=False)  # layer → its refit's request
+    refitting: dict = field(default_factory=dict, compare=False, repr=False)  # layer → its open refit's request
 
     @property
     def observes(self) -> bool:
@@ -44,11 +44,11 @@ class MergeRequest:
 
     def stream(self, layer: int, answer, tokens: int):
         """The `compensate.LayerFit` layer `layer`'s calibration tokens stream into once it is answered."""
-        self.requests[layer] = self.refit(layer, answer)
-        return self.requests[layer].start(layer, tokens)
+        self.refitting[layer] = self.refit(layer, answer)
+        return self.refitting[layer].start(layer, tokens)
 
     def end_stream(self, layer: int, fit) -> None:
-        self.fits[layer] = self.requests.pop(layer).end(layer, fit)
+        self.fits[layer] = self.refitting.pop(layer).end(layer, fit)
 
     def answer(self, sample):
         from .align import activation_permutations

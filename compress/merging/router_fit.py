@@ -61,7 +61,6 @@ class RouterFit:
         self.source = {name: t.detach().double().cpu() for name, t in source.items()}
         self.fitted = [g for g, members in enumerate(groups) if len(members) > 1]
         self.normal = self.right = None
-        self.tokens = 0
         self._rows = None
 
     def _features(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -82,7 +81,6 @@ class RouterFit:
                 self.right = x.new_zeros(x.shape[1], len(self.fitted))
             self.normal.addmm_(x.T, x)
             self.right.addmm_(x.T, targets[start:start + SLICE_TOKENS])
-        self.tokens += len(inputs)
 
     def _matrix(self, rows: dict, groups: list[int]) -> torch.Tensor:
         """[len(groups), F] the rows of `groups` with their bias as a last column (where there is one)."""
