@@ -81,20 +81,16 @@ def fit_calibration(source, options, calibration: CalibrationOptions | None, pla
     refused before any work when it cannot run."""
     from .calibration import settle
 
-    if not options.compensate:
-        if not fits_router or plan_only:
-            return None
-        if calibration is None or calibration.domain is None:
-            raise CompressError("fitted router rows are fitted on calibration text: pass --domain (math, code, general or "
-                                "your own with --dataset)")
-        return settle(calibration, source)
-    if plan_only:
+    if not options.compensate and (not fits_router or plan_only):
+        return None
+    if options.compensate and plan_only:
         raise CompressError("--compensate is fitted while the checkpoint is written: drop --plan-only, or apply the plan "
                             "later with --plan PLAN --compensate")
-    if source.derived == TIERED:
+    if options.compensate and source.derived == TIERED:
         raise CompressError("--compensate refits experts of plain MoE layers; a tiered model is pruned by whole teams without it")
     if calibration is None or calibration.domain is None:
-        raise CompressError("--compensate fits on calibration text: pass --domain (math, code, general or your own with --dataset)")
+        what = "--compensate fits" if options.compensate else "fitted router rows are fitted"
+        raise CompressError(f"{what} on calibration text: pass --domain (math, code, general or your own with --dataset)")
     return settle(calibration, source)
 
 
