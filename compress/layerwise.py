@@ -361,7 +361,7 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
                 else:
                     stream = search.start(layer, windows.numel()) if streamed else None
                     answer = _moe_layer(engine, module, layer, hidden, calls, states, collector, len(batches), search_tokens,
-                                        search, stream, observe)
+                                        search, stream, observe, windows.numel())
                     if answer is not None:
                         answers[layer] = answer
             release_freed_memory()
@@ -380,13 +380,13 @@ def calibrate(source, windows: torch.Tensor, *, batch_size: int, domain: str, da
 
 
 def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: list, collector, first_sample: int,
-               search_tokens: int, search, stream=None, observe: bool = False):
+               search_tokens: int, search, stream=None, observe: bool = False, tokens: int = 0):
     """One MoE layer over every batch, in chunks: capture each batch's experts' inputs, compute the
     chunk's expert outputs reading each expert group once, answer the search on its sample
     windows (or give a streamed search's `stream` every chunk), and replay the batches with those
     outputs (recording statistics). With `observe` the sample windows come first and the answer
-    opens a stream (``search.stream(layer, answer, tokens)``, closed by ``search.end_stream``) that
-    every later chunk is given, as a streamed search's is."""
+    opens a stream for the layer's `tokens` (``search.stream(layer, answer, tokens)``, closed by
+    ``search.end_stream``) that every later chunk is given, as a streamed search's is."""
     from .layer_sample import LayerSample
 
     buffers = {name: t.detach().float().cpu() for name, t in engine.family.router_buffers(engine.meta, layer).items()}
@@ -410,14 +410,14 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
             chunks[-1] += sample
         else:
             chunks.append(sample)
-    def open_stream(stream):
+
+    def route_first(stream) -> None:
         if getattr(stream, "routing_first", False):  # the router's inputs and logits of every batch, before the main sweep
             for index in range(first_sample):
                 captured = engine.capture(module, hidden[index], calls[index][layer])
                 stream.add_routing(layer_sample(captured.inputs, captured.logits))
-        return stream
 
-    open_stream(stream)
+    route_first(stream)
     for chunk in chunks:
         captured = {index: engine.capture(module, hidden[index], calls[index][layer]) for index in chunk}
         counted = [index for index in chunk if index < first_sample]
@@ -437,8 +437,8 @@ def _moe_layer(engine, module, layer: int, hidden: list, calls: list, states: li
         if searched:
             answer = search.answer(layer_sample(inputs, logits, every.float().cpu()))
             if observe:
-                tokens = sum(len(h.reshape(-1, h.shape[-1])) for h in hidden[:first_sample])
-                stream = open_stream(search.stream(layer, answer, tokens))
+                stream = search.stream(layer, answer, tokens)
+                route_first(stream)
             # The search tokens' routed outputs are among every expert's outputs. The sample's later
             # tokens (past the search's last) get none: in a causal decoder they never reach it.
             ids = sample_ids[:search_tokens]

@@ -32,7 +32,7 @@ import torch
 from ..checkpoint import fp8, mxfp4
 from ..checkpoint.reader import CheckpointReader
 from ..errors import CheckpointError, UnsupportedModelError
-from .routing import GROUPED, ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS
+from .routing import GROUPED, ROUTING_DISTRIBUTIONS, ROUTING_FUNCTIONS, sigmoid_scores
 
 # What every family definition (`definitions/*.json`) holds.
 DEFINITION_KEYS = ("name", "description", "model_types", "config", "routing", "modules", "router_tensors", "expert_tensors",
@@ -265,6 +265,10 @@ class MoEFamily:
             return True
         renormalize = self.routing["renormalize"]
         return bool(getattr(config, renormalize, False)) if isinstance(renormalize, str) else bool(renormalize)
+
+    def sigmoid_scores(self, config) -> bool:
+        """Whether the router scores each expert by the sigmoid of its logit (DeepSeek-V3 and kin), not a softmax."""
+        return sigmoid_scores(self.routing["function"], config)
 
     def routing_distribution(self, logits: torch.Tensor) -> torch.Tensor:
         """The router's preference over all experts [T, E] from raw logits (rows sum to 1)."""

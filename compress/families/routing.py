@@ -77,11 +77,18 @@ def sigmoid_group_topk(logits: torch.Tensor, config, router_buffers: dict, top_k
     return weights * getattr(config, scaling, 1.0), index
 
 
+def sigmoid_scores(function: str, config) -> bool:
+    """Whether routing function `function` scores each expert by the sigmoid of its logit (under
+    `config`), not by a softmax."""
+    return function == "sigmoid_group_topk" or (function == "topk_then_score"
+                                                 and getattr(config, "expert_selection_fn", "softmax") == "sigmoid")
+
+
 def topk_then_score(logits: torch.Tensor, config, router_buffers: dict, top_k: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """Cohere2-MoE and Granite-MoE: top-k of the logits, then a float32 softmax over those k, or (``expert_selection_fn``
     ``"sigmoid"``) their sigmoid, renormalised when ``norm_topk_prob``; in the logits' dtype."""
     values, index = torch.topk(logits, top_k, dim=-1)
-    if getattr(config, "expert_selection_fn", "softmax") == "sigmoid":
+    if sigmoid_scores("topk_then_score", config):
         weights = values.sigmoid()
         if getattr(config, "norm_topk_prob", False):
             weights = weights / weights.sum(dim=-1, keepdim=True)

@@ -93,24 +93,27 @@ def make_plan(source, options: MergeOptions, keep: int, calibration: Calibration
     from .provenance import plan_provenance
     from .reduction import spill_dtype
 
-    def refit(layer: int, answer) -> CompensationRequest:
-        groups, weights, found = answer
-        one = MergePlan(plan_source(source), {layer: groups}, {layer: weights}, min(source.top_k, keep), options.router,
-                        alignment=options.align, permutations={} if found is None else {layer: found}, merge_method=options.merge_method)
-        return CompensationRequest(one, spill, spill_dtype(source), options.compensate)
+    def plan_of(answers: dict, provenance: dict | None = None, fits: dict | None = None) -> MergePlan:
+        return MergePlan(plan_source(source), {layer: groups for layer, (groups, _, _) in answers.items()},
+                         {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
+                         provenance or {}, options.align,
+                         {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method,
+                         fits or {})
 
     # the router rows and compensation are fitted in this pass when it runs every window (not on given statistics)
-    refits = stats is None and (options.router == "fitted" or options.compensate)
+    refit = None
+    if stats is None and (options.router == "fitted" or options.compensate):
+        dtype = spill_dtype(source)
+
+        def refit(layer: int, answer) -> CompensationRequest:
+            return CompensationRequest(plan_of({layer: answer}), spill, dtype, options.compensate)
+
     request = MergeRequest(keep, options.grouping, options.merge_weights, source.family.routing_groups(source.config), options.align,
-                           refit if refits else None)
+                           refit)
     _, profiled, answers = collect(source, calibration, search=request, statistics=stats is None, progress=progress)
     stats = stats or profiled
     provenance = plan_provenance(command, stats, grouping=options.grouping, merge_weights=options.merge_weights, keep=keep)
-    plan = MergePlan(plan_source(source), {layer: groups for layer, (groups, _, _) in answers.items()},
-                     {layer: weights for layer, (_, weights, _) in answers.items()}, min(source.top_k, keep), options.router,
-                     provenance, options.align,
-                     {layer: found for layer, (_, _, found) in answers.items() if found is not None}, options.merge_method,
-                     request.fits)
+    plan = plan_of(answers, provenance, request.fits)
     plan.check_model(source)
     return plan, stats
 

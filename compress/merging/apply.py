@@ -48,8 +48,11 @@ def combine(tensor: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tenso
 def router_rows(tensor: torch.Tensor, matrix: torch.Tensor, dim: int, fitted: torch.Tensor | None) -> torch.Tensor:
     """A new router tensor: the `fitted` rows (``router: fitted``) where the fit made them, else
     `matrix` times the source's `tensor`."""
-    combined = combine(tensor, matrix, dim)
-    return combined if fitted is None else fitted.reshape(combined.shape).to(combined.device, combined.dtype)
+    if fitted is None:
+        return combine(tensor, matrix, dim)
+    shape = list(tensor.shape)
+    shape[dim] = matrix.shape[0]
+    return fitted.reshape(shape).to(tensor.device, tensor.dtype)
 
 
 def apply_merge_to_model(model, plan: MergePlan, compensation: dict | None = None) -> None:

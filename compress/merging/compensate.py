@@ -238,10 +238,10 @@ class LayerFit:
             bias = tensors["down_proj_bias"].float() if self.has_bias else None
             for start in range(lo, hi, step):
                 pairs = order[start:min(start + step, hi)]
-                token, slot, local = pairs // ids.shape[1], pairs % ids.shape[1], flat[pairs] - first
-                (act,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), local.to(device))],
+                token, slot, local = pairs // ids.shape[1], pairs % ids.shape[1], (flat[pairs] - first).to(device)
+                (act,) = pair_outputs_in_groups(sample.experts, [(sample.inputs, token.to(device), local)],
                                                 lambda _, loaded=tensors: loaded, len(block), num_experts=len(block), activations=True)
-                act, local = act.float(), local.to(device)
+                act = act.float()
                 out = act.new_empty(len(act), down.shape[-1])
                 for g in local.unique().tolist():
                     mine = local == g
@@ -251,9 +251,9 @@ class LayerFit:
     def add_routing(self, sample) -> None:
         """Add the router's normal equations of the next calibration tokens (`routing_first`)."""
         if self.router is None:
-            from .router_fit import RouterFit, sigmoid_scored
+            from .router_fit import RouterFit
 
-            self.router = RouterFit(self.members_of, sample.router_rows, sigmoid_scored(sample.family, sample.config))
+            self.router = RouterFit(self.members_of, sample.router_rows, sample.family.sigmoid_scores(sample.config))
         self.router.add(sample.inputs, sample.logits)
 
     def add(self, sample) -> None:

@@ -29,13 +29,6 @@ SLICE_TOKENS = 4096  # tokens whose float64 inputs are summed at once
 _BELOW_ONE = 1 - 1e-6  # a sigmoid-scored group's summed score is clipped here
 
 
-def sigmoid_scored(family, config) -> bool:
-    """Whether the family's router scores each expert by the sigmoid of its logit (not a softmax)."""
-    function = family.routing["function"]
-    return function == "sigmoid_group_topk" or (function == "topk_then_score"
-                                                 and getattr(config, "expert_selection_fn", "softmax") == "sigmoid")
-
-
 def group_logits(logits: torch.Tensor, groups: list[list[int]], sigmoid: bool) -> torch.Tensor:
     """z [T, G] (float64): each group's logit from its members' logits [T, E] (see the module docstring)."""
     logits = logits.double()
