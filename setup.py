@@ -26,6 +26,7 @@ setup(
         "compress.kernels",
         "compress.recipes",
         "compress.tiering",
+        "compress.routing_report",
         "compress.evals",
         "compress.evals.tasks",
     ],
@@ -41,6 +42,7 @@ setup(
         "compress.kernels": ["configs/*.json"],
         "compress.recipes": ["*.yaml"],
         "compress.evals.tasks": ["*.yaml"],
+        "compress.routing_report": ["*.js", "*.css"],
     },
     install_requires=[
         "torch>=2.6",
@@ -59,7 +61,8 @@ setup(
         "eval": ["lm-eval>=0.4.5"],
         "data": ["datasets>=3.0", "pyarrow>=14"],
         "dev": ["pytest>=8", "pytest-timeout>=2", "pyarrow>=14", "lm-eval>=0.4.5", "triton>=3.0; platform_system == 'Linux'",
-                "ruff>=0.17,<0.18", "setuptools>=70.1"],
+                "ruff>=0.17,<0.18", "setuptools>=70.1",
+                "selenium>=4.20"],  # the report's tests drive Debian's chromium and chromedriver (.ci/run installs them)
         # setuptools: the GPU suite's dry run installs the project offline, without build isolation,
         # as the GPU machine must
     },

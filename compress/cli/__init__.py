@@ -31,7 +31,7 @@ from ..process import (
 )
 
 SUBCOMMANDS = ("info", "profile", "stats", "prune", "merge", "convert", "distill", "eval", "compare", "gate", "push", "analyze",
-               "train_demo")
+               "report", "train_demo")
 
 DESCRIPTION = """\
 Make Mixture-of-Experts language models smaller, and prove what quality survives.
