@@ -20,6 +20,7 @@ from pathlib import Path
 from .checkpoint.reader import INDEX_FILE, SINGLE_FILE, CheckpointReader
 from .errors import CheckpointError, CompressError
 
+REPORT_FILE = "report.html"  # `compress push --report`: the routing report, linked from the card
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 METHOD_TAGS = {"prune": "pruned", "merge": "merged", "convert tiered": "tiered-moe", "distill": "distilled"}
 # The Hub's own values of base_model_relation; a pruned or converted model is none of them, so the
@@ -116,10 +117,12 @@ class PushPlan:
     files: list[Path]
     card: object  # huggingface_hub.ModelCard
     left_out: list[Path]  # safetensors files that engines would take for weights
+    report: str | None = None  # the routing report's HTML, uploaded as REPORT_FILE
 
 
-def build_card(directory: Path, repo_id: str):
-    """The complete model card for `directory` published as `repo_id`."""
+def build_card(directory: Path, repo_id: str, report: bool = False):
+    """The complete model card for `directory` published as `repo_id` (linking the routing report
+    when one is uploaded with it)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     directory = Path(directory)
@@ -138,12 +141,30 @@ def build_card(directory: Path, repo_id: str):
         data.base_model_relation = BASE_MODEL_RELATION[operation]
     body = (directory / "README.md").read_text() if (directory / "README.md").is_file() else f"# {repo_id}\n"
     body = re.sub(r"\A---\n.*?\n---\n", "", body, flags=re.S)  # the derived card's own metadata is replaced
+    if report:
+        body = body.rstrip("\n") + (f"\n\n## Routing report\n\n[{REPORT_FILE}]({REPORT_FILE}): the experts kept, dropped or merged "
+                                    "in each layer against the routing statistics that chose them, and the evaluations above, "
+                                    "as one self-contained page (download it and open it in a browser; it needs no network).\n")
     if provenance.get("command") and "## Reproduce" not in body:
         body = body.rstrip("\n") + f"\n\n## Reproduce\n\n```bash\n{provenance['command']}\n```\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def plan_push(directory: Path, repo_id: str, force: bool = False) -> PushPlan:
+def report_for(directory: Path, report: str | bool) -> str:
+    """The routing report to upload: `report` is an HTML file written by `compress report`, or True
+    for a report made now from `directory` (its statistics, plan and evaluations)."""
+    from .routing_report.collect import collect
+    from .routing_report.page import is_report_file, render_page
+
+    if report is True:
+        return render_page(collect([str(directory)], title=f"{Path(directory).name}: routing report"))
+    if not is_report_file(report):
+        raise CompressError(f"--report {report} is not a report written by `compress report`: write one with "
+                            f"`compress report ... -o FILE`, or pass --report alone to make one from {directory}")
+    return Path(report).read_text(encoding="utf-8")
+
+
+def plan_push(directory: Path, repo_id: str, force: bool = False, report: str | bool | None = None) -> PushPlan:
     directory = Path(directory)
     if not REPO_ID.match(repo_id or ""):
         raise CompressError(f"--repo {repo_id!r} is not a Hub repository id: write OWNER/NAME, e.g. my-org/gpt-oss-20b-math-16")
@@ -156,7 +177,10 @@ def plan_push(directory: Path, repo_id: str, force: bool = False) -> PushPlan:
     if not (directory / "compress.json").is_file():
         raise CompressError(f"{directory} has no compress.json: the card cannot say what was done, so it cannot be pushed")
     files, left_out = files_to_upload(directory)
-    return PushPlan(files, build_card(directory, repo_id), left_out)
+    if report:
+        files = [path for path in files if path.name != REPORT_FILE]  # the report given replaces the folder's own
+        report = report_for(directory, report)
+    return PushPlan(files, build_card(directory, repo_id, report=bool(report)), left_out, report or None)
 
 
 def push(directory: Path, repo_id: str, plan: PushPlan, *, private: bool, revision: str | None, commit_message: str | None) -> str:
@@ -174,6 +198,9 @@ def push(directory: Path, repo_id: str, plan: PushPlan, *, private: bool, revisi
         api.upload_folder(repo_id=repo_id, folder_path=str(directory), revision=revision, repo_type="model",
                           allow_patterns=[p.name for p in plan.files],
                           commit_message=commit_message or "Upload with moe-compress")
+        if plan.report is not None:
+            api.upload_file(path_or_fileobj=plan.report.encode("utf-8"), path_in_repo=REPORT_FILE, repo_id=repo_id,
+                            revision=revision, repo_type="model", commit_message="Routing report from moe-compress")
         plan.card.push_to_hub(repo_id, revision=revision, commit_message="Model card from moe-compress")
     except OfflineModeIsEnabled:
         raise CompressError("the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1): push from a machine online") from None

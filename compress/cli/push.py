@@ -10,6 +10,8 @@ EPILOG = """examples:
   compress push out/demo-math-keep8 --repo my-org/demo-math-keep8 --dry-run
   compress push out/gpt-oss-20b-math-16 --repo my-org/gpt-oss-20b-math-16 --private
   compress push out/tiered-d --repo my-org/tiered --revision experiment-1 --commit-message "distilled 2k steps"
+  compress push out/demo-math-keep8 --repo my-org/demo-math-keep8 --report            (adds report.html, linked from the card)
+  compress push out/demo-math-keep8 --repo my-org/demo-math-keep8 --report routing.html
 
 The token comes from huggingface_hub (HF_TOKEN or `hf auth login`) and is never printed. Large
 folders upload in several commits and an interrupted upload resumes when run again. The card is
@@ -29,13 +31,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--commit-message", help="commit message (default: Upload with moe-compress)")
     parser.add_argument("--dry-run", action="store_true", help="list the files and print the card; upload nothing")
     parser.add_argument("--force", action="store_true", help="push even when the checkpoint looks incomplete")
+    parser.add_argument("--report", nargs="?", const=True, metavar="FILE",
+                        help="also upload a routing report as report.html, linked from the card: FILE from `compress report`, "
+                             "or none to make one from DIR (its experts against their statistics, its evaluations)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..publish import plan_push, push
+    from ..publish import REPORT_FILE, plan_push, push
 
-    plan = plan_push(Path(args.directory), args.repo, force=args.force)
+    plan = plan_push(Path(args.directory), args.repo, force=args.force, report=args.report)
     for path in plan.left_out:
         print(f"left out {path.name}: not one of the model's weight files, and engines that load every *.safetensors file "
               "would take it for weights", file=sys.stderr)
@@ -44,7 +49,11 @@ def run(args) -> int:
         print(f"would upload to {args.repo}{' (private)' if args.private else ''}{f' @ {args.revision}' if args.revision else ''}:")
         for path in plan.files:
             print(f"  {path.name}  ({path.stat().st_size:,} bytes)")
-        print(f"  README.md  (the card below)\n{len(plan.files) + 1} files, {total:,} bytes\n")
+        if plan.report is not None:
+            total += len(plan.report.encode())
+            print(f"  {REPORT_FILE}  ({len(plan.report.encode()):,} bytes, the routing report)")
+        count = len(plan.files) + 1 + (plan.report is not None)
+        print(f"  README.md  (the card below)\n{count} files, {total:,} bytes\n")
         print(str(plan.card))
         return 0
     url = push(Path(args.directory), args.repo, plan, private=args.private, revision=args.revision,
