@@ -51,7 +51,7 @@ COMMANDS = {
     "compare": f"compare --base {{src}} --candidate {{model}} --tasks perplexity:math {SCORE} --plot {{cell}}.png",
     "gate": f"gate --base {{src}} --candidate {{model}} --tasks perplexity:math {SCORE} --max-ppl-gap 1000",
     "analyze-trace": "analyze trace --model {model} --prompt '12 + 7 =' --max-new-tokens 2 --quiet",
-    "push": "push {model} --repo someone/matrix --dry-run",
+    "push": "push {model} --repo someone/matrix --dry-run --report",  # with the routing report made from the output
 }
 
 # The documented refusals: {(output, command): a phrase of the one line}.

@@ -4,6 +4,7 @@ real-Hub round trip that runs only with a token and network."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 
@@ -98,6 +99,40 @@ def test_bad_input_gives_one_line_errors(derived, capsys, tmp_path, monkeypatch)
     assert "hf auth login" in cli_error(capsys, "push", str(derived / "uniform"), "--repo", "a/b")
 
 
+def test_a_routing_report_is_opt_in_uploaded_and_linked_from_the_card(derived, capsys, tmp_path, monkeypatch):
+    files, card = _dry_run(capsys, derived / "uniform")
+    assert "report.html" not in files and "Routing report" not in card.text  # opt-in
+    capsys.readouterr()
+    assert main(["push", str(derived / "uniform"), "--repo", "a/b", "--dry-run", "--report"]) == 0
+    assert re.search(r"^  report\.html  \([\d,]+ bytes, the routing report\)$", capsys.readouterr().out, re.M)
+    assert "--report notes.txt is not a report" in cli_error(capsys, "push", str(derived / "uniform"), "--repo", "a/b", "--dry-run",
+                                                              "--report", str(derived / "notes.txt")).replace(str(derived) + "/", "")
+    # The upload: the folder, then report.html (the given report's bytes), then the card that links it.
+    assert main(["report", str(derived / "math.safetensors"), "-o", str(tmp_path / "routing.html")]) == 0
+    calls = []
+
+    class Hub:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            calls.append(("folder", sorted(kwargs["allow_patterns"])))
+
+        def upload_file(self, **kwargs):
+            calls.append((kwargs["path_in_repo"], kwargs["path_or_fileobj"]))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Hub)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "token")
+    monkeypatch.setattr(ModelCard, "push_to_hub", lambda card, *args, **kwargs: calls.append(("README.md", card.text)))
+    assert main(["push", str(derived / "uniform"), "--repo", "a/b", "--report", str(tmp_path / "routing.html")]) == 0
+    assert [call[0] for call in calls] == ["folder", "report.html", "README.md"]
+    assert "report.html" not in calls[0][1] and calls[1][1] == (tmp_path / "routing.html").read_bytes()
+    assert "## Routing report\n\n[report.html](report.html)" in calls[2][1]
+
+
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN") or os.environ.get("HF_HUB_OFFLINE") == "1",
                     reason="needs HF_TOKEN and network (tests run offline)")
 def test_push_to_the_real_hub_and_load_back(derived):
@@ -105,8 +140,9 @@ def test_push_to_the_real_hub_and_load_back(derived):
 
     repo = f"{whoami()['name']}/moe-compress-test-{uuid.uuid4().hex[:8]}"
     try:
-        assert main(["push", str(derived / "uniform"), "--repo", repo, "--private"]) == 0
+        assert main(["push", str(derived / "uniform"), "--repo", repo, "--private", "--report"]) == 0
         model = AutoModelForCausalLM.from_pretrained(repo)
+        assert "report.html" in HfApi().list_repo_files(repo)
         assert model.config.num_local_experts == 8
     finally:
         HfApi().delete_repo(repo, missing_ok=True)

@@ -42,7 +42,8 @@ def test_the_readme_has_the_examples_this_test_runs():
     commands = [code for kind, code in readme_steps() if kind == "command"]
     assert commands[0].startswith("compress prune --model demo --domain math --keep 8")  # the main job comes first
     assert all(command.startswith("compress ") for command in commands)
-    for name in ("profile", "stats", "prune", "merge", "eval", "compare", "gate", "convert", "distill", "analyze", "push", "info"):
+    for name in ("profile", "stats", "prune", "merge", "eval", "compare", "gate", "convert", "distill", "analyze", "report", "push",
+                 "info"):
         assert any(command.startswith(f"compress {name} ") for command in commands), name
     assert sum(kind == "python" for kind, _ in readme_steps()) >= 2
 
