@@ -68,8 +68,10 @@ def hover(driver, element) -> str:
 
 
 def js_number(value: float) -> str:
-    """What the page's `fmt` shows: integers with thousands separators, else 4 significant digits."""
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:#.4g}"
+    """What the page's `fmt` shows: integers with thousands separators, else JavaScript's toPrecision(4)."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:#.4g}").rstrip(".")
 
 
 def test_the_page_is_self_contained_and_renders_every_view_without_console_errors(inputs, page):
