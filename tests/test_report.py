@@ -190,3 +190,11 @@ def test_bad_inputs_give_one_line_errors(inputs, capsys, tmp_path):
     assert "add --model" in cli_error(capsys, "report", "--prompt", "hi", "-o", page)
     assert "is a directory" in cli_error(capsys, "report", str(inputs / "math.moe-stats"), "-o", str(tmp_path))
     assert not (tmp_path / "r.html").exists()
+    inside = inputs / "pruned" / "report.html"
+    assert "is the source model or inside it" in cli_error(capsys, "report", str(inputs / "pruned"), "-o", str(inside))
+    assert not inside.exists()
+    assert "pass --overwrite" in cli_error(capsys, "report", str(inputs / "math.moe-stats"), "-o", str(inputs / "report.html"))
+    (tmp_path / "notes.html").write_text("<html>mine</html>")
+    assert "not a report written by moe-compress" in cli_error(capsys, "report", str(inputs / "math.moe-stats"), "-o",
+                                                               str(tmp_path / "notes.html"), "--overwrite")
+    assert (tmp_path / "notes.html").read_text() == "<html>mine</html>"

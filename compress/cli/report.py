@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """examples:
   compress report math.moe-stats code.moe-stats general.moe-stats -o routing.html
@@ -26,7 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", help="a model for token-level routing of --prompt (a directory, Hub id or demo)")
     parser.add_argument("--prompt", action="append", default=[], help="text whose routing to show, token by token (repeatable)")
     parser.add_argument("--title", help="the page's title (default: moe-compress routing report)")
-    parser.add_argument("-o", "--out", required=True, help="the HTML file to write (replaces an earlier file)")
+    parser.add_argument("-o", "--out", required=True, help="the HTML file to write (never inside a model folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a report written by compress report")
     parser.set_defaults(run=run)
 
 
@@ -34,9 +36,11 @@ def run(args) -> int:
     from ..checkpoint.output import claim_output
     from ..report import human_bytes
     from ..routing_report.collect import collect
-    from ..routing_report.page import render_page
+    from ..routing_report.page import is_report_file, render_page
 
-    with claim_output(args.out, kind="report", flag="-o", what="report file") as claimed:
+    models = [path for path in (*args.inputs, args.model) if path and Path(path).is_dir()]
+    with claim_output(args.out, kind="file", overwrite=args.overwrite, flag="-o", sources=models, recognise=is_report_file,
+                      what="report") as claimed:
         page = render_page(collect(args.inputs, model=args.model, prompts=args.prompt, title=args.title))
         with claimed.write() as staging:
             staging.write_text(page, encoding="utf-8")

@@ -147,7 +147,7 @@ def trace_entries(model_spec: str, prompts: list[str]) -> list[dict]:
     from ..jobs.source import open_model
 
     source = open_model(model_spec)
-    model, tokenizer = source.load(dtype="float32", device="cpu"), source.tokenizer()
+    model, tokenizer = source.load(), source.tokenizer()  # float32 on a CPU; the GPU (and its dtype) where there is one
     return [{"model": source.name, "prompt": prompt, "tokens": trace(model, tokenizer, prompt)["tokens"]} for prompt in prompts]
 
 
