@@ -1,7 +1,7 @@
 """moe-compress: prune, merge and distill Mixture-of-Experts language models, and prove what quality survives.
 
 The Python API (`compress.api`): ``compress.open_model``, ``compress.profile``, ``compress.prune``, ``compress.merge``,
-``compress.convert_tiered`` and ``compress.evaluate`` run the same jobs as the command line.
+``compress.convert_tiered``, ``compress.evaluate`` and ``compress.report`` run the same jobs as the command line.
 
 Importing the package is cheap (no torch, no transformers): the command line's ``--help`` and its
 errors stay instant, and the API's names load on first use. The project's model classes join
@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-_API = ("open_model", "profile", "prune", "merge", "convert_tiered", "evaluate")
+_API = ("open_model", "profile", "prune", "merge", "convert_tiered", "evaluate", "report")
 __all__ = ["__version__", "register", *_API]
 
 

@@ -88,4 +88,13 @@ def evaluate(model, tasks: str, *, json_path: str | None = None, progress: bool 
     return run(_model(model), options, measurement, json_path=json_path, progress=progress)
 
 
-__all__ = ["SourceModel", "convert_tiered", "evaluate", "merge", "open_model", "profile", "prune"]
+def report(inputs: list[str], *, out: str, model: str | None = None, prompts: list[str] = (), title: str | None = None,
+           overwrite: bool = False):
+    """The routing report of `inputs` (statistics files, derived outputs, frontier folders) and of
+    `prompts` through `model`, as one self-contained HTML file `out` (`jobs.report.ReportResult`)."""
+    from .jobs.report import report as run
+
+    return run(inputs, out, model=model, prompts=prompts, title=title, overwrite=overwrite)
+
+
+__all__ = ["SourceModel", "convert_tiered", "evaluate", "merge", "open_model", "profile", "prune", "report"]

@@ -198,3 +198,12 @@ def test_bad_inputs_give_one_line_errors(inputs, capsys, tmp_path):
     assert "not a report written by moe-compress" in cli_error(capsys, "report", str(inputs / "math.moe-stats"), "-o",
                                                                str(tmp_path / "notes.html"), "--overwrite")
     assert (tmp_path / "notes.html").read_text() == "<html>mine</html>"
+
+
+def test_the_python_api_writes_the_same_numbers(inputs, tmp_path):
+    import compress
+
+    result = compress.report([str(inputs / "math.moe-stats")], out=str(tmp_path / "api.html"))
+    assert result.size == result.path.stat().st_size and compress.report is not compress.display  # no module shadows the API
+    api, cli = embedded_data(result.path)["statistics"], embedded_data(inputs / "report.html")["statistics"]
+    assert api[0] == cli[0]

@@ -29,8 +29,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..display import render_info
     from ..jobs.source import open_model
-    from ..report import render_info
 
     info = open_model(args.model, revision=args.revision, flag="").info
     print(json.dumps(info.to_dict(), indent=2) if args.json else render_info(info))

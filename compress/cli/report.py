@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 EPILOG = """examples:
   compress report math.moe-stats code.moe-stats general.moe-stats -o routing.html
@@ -33,16 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint.output import claim_output
-    from ..report import human_bytes
-    from ..routing_report.collect import collect
-    from ..routing_report.page import is_report_file, render_page
+    from ..jobs.report import report
 
-    models = [path for path in (*args.inputs, args.model) if path and Path(path).is_dir()]
-    with claim_output(args.out, kind="file", overwrite=args.overwrite, flag="-o", sources=models, recognise=is_report_file,
-                      what="report") as claimed:
-        page = render_page(collect(args.inputs, model=args.model, prompts=args.prompt, title=args.title))
-        with claimed.write() as staging:
-            staging.write_text(page, encoding="utf-8")
-    print(f"report ({human_bytes(len(page.encode()))}) → {claimed.path}")
+    print(report(args.inputs, args.out, model=args.model, prompts=args.prompt, title=args.title, overwrite=args.overwrite).summary())
     return 0

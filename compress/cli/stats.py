@@ -57,7 +57,7 @@ def run_show(args) -> int:
 
 def run_plot(args) -> int:
     from ..checkpoint.output import report_directory
-    from ..report import layer_ranges
+    from ..display import layer_ranges
     from ..stats import RoutingStats
     from ..stats.plots import plot_stats
 
@@ -70,7 +70,7 @@ def run_plot(args) -> int:
 
 def run_merge(args) -> int:
     from ..checkpoint.output import claim_output
-    from ..report import human_count
+    from ..display import human_count
     from ..stats import RoutingStats, merge_all
     from ..stats.routing_stats import is_routing_stats_file
 

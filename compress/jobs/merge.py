@@ -44,7 +44,7 @@ class MergeResult:
         return result_record(self, grouping=self.plan.provenance.get("grouping"))
 
     def summary(self) -> str:
-        from ..report import human_bytes, human_count
+        from ..display import human_bytes, human_count
 
         plan = self.plan
         counts = plan.experts_per_layer

@@ -35,7 +35,7 @@ class ProfileResult:
                 "seconds": round(self.seconds, 2), "tokens_per_second": round(tokens / self.seconds, 1)}
 
     def summary(self) -> str:
-        from ..report import human_count
+        from ..display import human_count
 
         tokens = self.stats.metadata["tokens"]
         return (f"profiled {human_count(tokens)} tokens ({self.windows} × {self.seq_len}) of {self.domain} on {self.model}, "

@@ -49,7 +49,7 @@ class PruneResult:
         return result_record(self, criterion=self.plan.provenance.get("criterion"))
 
     def summary(self) -> str:
-        from ..report import human_bytes, human_count
+        from ..display import human_bytes, human_count
 
         plan = self.plan
         if self.after is None:

@@ -33,7 +33,7 @@ class TieredResult:
         return data
 
     def summary(self) -> str:
-        from ..report import human_bytes, human_count
+        from ..display import human_bytes, human_count
 
         plan = self.plan
         teams = (f"{sum(len(t) for t in plan.teams.values())} teams of {plan.team_size} ({self.clustering}), "

@@ -123,7 +123,7 @@ def divergence(a: RoutingStats, b: RoutingStats, top: int = 3) -> dict:
 # --- text for `compress stats` ---------------------------------------------------------------------
 def header(stats: RoutingStats) -> str:
     """One line naming what the statistics were measured on."""
-    from ..report import human_count
+    from ..display import human_count
 
     m = stats.metadata
     return (f"{m.get('model')} ({m.get('family')}, top-{m.get('top_k')}) · domain {m.get('domain')} · "
@@ -132,7 +132,7 @@ def header(stats: RoutingStats) -> str:
 
 def render_summary(stats: RoutingStats, summary: dict, cold_threshold: float) -> str:
     """The `compress stats show` table of `summarize`'s result."""
-    from ..report import layer_ranges
+    from ..display import layer_ranges
 
     lines = [header(stats),
              f"cold (< {cold_threshold:.1%} of tokens): {summary['cold_experts_total']} of {summary['experts_total']} experts",
