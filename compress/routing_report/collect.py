@@ -103,7 +103,7 @@ def derived_entry(directory: Path, provenance: dict) -> tuple[dict, object | Non
     if statistics.get("file") and (directory / statistics["file"]).is_file():
         stats = RoutingStats.load(directory / statistics["file"])
     entry = {
-        "name": directory.name, "path": str(directory), "operation": provenance.get("operation"),
+        "name": directory.name, "operation": provenance.get("operation"),
         "command": provenance.get("command"), "source": (provenance.get("source") or {}).get("model"),
         "parameters": provenance.get("parameters"), "units": _units(plan) if plan and "layers" in plan else None,
         "statistics": None, "evaluations": _evaluations(provenance),
@@ -131,12 +131,12 @@ def frontier_entry(directory: Path, provenance: dict) -> dict:
                 metric = _main_metric(result["metrics"])
                 if metric is None:
                     continue
-                tasks[task] = {"metric": metric.split(",")[0], "value": result["metrics"][metric], "limited": record.get("limited")}
+                tasks[task] = {"metric": metric.split(",")[0], "value": result["metrics"][metric]}
                 if (task, metric) in base_values:
                     base["tasks"][task] = base_values[task, metric]
                     base.update(name=record.get("base"), parameters=(parameters.get("before") or {}).get("total"))
         members.append({"name": name, "parameters": (parameters.get("after") or {}).get("total"), "tasks": tasks})
-    return {"name": directory.name, "path": str(directory), "of": provenance.get("of"),
+    return {"name": directory.name, "of": provenance.get("of"),
             "source": (provenance.get("source") or {}).get("model"), "command": provenance.get("command"),
             "members": members, "base": base}
 

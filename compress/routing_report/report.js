@@ -147,7 +147,7 @@ view("usage", "Expert usage per layer", () => DATA.statistics.length, (root) => 
       el("p", {class: "scale"}, box, `0 `).append(el("span"), ` ${tick(max)} ${METRICS[metric].label.split(" (")[0]} (rows: layers, columns: experts)`);
     });
   };
-  select(root, "colour by", Object.entries(METRICS).map(([key, m]) => [key, m.label]), draw).id = "usage-metric";
+  select(root, "colour by", Object.entries(METRICS).map(([key, m]) => [key, m.label]), draw);
   root.appendChild(holder);
   draw("usage");
 });
@@ -280,6 +280,7 @@ view("frontier", "Size frontiers: quality against size", () => DATA.frontiers.le
   DATA.frontiers.forEach((f) => {
     const box = el("div", {class: "panel frontier"}, root);
     el("h3", {}, box, `${f.name} — ${f.of} frontier of ${f.source}`);
+    if (f.command) el("pre", {}, box, f.command);
     const tasks = [...new Set(f.members.flatMap((m) => Object.keys(m.tasks)))];
     if (!tasks.length) el("p", {class: "note"}, box, "No evaluation recorded: run compress compare --base SOURCE --candidate each member --frontier.");
     tasks.forEach((task) => {
