@@ -207,3 +207,18 @@ def test_the_python_api_writes_the_same_numbers(inputs, tmp_path):
     assert result.size == result.path.stat().st_size and compress.report is not compress.display  # no module shadows the API
     api, cli = embedded_data(result.path)["statistics"], embedded_data(inputs / "report.html")["statistics"]
     assert api[0] == cli[0]
+
+
+def test_colouring_by_reap_saliency_makes_the_most_salient_expert_brightest(inputs, page):
+    from selenium.webdriver.support.ui import Select
+
+    with safe_open(str(inputs / "code.moe-stats"), framework="pt") as f:
+        saliency = {layer: f.get_tensor(f"layers.{layer}.reap_sum") / f.get_tensor(f"layers.{layer}.selections").clamp(min=1)
+                    for layer in range(6)}
+    layer = max(saliency, key=lambda layer: float(saliency[layer].max()))
+    expert = int(saliency[layer].argmax())
+    Select(page.find_element("css selector", "#usage select")).select_by_value("reap")
+    heatmap = page.find_elements("css selector", "#usage svg.heatmap")[1]
+    assert heatmap.find_element("css selector", f'rect[data-layer="{layer}"][data-expert="{expert}"]').get_attribute("fill") == \
+        "rgb(253,231,37)"  # the top of the colour scale
+    Select(page.find_element("css selector", "#usage select")).select_by_value("usage")
