@@ -143,7 +143,7 @@ def build_card(directory: Path, repo_id: str, report: bool = False):
     body = re.sub(r"\A---\n.*?\n---\n", "", body, flags=re.S)  # the derived card's own metadata is replaced
     if report:
         body = body.rstrip("\n") + (f"\n\n## Routing report\n\n[{REPORT_FILE}]({REPORT_FILE}): the experts kept, dropped or merged "
-                                    "in each layer against the routing statistics that chose them, and the evaluations above, "
+                                    "in each layer against the routing statistics that chose them, and the evaluations recorded, "
                                     "as one self-contained page (download it and open it in a browser; it needs no network).\n")
     if provenance.get("command") and "## Reproduce" not in body:
         body = body.rstrip("\n") + f"\n\n## Reproduce\n\n```bash\n{provenance['command']}\n```\n"
