@@ -28,12 +28,10 @@ def statistics_entry(name: str, stats) -> dict:
     """One statistics file: its `compress stats show --json` summary and per-expert sums per layer."""
     from ..stats.summary import header, reap_saliency, summarize
 
-    layers = stats.layer_indices
+    layers = stats.layer_indices  # the summary's order; the page reads layer numbers and token counts from it
     return {
         "name": name, "header": header(stats),
         "summary": summarize(stats),
-        "layers": layers,
-        "tokens": [int(stats.layers[layer]["tokens"]) for layer in layers],
         "selections": [stats.layers[layer]["selections"].tolist() for layer in layers],
         "gate_mass": [_rounded(stats.layers[layer]["gate_mass"]) for layer in layers],
         "reap": [_rounded(reap_saliency(stats, layer)) for layer in layers],

@@ -3,6 +3,10 @@
 // layer comparison, derived models against their statistics, and size frontiers.
 "use strict";
 const DATA = JSON.parse(document.getElementById("report-data").textContent);
+DATA.statistics.forEach((s) => {  // per MoE layer, in the order of the per-expert arrays
+  s.layers = s.summary.layers.map((l) => l.layer);
+  s.tokens = s.summary.layers.map((l) => l.tokens);
+});
 const SVG = "http://www.w3.org/2000/svg";
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const STATE_COLOURS = {kept: "#2a9d8f", dropped: "#d9d9d9", merged: "#e76f51", team: "#457b9d"};
@@ -40,11 +44,13 @@ document.addEventListener("mousemove", (event) => {
 });
 
 // --- one statistics file's numbers -------------------------------------------------------------------
-function expertTip(s, li, e) {
-  const tokens = s.tokens[li], sel = s.selections[li][e];
-  return `${s.name} · layer ${s.layers[li]} · expert ${e}: ${fmt(sel)} selections (${pct(sel / Math.max(tokens, 1))} of tokens) · ` +
-    `gate mass ${fmt(s.gate_mass[li][e])} · REAP saliency ${fmt(s.reap[li][e])}`;
+function expertNumbers(s, li, e) {
+  const sel = s.selections[li][e];
+  return `${fmt(sel)} selections (${pct(sel / Math.max(s.tokens[li], 1))} of tokens) · gate mass ${fmt(s.gate_mass[li][e])} · ` +
+    `REAP saliency ${fmt(s.reap[li][e])}`;
 }
+
+function expertTip(s, li, e) { return `${s.name} · layer ${s.layers[li]} · expert ${e}: ${expertNumbers(s, li, e)}`; }
 
 const METRICS = {
   usage: {label: "usage rate (share of tokens)", value: (s, li, e) => s.selections[li][e] / Math.max(s.tokens[li], 1)},
@@ -52,8 +58,8 @@ const METRICS = {
   reap: {label: "REAP saliency (mean g·‖f(x)‖)", value: (s, li, e) => s.reap[li][e]},
 };
 
-function heatmap(parent, rows, columns, colour, tip, options = {}) {
-  const cell = Math.max(3, Math.min(18, Math.floor(900 / columns))), height = options.rowHeight || Math.max(8, Math.min(18, cell));
+function heatmap(parent, rows, columns, colour, tip) {
+  const cell = Math.max(3, Math.min(18, Math.floor(900 / columns))), height = Math.max(8, cell);
   const left = 44, top = 18;
   const svg = el("svg:svg", {width: left + columns * cell + 4, height: top + rows.length * height + 4, class: "heatmap"}, parent);
   const step = Math.ceil(columns / Math.floor(columns * cell / 40));
@@ -205,8 +211,9 @@ view("compare", "Layer comparison", () => DATA.statistics.length, (root) => {
   el("p", {class: "note"}, root, "Two layers, or one layer in two domains, side by side: each expert's usage rate, with the layer's summary.");
   const sides = el("div", {class: "sides"}, root);
   const choices = DATA.statistics.flatMap((s, si) => s.layers.map((layer, li) => [`${si}:${li}`, `${s.name} · layer ${layer}`]));
-  const defaults = DATA.statistics.length > 1 ? [choices[0][0], `1:0`] : [choices[0][0], choices[Math.min(1, choices.length - 1)][0]];
-  defaults.forEach((initial, side) => {
+  // side B: the second file's first layer, or the first file's second layer
+  const second = DATA.statistics.length > 1 ? "1:0" : choices[Math.min(1, choices.length - 1)][0];
+  [choices[0][0], second].forEach((initial, side) => {
     const box = el("div", {class: "panel side", id: `compare-${side}`}, sides);
     const chart = el("div");
     const draw = (key) => {
@@ -258,7 +265,7 @@ view("derived", "Derived models", () => DATA.derived.length, (root) => {
         const u = d.units[layers[r]][e], li = s ? s.layers.indexOf(Number(layers[r])) : -1;
         const fate = u.state === "dropped" ? "dropped" : u.state === "kept" ? "kept" :
           `${u.state === "team" ? "in team" : "merged in group"} ${u.group} (${u.members.join(", ")})`;
-        return `${d.name} · layer ${layers[r]} · expert ${e}: ${fate}` + (li >= 0 ? ` — ${expertTip(s, li, e).split(": ").slice(1).join(": ")}` : "");
+        return `${d.name} · layer ${layers[r]} · expert ${e}: ${fate}` + (li >= 0 ? ` — ${expertNumbers(s, li, e)}` : "");
       });
     }
     d.evaluations.forEach((record) => {
